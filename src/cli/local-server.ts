@@ -1,0 +1,58 @@
+import { randomBytes } from 'node:crypto';
+import { readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import path from 'node:path';
+
+/**
+ * On the embedded database only one process may open the data dir. `writ serve` records
+ * itself here with a local admin credential (file mode 0600), and the CLI talks to it through
+ * the admin API instead of opening the database (DESIGN.md §8).
+ */
+export interface LocalServer {
+  pid: number;
+  url: string;
+  token: string;
+}
+
+const FILE = 'serve.json';
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** The running server holding this data dir, if any; a stale record is removed. */
+export function runningServer(dataDir: string): LocalServer | undefined {
+  const file = path.join(dataDir, FILE);
+  let record: LocalServer;
+  try {
+    record = JSON.parse(readFileSync(file, 'utf8')) as LocalServer;
+  } catch {
+    return undefined;
+  }
+  if (record.pid !== process.pid && isAlive(record.pid)) return record;
+  if (record.pid !== process.pid) rmSync(file, { force: true });
+  return undefined;
+}
+
+export function claimDataDir(dataDir: string, url: string): LocalServer {
+  const existing = runningServer(dataDir);
+  if (existing) throw new Error(`another writ serve (pid ${existing.pid}) holds ${dataDir}`);
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  const record: LocalServer = { pid: process.pid, url, token: randomBytes(32).toString('base64url') };
+  writeFileSync(path.join(dataDir, FILE), JSON.stringify(record), { mode: 0o600 });
+  return record;
+}
+
+export function releaseDataDir(dataDir: string): void {
+  const file = path.join(dataDir, FILE);
+  try {
+    const record = JSON.parse(readFileSync(file, 'utf8')) as LocalServer;
+    if (record.pid === process.pid) rmSync(file, { force: true });
+  } catch {
+    // Nothing to release.
+  }
+}

@@ -1,0 +1,218 @@
+import type { Knex } from 'knex';
+import type { Logger } from 'pino';
+import type { AuditEvent } from '../audit/event.ts';
+import { recordAudit } from '../audit/event.ts';
+import type { CompiledPolicy } from '../policy/compiled.ts';
+import type { RevocationState } from '../revocation/state.ts';
+import type { KeyResolver } from '../tokens/key-resolver.ts';
+import type { SigningKeys } from '../tokens/signing-keys.ts';
+import { decide } from './decide.ts';
+import type { LineageCache } from './lineage-store.ts';
+import { mint } from './mint.ts';
+import { verifyActorToken, verifySubjectToken, type PresentedTokenContext } from './presented-tokens.ts';
+import { ExchangeDenied, REASONS, type OAuthErrorCode, type ReasonCode } from './reasons.ts';
+import { recordGrant } from './record.ts';
+import { parseExchangeRequest } from './request.ts';
+import { TOKEN_TYPE_URN, type ExchangeRequest, type Grant, type Lineage, type VerifiedSubject } from './types.ts';
+
+export interface ExchangeDeps {
+  issuer: string;
+  maxTtl: number;
+  policy: () => CompiledPolicy;
+  keys: () => SigningKeys;
+  writKeys: KeyResolver;
+  upstreamKeys: (issuer: string) => KeyResolver;
+  revocations: RevocationState;
+  lineage: LineageCache;
+  knex: Knex;
+  logger: Logger;
+}
+
+export interface ExchangeCall {
+  clientId: string;
+  params: Record<string, string | string[] | undefined>;
+  requestId: string;
+  /** A DPoP proof was sent: refused until sender-constrained tokens exist. */
+  dpop: boolean;
+  now: number;
+}
+
+/** RFC 8693 §2.2.1 success response. */
+export interface TokenResponse {
+  access_token: string;
+  issued_token_type: typeof TOKEN_TYPE_URN.access_token;
+  token_type: 'Bearer';
+  expires_in: number;
+  scope: string;
+}
+
+export type ExchangeResult =
+  | { ok: true; body: TokenResponse; grant: Grant; jti: string }
+  | { ok: false; error: OAuthErrorCode; reason: ReasonCode };
+
+class StorageUnavailable extends Error {
+  override name = 'StorageUnavailable';
+}
+
+function rootOf(subject: VerifiedSubject | undefined): string | null {
+  if (!subject) return null;
+  return subject.kind === 'writ' ? `${subject.lineage.root.issuer}|${subject.lineage.root.sub}` : `${subject.issuer}|${subject.sub}`;
+}
+
+/**
+ * The token-exchange grant, free of HTTP: validate → decide → mint → record. Nothing leaves
+ * unless its audit record committed; a database failure answers `temporarily_unavailable`.
+ */
+export async function exchange(deps: ExchangeDeps, call: ExchangeCall): Promise<ExchangeResult> {
+  const policy = deps.policy();
+  let request: ExchangeRequest | undefined;
+  let subject: VerifiedSubject | undefined;
+
+  const deny = async (reason: ReasonCode, detail: string, extra: { role?: string; ruleId?: string; steps?: unknown } = {}): Promise<ExchangeResult> => {
+    const event: AuditEvent = {
+      type: 'exchange.denied',
+      outcome: 'denied',
+      reason,
+      requestId: call.requestId,
+      clientId: call.clientId,
+      parentJti: subject?.kind === 'writ' ? subject.jti : null,
+      taskId: request?.taskId ?? null,
+      subject: rootOf(subject),
+      audience: request?.audience ?? null,
+      policyVersion: policy.version,
+      details: {
+        detail,
+        ...(extra.role ? { token: extra.role } : {}),
+        ...(extra.ruleId ? { rule: extra.ruleId } : {}),
+        requested_scope: request?.scope ?? null,
+        ...(extra.steps ? { steps: extra.steps } : {}),
+      },
+    };
+    try {
+      await recordAudit(deps.knex, event);
+    } catch (err) {
+      deps.logger.error({ err: (err as Error).message, reason }, 'could not record a denial');
+      return { ok: false, error: 'temporarily_unavailable', reason: 'storage_unavailable' };
+    }
+    return { ok: false, error: REASONS[reason], reason };
+  };
+
+  try {
+    if (call.dpop) throw new ExchangeDenied('dpop_unsupported', 'DPoP-bound tokens are not supported yet');
+    request = parseExchangeRequest(call.params);
+    const ctx: PresentedTokenContext = {
+      policy,
+      selfIssuer: deps.issuer,
+      now: call.now,
+      writKeys: deps.writKeys,
+      upstreamKeys: deps.upstreamKeys,
+      revocations: deps.revocations,
+      lineage: deps.lineage,
+      knex: deps.knex,
+    };
+    subject = await verifySubjectToken(request, ctx);
+    const actor = await verifyActorToken(request, ctx);
+    if (request.taskId !== undefined && deps.revocations.isTaskRevoked(request.taskId)) {
+      throw new ExchangeDenied('task_revoked', 'the task has ended');
+    }
+    const decision = decide(policy, {
+      now: call.now,
+      selfIssuer: deps.issuer,
+      maxTtl: deps.maxTtl,
+      clientId: call.clientId,
+      request,
+      subject,
+      ...(actor ? { actor } : {}),
+    });
+    if (!decision.ok) {
+      return await deny(decision.reason, decision.detail, { ...(decision.ruleId ? { ruleId: decision.ruleId } : {}), steps: decision.steps });
+    }
+    const { grant } = decision;
+    const minted = await mint(grant, deps.issuer, call.clientId, deps.keys());
+    const lineage: Lineage = {
+      jti: minted.claims.jti,
+      parentJti: grant.parentJti,
+      clientId: call.clientId,
+      audience: grant.audience,
+      scopes: grant.scopes,
+      root: grant.root,
+      taskId: grant.taskId,
+      depth: grant.depth,
+      depthBound: grant.depthBound,
+      actors: grant.actors,
+      ruleId: grant.ruleId,
+      policyVersion: grant.policyVersion,
+      iat: grant.iat,
+      exp: grant.exp,
+    };
+    const common = {
+      requestId: call.requestId,
+      clientId: call.clientId,
+      parentJti: grant.parentJti,
+      taskId: grant.taskId,
+      subject: `${grant.root.issuer}|${grant.root.sub}`,
+      audience: grant.audience,
+      policyVersion: grant.policyVersion,
+    };
+    const granted = await recordGrant(deps.knex, lineage, {
+      ...common,
+      type: 'exchange.granted',
+      outcome: 'granted',
+      jti: lineage.jti,
+      details: {
+        rule: grant.ruleId,
+        requested_scope: request.scope ?? null,
+        scope: grant.scopes,
+        act: grant.act,
+        exp: grant.exp,
+        depth: grant.depth,
+        kid: minted.kid,
+      },
+    }, {
+      ...common,
+      type: 'exchange.denied',
+      outcome: 'denied',
+      reason: 'parent_revoked',
+      details: { detail: 'the parent token was revoked while this exchange ran', rule: grant.ruleId },
+    }).catch((err: unknown) => {
+      throw new StorageUnavailable((err as Error).message);
+    });
+    if (!granted) return { ok: false, error: REASONS.parent_revoked, reason: 'parent_revoked' };
+    deps.lineage.remember(lineage);
+    return {
+      ok: true,
+      jti: lineage.jti,
+      grant,
+      body: {
+        access_token: minted.jwt,
+        issued_token_type: TOKEN_TYPE_URN.access_token,
+        token_type: 'Bearer',
+        expires_in: grant.exp - call.now,
+        scope: grant.scopes.join(' '),
+      },
+    };
+  } catch (err) {
+    if (err instanceof ExchangeDenied) {
+      if (err.error === 'temporarily_unavailable') {
+        // An upstream JWKS that cannot be fetched: retry later, and still leave a record.
+        await deny(err.reason, err.message, err.role ? { role: err.role } : {});
+        return { ok: false, error: 'temporarily_unavailable', reason: err.reason };
+      }
+      return deny(err.reason, err.message, err.role ? { role: err.role } : {});
+    }
+    if (err instanceof StorageUnavailable || isStorageError(err)) {
+      deps.logger.error({ err: (err as Error).message }, 'storage unavailable during exchange');
+      return { ok: false, error: 'temporarily_unavailable', reason: 'storage_unavailable' };
+    }
+    throw err;
+  }
+}
+
+/** Errors from the database driver or pool (connection refused, timeouts, PGlite closed). */
+export function isStorageError(err: unknown): boolean {
+  if (!(err instanceof Error)) return false;
+  const code = (err as { code?: unknown }).code;
+  if (typeof code === 'string' && /^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|57P0\d|08\d{3}|53\d{3})$/.test(code)) return true;
+  return err.name === 'KnexTimeoutError'
+    || /Connection terminated|connect ECONNREFUSED|timeout exceeded|Query read timeout|canceling statement due to statement timeout|Client has encountered a connection error/i.test(err.message);
+}

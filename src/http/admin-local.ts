@@ -1,0 +1,101 @@
+import { timingSafeEqual } from 'node:crypto';
+import type { Middleware } from 'koa';
+import type { Knex } from 'knex';
+import { applyPolicyFiles } from '../policy/apply.ts';
+import type { PolicyFile } from '../policy/load.ts';
+
+export interface LocalAdminDeps {
+  /** The credential `writ serve` wrote to its data dir; undefined when there is none. */
+  localToken: () => string | undefined;
+  knex: Knex;
+  selfIssuer: string;
+  maxTtl: number;
+  secretKey: Buffer;
+  /** Makes the new version take effect on this instance before answering. */
+  reloadPolicy: () => Promise<void>;
+}
+
+const MAX_BODY = 1024 * 1024;
+
+async function readJson(req: NodeJS.ReadableStream): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    const buf = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string);
+    size += buf.length;
+    if (size > MAX_BODY) throw new Error('body too large');
+    chunks.push(buf);
+  }
+  return JSON.parse(Buffer.concat(chunks).toString('utf8'));
+}
+
+function bearerMatches(header: string, expected: string | undefined): boolean {
+  if (!expected) return false;
+  const match = /^Bearer ([A-Za-z0-9_-]+)$/.exec(header);
+  if (!match) return false;
+  const a = Buffer.from(match[1]!);
+  const b = Buffer.from(expected);
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+interface ApplyBody {
+  files: PolicyFile[];
+  env: Record<string, string>;
+  message?: string;
+  appliedBy?: string;
+}
+
+function isApplyBody(v: unknown): v is ApplyBody {
+  if (!v || typeof v !== 'object') return false;
+  const b = v as Record<string, unknown>;
+  return Array.isArray(b.files)
+    && b.files.every((f) => f && typeof f === 'object' && typeof (f as PolicyFile).name === 'string' && typeof (f as PolicyFile).text === 'string')
+    && !!b.env && typeof b.env === 'object'
+    && Object.values(b.env as object).every((x) => typeof x === 'string');
+}
+
+/**
+ * The CLI's channel to a running `writ serve` on the embedded database: the same policy apply
+ * the CLI would run itself, authenticated by the local credential in the data dir.
+ */
+export function localAdmin(deps: LocalAdminDeps): Middleware {
+  return async (ctx, next) => {
+    if (ctx.path !== '/admin/v1/local/policy/apply') return next();
+    ctx.set('Cache-Control', 'no-store');
+    if (ctx.method !== 'POST') {
+      ctx.status = 405;
+      ctx.set('Allow', 'POST');
+      return;
+    }
+    if (!bearerMatches(ctx.get('authorization'), deps.localToken())) {
+      ctx.status = 401;
+      ctx.set('WWW-Authenticate', 'Bearer');
+      ctx.body = { error: 'invalid_token' };
+      return;
+    }
+    let body: unknown;
+    try {
+      body = await readJson(ctx.req);
+    } catch {
+      ctx.status = 400;
+      ctx.body = { error: 'invalid_request', error_description: 'expected a JSON body' };
+      return;
+    }
+    if (!isApplyBody(body)) {
+      ctx.status = 400;
+      ctx.body = { error: 'invalid_request', error_description: 'expected {files: [{name, text}], env: {}}' };
+      return;
+    }
+    const outcome = await applyPolicyFiles(deps.knex, body.files, {
+      env: body.env,
+      selfIssuer: deps.selfIssuer,
+      maxTtl: deps.maxTtl,
+      appliedBy: body.appliedBy ?? 'local-cli',
+      message: body.message ?? '',
+      secretKey: deps.secretKey,
+    });
+    if (outcome.ok) await deps.reloadPolicy();
+    ctx.status = outcome.ok ? 200 : 422;
+    ctx.body = outcome;
+  };
+}

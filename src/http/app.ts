@@ -1,0 +1,148 @@
+import { randomUUID } from 'node:crypto';
+import Koa from 'koa';
+import mount from 'koa-mount';
+import type { Middleware } from 'koa';
+import type { Logger } from 'pino';
+import type Provider from 'oidc-provider';
+import type { BatchedAuditWriter } from '../audit/batch-writer.ts';
+import { recordAudit, type AuditEvent } from '../audit/event.ts';
+import { ROUTES } from '../oauth/provider.ts';
+import { TASK_FLAG } from './handlers.ts';
+
+export interface AppDeps {
+  provider: Provider;
+  logger: Logger;
+  trustProxy: boolean;
+  ready: () => Promise<boolean>;
+  auditNow: (event: AuditEvent) => Promise<void>;
+  auditQueue: BatchedAuditWriter;
+  isStorageError: (err: unknown) => boolean;
+  /** Writ's own routes (admin API), tried before the provider's. */
+  routes: Middleware[];
+}
+
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,64}$/;
+const POST_ONLY = new Set<string>([ROUTES.token, ROUTES.introspection, ROUTES.revocation, '/task/revocation']);
+
+/** Reason codes for refusals the provider makes before Writ's grant runs. */
+function providerRejectionReason(body: { error?: string; error_description?: string } | undefined): string {
+  const description = body?.error_description ?? '';
+  switch (body?.error) {
+    case 'invalid_client': return 'client_auth_failed';
+    case 'unsupported_grant_type': return 'unsupported_grant_type';
+    case 'invalid_scope': return 'invalid_parameter';
+    case 'invalid_request':
+      if (/twice|only be provided using one mechanism/.test(description)) return 'duplicate_parameter';
+      if (/missing required parameter|must be provided/.test(description)) return 'missing_parameter';
+      return 'invalid_parameter';
+    default: return body?.error ?? 'rejected';
+  }
+}
+
+export function createApp(deps: AppDeps): Koa {
+  const app = new Koa();
+  app.proxy = deps.trustProxy;
+  app.silent = true;
+
+  app.use(async (ctx, next) => {
+    const incoming = ctx.get('x-request-id');
+    const requestId = REQUEST_ID.test(incoming) ? incoming : randomUUID();
+    (ctx.state as Record<string, unknown>).requestId = requestId;
+    ctx.set('X-Request-Id', requestId);
+    const started = performance.now();
+    try {
+      await next();
+    } catch (err) {
+      if (deps.isStorageError(err)) {
+        ctx.status = 503;
+        ctx.set('Retry-After', '1');
+        ctx.body = { error: 'temporarily_unavailable', error_description: 'try again shortly' };
+      } else {
+        deps.logger.error({ requestId, err: (err as Error).message, stack: (err as Error).stack }, 'unhandled error');
+        ctx.status = 500;
+        ctx.body = { error: 'server_error', error_description: 'an unexpected error occurred' };
+      }
+    } finally {
+      // Method, path, status and timing only: never bodies, queries or credential headers.
+      deps.logger.info({
+        requestId,
+        method: ctx.method,
+        path: ctx.path,
+        status: ctx.status,
+        ms: Math.round((performance.now() - started) * 100) / 100,
+        client: (ctx as { oidc?: { client?: { clientId?: string } } }).oidc?.client?.clientId,
+        reason: (ctx.state as Record<string, unknown>).writReason,
+      }, 'request');
+    }
+  });
+
+  app.use(async (ctx, next) => {
+    if (ctx.path === '/healthz' && ctx.method === 'GET') {
+      ctx.body = { status: 'ok' };
+      return;
+    }
+    if (ctx.path === '/readyz' && ctx.method === 'GET') {
+      const ready = await deps.ready().catch(() => false);
+      ctx.status = ready ? 200 : 503;
+      ctx.body = { status: ready ? 'ready' : 'unavailable' };
+      return;
+    }
+    if (POST_ONLY.has(ctx.path) && ctx.method !== 'POST' && ctx.method !== 'OPTIONS') {
+      ctx.status = 405;
+      ctx.set('Allow', 'POST');
+      ctx.set('Cache-Control', 'no-store');
+      ctx.body = { error: 'invalid_request', error_description: 'use POST' };
+      return;
+    }
+    if (ctx.path === '/task/revocation') {
+      // Same client authentication as RFC 7009 revocation: run it through that pipeline.
+      (ctx.state as Record<string, unknown>)[TASK_FLAG] = true;
+      ctx.path = ROUTES.revocation;
+    }
+    await next();
+  });
+
+  // Token endpoint refusals made by the provider itself (client authentication, duplicate
+  // or missing parameters) are recorded too: committed before the response when the client
+  // authenticated, through the batched writer when it did not.
+  app.use(async (ctx, next) => {
+    await next();
+    if (ctx.path !== ROUTES.token || ctx.status < 400) return;
+    const state = ctx.state as Record<string, unknown>;
+    if (state.writAudited) return;
+    const body = ctx.body as { error?: string; error_description?: string } | undefined;
+    const reason = providerRejectionReason(body);
+    state.writReason = reason;
+    const clientId = (ctx as { oidc?: { client?: { clientId?: string } } }).oidc?.client?.clientId ?? null;
+    const event: AuditEvent = {
+      type: 'token_endpoint.rejected',
+      outcome: 'rejected',
+      reason,
+      requestId: state.requestId as string,
+      clientId,
+      details: { error: body?.error ?? null, source_ip: ctx.ip, authenticated: clientId !== null },
+    };
+    if (clientId === null) {
+      deps.auditQueue.enqueue(event);
+      return;
+    }
+    try {
+      await deps.auditNow(event);
+    } catch {
+      ctx.status = 503;
+      ctx.set('Retry-After', '1');
+      ctx.body = { error: 'temporarily_unavailable', error_description: 'try again shortly' };
+    }
+  });
+
+  for (const route of deps.routes) app.use(route);
+  app.use(mount(deps.provider));
+
+  app.use(async (ctx) => {
+    ctx.status = 404;
+    ctx.body = { error: 'not_found' };
+  });
+  return app;
+}
+
+export { recordAudit };

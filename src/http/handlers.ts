@@ -1,0 +1,112 @@
+import type { Middleware, ParameterizedContext } from 'koa';
+import type { KoaContextWithOIDC } from 'oidc-provider';
+import type { BatchedAuditWriter } from '../audit/batch-writer.ts';
+import { exchange, isStorageError, type ExchangeDeps } from '../exchange/service.ts';
+import { WRIT_KIND } from '../oauth/client-metadata.ts';
+import { oauthError } from '../oauth/provider.ts';
+import type { CompiledPolicy } from '../policy/compiled.ts';
+import type { ClientPolicy } from '../policy/model.ts';
+import type { RevocationState } from '../revocation/state.ts';
+import { introspect, type IntrospectionDeps } from './introspection.ts';
+import { revokeTaskById, revokeToken, type RevocationDeps } from './revocation.ts';
+
+/** What the client is told; the reason code stays in the audit record (no oracle). */
+const DESCRIPTIONS: Record<string, string> = {
+  invalid_request: 'the request or a presented token is not acceptable',
+  invalid_target: 'the requested audience is not available to this client',
+  invalid_scope: 'the requested scope is not available',
+  unauthorized_client: 'this client may not use token exchange',
+  temporarily_unavailable: 'try again shortly',
+};
+
+export const TASK_FLAG = 'writTaskRevocation';
+
+function requestId(ctx: ParameterizedContext): string {
+  return (ctx.state as { requestId?: string }).requestId ?? '';
+}
+
+function unavailable(ctx: ParameterizedContext): Error {
+  ctx.set('Retry-After', '1');
+  return oauthError('temporarily_unavailable', DESCRIPTIONS.temporarily_unavailable!, 503);
+}
+
+/** The policy client behind `ctx.oidc.client`, which the provider authenticated. */
+function callerOf(ctx: KoaContextWithOIDC, policy: CompiledPolicy): ClientPolicy {
+  const id = ctx.oidc.client?.clientId;
+  const caller = id === undefined ? undefined : policy.clients.get(id);
+  if (!caller) throw oauthError('invalid_client', 'client authentication failed', 401);
+  return caller;
+}
+
+export function tokenExchangeHandler(deps: ExchangeDeps) {
+  return async function handleTokenExchange(ctx: KoaContextWithOIDC): Promise<void> {
+    (ctx.state as Record<string, unknown>).writAudited = true;
+    const result = await exchange(deps, {
+      clientId: ctx.oidc.client!.clientId,
+      params: ctx.oidc.params as Record<string, string | string[] | undefined>,
+      requestId: requestId(ctx),
+      dpop: ctx.get('dpop') !== '',
+      now: Math.floor(Date.now() / 1000),
+    });
+    (ctx.state as Record<string, unknown>).writReason = result.ok ? 'granted' : result.reason;
+    if (!result.ok) {
+      if (result.error === 'temporarily_unavailable') throw unavailable(ctx);
+      throw oauthError(result.error, DESCRIPTIONS[result.error] ?? 'the request was refused');
+    }
+    ctx.status = 200;
+    ctx.body = result.body;
+  };
+}
+
+export function introspectionHandler(deps: IntrospectionDeps & { policy: () => CompiledPolicy; revocations: RevocationState; auditQueue: BatchedAuditWriter }): Middleware {
+  return async function handleIntrospection(ctx) {
+    const oidc = ctx as unknown as KoaContextWithOIDC;
+    const token = oidc.oidc.params?.token;
+    if (typeof token !== 'string' || token === '') throw oauthError('invalid_request', "missing required parameter 'token'");
+    const caller = callerOf(oidc, deps.policy());
+    // Fail closed: if revocations may have been missed, never answer active.
+    if (!deps.revocations.isFresh()) throw unavailable(ctx);
+    const { body, claims } = await introspect(deps, caller, token, Math.floor(Date.now() / 1000));
+    deps.auditQueue.enqueue({
+      type: 'introspection',
+      outcome: body.active ? 'active' : 'inactive',
+      requestId: requestId(ctx),
+      clientId: caller.client_id,
+      jti: claims?.jti ?? null,
+      audience: claims?.aud ?? null,
+      ...(claims ? { subject: `${claims.sub_id.iss}|${claims.sub_id.sub}`, taskId: claims.task_id ?? null } : {}),
+      details: {},
+    });
+    ctx.set('Cache-Control', 'no-store');
+    ctx.body = body;
+  };
+}
+
+export function revocationHandler(deps: RevocationDeps & { policy: () => CompiledPolicy }): Middleware {
+  return async function handleRevocation(ctx) {
+    const oidc = ctx as unknown as KoaContextWithOIDC;
+    const caller = callerOf(oidc, deps.policy());
+    const isTask = (ctx.state as Record<string, unknown>)[TASK_FLAG] === true;
+    const name = isTask ? 'task_id' : 'token';
+    const value = oidc.oidc.params?.[name];
+    if (typeof value !== 'string' || value === '') throw oauthError('invalid_request', `missing required parameter '${name}'`);
+    if (isTask && !/^[A-Za-z0-9._:-]{1,128}$/.test(value)) throw oauthError('invalid_request', 'task_id is malformed');
+    try {
+      const outcome = isTask
+        ? await revokeTaskById(deps, caller, value, requestId(ctx))
+        : await revokeToken(deps, caller, value, requestId(ctx));
+      if (outcome.status === 'refused') {
+        throw oauthError('unauthorized_client', isTask ? 'this client may not end this task' : 'this client may not revoke this token');
+      }
+    } catch (err) {
+      if (isStorageError(err)) throw unavailable(ctx);
+      throw err;
+    }
+    ctx.status = 200;
+    ctx.body = '';
+  };
+}
+
+export function clientKind(ctx: KoaContextWithOIDC): string | undefined {
+  return ctx.oidc.client?.metadata()[WRIT_KIND] as string | undefined;
+}

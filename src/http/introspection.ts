@@ -1,0 +1,81 @@
+import type { ClientPolicy } from '../policy/model.ts';
+import type { RevocationState } from '../revocation/state.ts';
+import type { KeyResolver } from '../tokens/key-resolver.ts';
+import { verifyWritToken, type WritTokenClaims } from '../tokens/verify-jwt.ts';
+import { clientsInAct } from '../exchange/presented-tokens.ts';
+import type { LineageCache } from '../exchange/lineage-store.ts';
+
+export type IntrospectionResponse =
+  | { active: false }
+  | {
+    active: true;
+    iss: string;
+    sub: string;
+    sub_id: unknown;
+    aud: string;
+    client_id: string;
+    scope: string;
+    exp: number;
+    iat: number;
+    jti: string;
+    act: unknown;
+    task_id?: string;
+    token_type: 'Bearer';
+  };
+
+export interface IntrospectionDeps {
+  issuer: string;
+  writKeys: KeyResolver;
+  revocations: RevocationState;
+  lineage: LineageCache;
+}
+
+/** DESIGN.md §4: who may see a token. Anything else is answered exactly `{"active": false}`. */
+export function mayIntrospect(caller: ClientPolicy, claims: Pick<WritTokenClaims, 'aud'>): boolean {
+  if (!caller.enabled) return false;
+  if (caller.kind === 'admin') return true;
+  return caller.audiences.includes(claims.aud);
+}
+
+/**
+ * RFC 7662 for Writ's JWTs: active only if the signature and times are good, the caller may
+ * see it, and nothing revokes it — decided from memory, with no database read.
+ */
+export async function introspect(deps: IntrospectionDeps, caller: ClientPolicy, token: string, now: number): Promise<{ body: IntrospectionResponse; claims?: WritTokenClaims }> {
+  let claims: WritTokenClaims;
+  try {
+    claims = await verifyWritToken(token, { selfIssuer: deps.issuer, keys: deps.writKeys, now, leeway: 0 });
+  } catch {
+    return { body: { active: false } };
+  }
+  if (!mayIntrospect(caller, claims)) return { body: { active: false }, claims };
+  const lineage = deps.lineage.peek(claims.jti);
+  const revoked = deps.revocations.check({
+    jti: claims.jti,
+    iat: claims.iat,
+    taskId: claims.task_id ?? null,
+    clients: [claims.client_id, ...clientsInAct(claims.act)],
+    rootIssuer: claims.sub_id.iss,
+    rootSubject: claims.sub_id.sub,
+    ...(lineage ? { ruleId: lineage.ruleId } : {}),
+  });
+  if (revoked) return { body: { active: false }, claims };
+  return {
+    claims,
+    body: {
+      active: true,
+      iss: claims.iss,
+      sub: claims.sub,
+      sub_id: claims.sub_id,
+      aud: claims.aud,
+      client_id: claims.client_id,
+      scope: claims.scope,
+      exp: claims.exp,
+      iat: claims.iat,
+      jti: claims.jti,
+      act: claims.act,
+      ...(claims.task_id ? { task_id: claims.task_id } : {}),
+      token_type: 'Bearer',
+    },
+  };
+}

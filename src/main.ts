@@ -1,0 +1,69 @@
+#!/usr/bin/env node
+import { parseArgs } from 'node:util';
+import { ConfigError } from './config.ts';
+import { cliContext, UsageError } from './cli/context.ts';
+import { demo } from './cli/demo.ts';
+import { policyApply, policyValidate } from './cli/policy.ts';
+import { migrateCommand, serve } from './cli/serve.ts';
+
+const USAGE = `usage: writ <command>
+
+  serve [--apply DIR]        start Writ (migrates first; optionally applies a policy directory)
+  migrate                    apply database migrations
+  policy validate DIR        check policy files without applying them
+  policy apply DIR [-m MSG]  set DIR's policy as a new version
+  demo [--exit]              start Writ on the embedded database with the example policy and
+                             walk a delegation chain through it (--exit: stop afterwards)
+
+Configuration comes from the environment: DATABASE_URL, WRIT_DATA_DIR, WRIT_ISSUER, PORT, HOST,
+WRIT_ENV, WRIT_KEK, WRIT_TRUST_PROXY, WRIT_MAX_TTL, WRIT_METRICS_ADDR, LOG_LEVEL.`;
+
+async function run(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (command === undefined || command === 'help' || command === '--help' || command === '-h') {
+    process.stdout.write(`${USAGE}\n`);
+    return command === undefined ? 2 : 0;
+  }
+  const ctx = cliContext();
+  switch (command) {
+    case 'serve': {
+      const { values } = parseArgs({ args: rest, options: { apply: { type: 'string' } } });
+      return serve(ctx, values.apply ? { applyDir: values.apply } : {});
+    }
+    case 'migrate':
+      parseArgs({ args: rest, options: {} });
+      return migrateCommand(ctx);
+    case 'policy': {
+      const [sub, ...args] = rest;
+      const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { message: { type: 'string', short: 'm' } } });
+      if (positionals.length !== 1) throw new UsageError('policy needs exactly one directory');
+      if (sub === 'validate') return policyValidate(ctx, positionals[0]!);
+      if (sub === 'apply') return policyApply(ctx, positionals[0]!, values.message ?? '');
+      throw new UsageError(`unknown policy command "${sub ?? ''}"`);
+    }
+    case 'demo': {
+      const { values } = parseArgs({ args: rest, options: { exit: { type: 'boolean' } } });
+      return demo(ctx, { exit: values.exit ?? false });
+    }
+    default:
+      throw new UsageError(`unknown command "${command}"`);
+  }
+}
+
+run(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    if (err instanceof UsageError || (err as { code?: string }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') {
+      process.stderr.write(`writ: ${(err as Error).message}\n\n${USAGE}\n`);
+      process.exitCode = 2;
+    } else if (err instanceof ConfigError) {
+      process.stderr.write(`writ: configuration error: ${err.message}\n`);
+      process.exitCode = 78;
+    } else {
+      process.stderr.write(`writ: ${(err as Error).message}\n`);
+      process.exitCode = 1;
+    }
+  },
+);

@@ -1,0 +1,123 @@
+import { randomBytes } from 'node:crypto';
+import type { Knex } from 'knex';
+import type { Middleware, ParameterizedContext } from 'koa';
+import Provider, { errors, type Configuration, type KoaContextWithOIDC } from 'oidc-provider';
+import { verifyClientSecret } from '../tokens/kek.ts';
+import type { SigningKeys } from '../tokens/signing-keys.ts';
+import { KnexAdapter, PolicyClientAdapter } from './adapter.ts';
+import { TOKEN_EXCHANGE, WRIT_KIND } from './client-metadata.ts';
+import { installStructuredTokenHandlers } from './internals.ts';
+
+export interface ProviderOptions {
+  issuer: string;
+  keys: SigningKeys;
+  knex: () => Knex;
+  findClient: (clientId: string) => Record<string, unknown> | undefined;
+  secretKey: Buffer;
+  trustProxy: boolean;
+  grant: {
+    params: readonly string[];
+    repeatable: readonly string[];
+    handler: (ctx: KoaContextWithOIDC) => Promise<void>;
+  };
+  introspect: Middleware;
+  revoke: Middleware;
+  extraRevocationParams: (ctx: ParameterizedContext) => string[];
+}
+
+export const ROUTES = {
+  token: '/token',
+  introspection: '/token/introspection',
+  revocation: '/token/revocation',
+  jwks: '/jwks',
+} as const;
+
+/** Paths the provider always mounts but a token service has no use for. */
+const UNUSED_PATHS = [/^\/auth(\/|$)/, /^\/session\/end/, /^\/\.well-known\/openid-configuration$/];
+
+/** Discovery members that describe the OpenID Connect surface Writ does not offer. */
+const UNOFFERED_METADATA = [
+  'authorization_endpoint', 'claims_parameter_supported', 'claims_supported', 'code_challenge_methods_supported',
+  'end_session_endpoint', 'id_token_signing_alg_values_supported', 'request_parameter_supported',
+  'request_uri_parameter_supported', 'require_request_uri_registration', 'response_modes_supported',
+  'response_types_supported', 'scopes_supported', 'subject_types_supported', 'userinfo_endpoint',
+  'claim_types_supported', 'authorization_response_iss_parameter_supported',
+];
+
+export function createProvider(options: ProviderOptions): Provider {
+  installStructuredTokenHandlers({
+    introspect: options.introspect,
+    revoke: options.revoke,
+    extraRevocationParams: options.extraRevocationParams,
+  });
+  const configuration: Configuration = {
+    adapter: (name: string) => (name === 'Client'
+      ? new PolicyClientAdapter(options.findClient)
+      : new KnexAdapter(name, options.knex)),
+    clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt'],
+    responseTypes: [],
+    scopes: [],
+    claims: {},
+    jwks: { keys: [...options.keys.active.values()].map((k) => k.privateJwk) } as Configuration['jwks'],
+    enabledJWA: {
+      clientAuthSigningAlgValues: ['RS256', 'PS256', 'ES256', 'EdDSA', 'Ed25519'],
+    },
+    extraClientMetadata: { properties: [WRIT_KIND] },
+    features: {
+      devInteractions: { enabled: false },
+      userinfo: { enabled: false },
+      rpInitiatedLogout: { enabled: false },
+      pushedAuthorizationRequests: { enabled: false },
+      registration: { enabled: false },
+      clientCredentials: { enabled: false },
+      introspection: { enabled: true },
+      revocation: { enabled: true },
+      // Off until sender-constrained tokens are built; the grant refuses a DPoP header.
+      dPoP: { enabled: false },
+    },
+    routes: { ...ROUTES },
+    cookies: { keys: [randomBytes(32).toString('base64url')] },
+    clientBasedCORS: () => false,
+    renderError: async (ctx, out) => {
+      ctx.type = 'application/json';
+      ctx.body = out;
+    },
+    ttl: { AccessToken: 60, ClientCredentials: 60, Grant: 60 },
+  };
+  const provider = new Provider(options.issuer, configuration);
+  provider.proxy = options.trustProxy;
+
+  // Client secrets are stored as keyed hashes: hash what is presented and compare in constant time.
+  const secretKey = options.secretKey;
+  (provider.Client.prototype as unknown as { compareClientSecret: (this: { clientId: string; clientSecret: string }, actual: string) => Promise<boolean> })
+    .compareClientSecret = async function compareClientSecret(actual: string) {
+      return verifyClientSecret(secretKey, this.clientId, actual, this.clientSecret);
+    };
+
+  provider.registerGrantType(TOKEN_EXCHANGE, options.grant.handler, [...options.grant.params], [...options.grant.repeatable]);
+
+  provider.use(async (ctx, next) => {
+    if (UNUSED_PATHS.some((re) => re.test(ctx.path))) {
+      ctx.status = 404;
+      ctx.body = { error: 'not_found' };
+      return;
+    }
+    await next();
+    if (ctx.oidc?.route === 'discovery' && ctx.status === 200 && ctx.body && typeof ctx.body === 'object') {
+      const body = ctx.body as Record<string, unknown>;
+      for (const key of UNOFFERED_METADATA) delete body[key];
+      // Beside the other endpoints, whose URLs the provider derives from the request.
+      body.task_revocation_endpoint = new URL('/task/revocation', String(body.token_endpoint)).href;
+    }
+  });
+  return provider;
+}
+
+/** oidc-provider's error classes, thrown by Writ's handlers so the provider renders them. */
+export function oauthError(error: string, description: string, status = 400): Error {
+  const err = new errors.CustomOIDCProviderError(error, description) as Error & { status: number; statusCode: number; expose: boolean };
+  err.status = status;
+  err.statusCode = status;
+  err.expose = true;
+  return err;
+}

@@ -1,0 +1,39 @@
+import type { Knex } from 'knex';
+import { loadPolicyFiles, type LoadOptions, type PolicyFile, type PolicyIssue } from './load.ts';
+import { applyPolicy, PolicyApplyError } from './store.ts';
+
+export type ApplyOutcome =
+  | { ok: true; version: number; digest: string; warnings: PolicyIssue[] }
+  | { ok: false; errors: PolicyIssue[]; warnings: PolicyIssue[] };
+
+/** Validates files and sets them as the new policy version; the apply is audited in the same transaction. */
+export async function applyPolicyFiles(knex: Knex, files: PolicyFile[], options: LoadOptions & {
+  appliedBy: string;
+  message: string;
+  secretKey: Buffer;
+}): Promise<ApplyOutcome> {
+  const loaded = loadPolicyFiles(files, options);
+  if (!loaded.ok) return loaded;
+  try {
+    const stored = await applyPolicy(knex, {
+      document: loaded.document,
+      secrets: loaded.secrets,
+      appliedBy: options.appliedBy,
+      message: options.message,
+      secretKey: options.secretKey,
+      audit: (version, digest) => ({
+        type: 'policy.applied',
+        outcome: 'applied',
+        clientId: options.appliedBy,
+        policyVersion: version,
+        details: { digest, message: options.message, secrets_set: [...loaded.secrets.keys()].sort() },
+      }),
+    });
+    return { ok: true, version: stored.version, digest: stored.digest, warnings: loaded.warnings };
+  } catch (err) {
+    if (err instanceof PolicyApplyError) {
+      return { ok: false, errors: [{ severity: 'error', path: '', code: 'apply', message: err.message }], warnings: loaded.warnings };
+    }
+    throw err;
+  }
+}

@@ -1,0 +1,124 @@
+import { createHash } from 'node:crypto';
+import type { Knex } from 'knex';
+import { toRow, type AuditEvent } from '../audit/event.ts';
+import { hashClientSecret } from '../tokens/kek.ts';
+import type { PolicyDocument } from './model.ts';
+
+export const POLICY_CHANNEL = 'writ_policy';
+
+export interface StoredVersion {
+  version: number;
+  createdAt: Date;
+  appliedBy: string;
+  message: string;
+  digest: string;
+  document: PolicyDocument;
+}
+
+export class PolicyApplyError extends Error {
+  override name = 'PolicyApplyError';
+}
+
+/** Stable JSON (sorted keys) so equal documents have equal digests. */
+export function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  if (value && typeof value === 'object') {
+    const entries = Object.entries(value as Record<string, unknown>)
+      .filter(([, v]) => v !== undefined)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
+  }
+  return JSON.stringify(value);
+}
+
+export function digestOf(document: PolicyDocument): string {
+  return createHash('sha256').update(canonicalJson(document)).digest('hex');
+}
+
+function withoutSecrets(document: PolicyDocument): PolicyDocument {
+  return { ...document, clients: document.clients.map(({ secret: _secret, ...rest }) => rest) };
+}
+
+interface VersionRow {
+  version: number;
+  created_at: Date;
+  applied_by: string;
+  message: string;
+  digest: string;
+  document: PolicyDocument;
+}
+
+function fromRow(row: VersionRow): StoredVersion {
+  return {
+    version: row.version,
+    createdAt: row.created_at,
+    appliedBy: row.applied_by,
+    message: row.message,
+    digest: row.digest,
+    document: row.document,
+  };
+}
+
+export async function currentVersion(knex: Knex): Promise<StoredVersion | undefined> {
+  const row = await knex<VersionRow>('policy_versions').orderBy('version', 'desc').first();
+  return row ? fromRow(row) : undefined;
+}
+
+export async function currentVersionNumber(knex: Knex): Promise<number> {
+  const row = await knex('policy_versions').max<{ max: number | null }>('version as max').first();
+  return row?.max ?? 0;
+}
+
+export async function loadCredentials(knex: Knex): Promise<Map<string, string>> {
+  const rows = await knex('client_credentials').select<Array<{ client_id: string; secret_hash: string }>>('client_id', 'secret_hash');
+  return new Map(rows.map((r) => [r.client_id, r.secret_hash]));
+}
+
+/**
+ * Sets the whole declarative state as a new version, in one transaction: objects absent from
+ * the document are gone, secrets given are stored only as keyed hashes, a client whose file
+ * omits `secret` keeps its current one, and credentials of removed clients are deleted.
+ */
+export async function applyPolicy(knex: Knex, input: {
+  document: PolicyDocument;
+  secrets: ReadonlyMap<string, string>;
+  appliedBy: string;
+  message: string;
+  secretKey: Buffer;
+  /** The audit event of this apply, committed in the same transaction. */
+  audit: (version: number, digest: string) => AuditEvent;
+}): Promise<StoredVersion> {
+  const document = withoutSecrets(input.document);
+  return knex.transaction(async (trx) => {
+    // One apply at a time, so versions are dense and each is based on the one before.
+    await trx.raw('SELECT pg_advisory_xact_lock(7369658)');
+    const stored = await loadCredentials(trx);
+    const clientIds = new Set(document.clients.map((c) => c.client_id));
+    for (const client of document.clients) {
+      if (client.auth === 'private_key_jwt') continue;
+      if (!input.secrets.has(client.client_id) && !stored.has(client.client_id)) {
+        throw new PolicyApplyError(`client ${client.client_id} uses ${client.auth} but has no secret: set one in its file`);
+      }
+    }
+    const removed = [...stored.keys()].filter((id) => !clientIds.has(id));
+    if (removed.length > 0) await trx('client_credentials').whereIn('client_id', removed).delete();
+    for (const [clientId, secret] of input.secrets) {
+      if (!clientIds.has(clientId)) continue;
+      await trx('client_credentials')
+        .insert({ client_id: clientId, secret_hash: hashClientSecret(input.secretKey, clientId, secret), updated_at: trx.fn.now() })
+        .onConflict('client_id').merge();
+    }
+    const { max } = (await trx('policy_versions').max<{ max: number | null }>('version as max').first()) ?? { max: null };
+    const version = (max ?? 0) + 1;
+    const [row] = await trx<VersionRow>('policy_versions').insert({
+      version,
+      applied_by: input.appliedBy,
+      message: input.message,
+      document: JSON.stringify(document) as unknown as PolicyDocument,
+      digest: digestOf(document),
+    }).returning('*');
+    await trx('audit_events').insert(toRow(input.audit(version, (row as VersionRow).digest)));
+    await trx.raw('SELECT pg_notify(?, ?)', [POLICY_CHANNEL, String(version)]);
+    return fromRow(row as VersionRow);
+  });
+}

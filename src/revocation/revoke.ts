@@ -1,0 +1,80 @@
+import type { Knex } from 'knex';
+import { toRow, type AuditEvent } from '../audit/event.ts';
+import { REVOCATION_CHANNEL, type RevocationEntry } from './state.ts';
+
+const NOTIFY_LIMIT = 7000;
+
+/** NOTIFY payloads are capped at 8000 bytes: send entries in chunks, or a hint to poll. */
+async function notify(trx: Knex.Transaction, entries: RevocationEntry[]): Promise<void> {
+  let chunk: RevocationEntry[] = [];
+  let size = 2;
+  const send = async (): Promise<void> => {
+    if (chunk.length > 0) await trx.raw('SELECT pg_notify(?, ?)', [REVOCATION_CHANNEL, JSON.stringify(chunk)]);
+    chunk = [];
+    size = 2;
+  };
+  for (const e of entries) {
+    const length = JSON.stringify(e).length + 1;
+    if (size + length > NOTIFY_LIMIT) await send();
+    chunk.push(e);
+    size += length;
+  }
+  await send();
+}
+
+export interface TokenRevocationResult {
+  /** Every jti revoked by this call: the token and all its descendants not revoked before. */
+  revoked: Array<{ jti: string; exp: number }>;
+}
+
+/**
+ * Revokes a token and, transitively, every token derived from it. Each UPDATE locks the rows
+ * it marks; an exchange deriving from one of them holds `FOR SHARE` on it until it commits,
+ * so each later statement (a fresh snapshot under READ COMMITTED) sees any child committed
+ * meanwhile. The loop ends when a pass finds no unrevoked child.
+ */
+export async function revokeTokenCascade(knex: Knex, input: { jti: string; revokedBy: string; audit: (count: number) => AuditEvent }): Promise<TokenRevocationResult> {
+  return knex.transaction(async (trx) => {
+    const revoked: Array<{ jti: string; exp: number }> = [];
+    let frontier: string[] = [input.jti];
+    let first = true;
+    while (frontier.length > 0) {
+      const rows = await trx.raw<{ rows: Array<{ jti: string; exp: number }> }>(`
+        UPDATE token_lineage SET revoked_at = clock_timestamp()
+        WHERE revoked_at IS NULL AND ${first ? 'jti = ANY(?)' : 'parent_jti = ANY(?)'}
+        RETURNING jti, extract(epoch FROM exp)::bigint AS exp`, [frontier]);
+      revoked.push(...rows.rows);
+      // A token revoked earlier has its own descendants revoked already, but ones minted from
+      // it after that revocation cannot exist (they would have been refused), so stop there.
+      frontier = rows.rows.map((r) => r.jti);
+      first = false;
+    }
+    if (revoked.length > 0) {
+      const entries: RevocationEntry[] = revoked.map((r) => ({ kind: 'jti', value: r.jti, notBefore: null, expiresAt: r.exp }));
+      await trx('revocations')
+        .insert(revoked.map((r) => ({ kind: 'jti', value: r.jti, expires_at: new Date(r.exp * 1000), revoked_by: input.revokedBy })))
+        .onConflict(['kind', 'value']).ignore();
+      await notify(trx, entries);
+    }
+    await trx('audit_events').insert(toRow(input.audit(revoked.length)));
+    return { revoked };
+  });
+}
+
+/**
+ * Ends a task: every token carrying this task_id is inactive from now on, and no exchange may
+ * continue it. Lineage rows are marked too, so chained exchanges from them are refused in the
+ * same statement that would record them.
+ */
+export async function revokeTask(knex: Knex, input: { taskId: string; revokedBy: string; audit: (count: number) => AuditEvent }): Promise<number> {
+  return knex.transaction(async (trx) => {
+    await trx('revocations')
+      .insert({ kind: 'task', value: input.taskId, revoked_by: input.revokedBy })
+      .onConflict(['kind', 'value']).ignore();
+    const updated = await trx('token_lineage').where({ task_id: input.taskId }).whereNull('revoked_at')
+      .update({ revoked_at: trx.raw('clock_timestamp()') });
+    await notify(trx, [{ kind: 'task', value: input.taskId, notBefore: null, expiresAt: null }]);
+    await trx('audit_events').insert(toRow(input.audit(updated)));
+    return updated;
+  });
+}

@@ -1,0 +1,162 @@
+import type { Knex } from 'knex';
+import type { Logger } from 'pino';
+import type { Database } from '../store/db.ts';
+
+export const REVOCATION_CHANNEL = 'writ_revocation';
+
+export type RevocationKind = 'jti' | 'task' | 'client' | 'subject' | 'issuer' | 'rule';
+
+export interface RevocationEntry {
+  kind: RevocationKind;
+  value: string;
+  /** For kill switches: tokens issued before this (epoch seconds) are inactive. */
+  notBefore: number | null;
+  /** Epoch seconds after which the mark can no longer affect a live token; null = never expires. */
+  expiresAt: number | null;
+}
+
+/** What a token presents to the revocation check; all of it is in the JWT or its lineage. */
+export interface RevocationSubject {
+  jti: string;
+  iat: number;
+  taskId: string | null;
+  /** Every client in the chain (`client_id`, and each actor's client). */
+  clients: readonly string[];
+  rootIssuer: string;
+  rootSubject: string;
+  ruleId?: string;
+}
+
+interface RevocationRow {
+  kind: RevocationKind;
+  value: string;
+  not_before: Date | null;
+  expires_at: Date | null;
+  created_at: Date;
+}
+
+const toSeconds = (d: Date | null): number | null => (d ? Math.floor(d.getTime() / 1000) : null);
+
+/**
+ * Each instance's copy of every revocation and kill switch, so introspection never reads the
+ * database (DESIGN.md §8). Fed by LISTEN/NOTIFY, with a short poll as backstop; if neither has
+ * succeeded lately the set is stale and callers must fail closed.
+ */
+export class RevocationState {
+  private readonly jtis = new Map<string, number | null>();
+  private readonly tasks = new Set<string>();
+  /** `${kind}\n${value}` → not_before (epoch seconds). */
+  private readonly marks = new Map<string, number>();
+  private lastSeen: Date | undefined;
+  private lastSyncOk = 0;
+  private pollTimer: NodeJS.Timeout | undefined;
+  private unlisten: (() => Promise<void>) | undefined;
+  private readonly db: Database;
+  private readonly logger: Logger;
+  private readonly pollMs: number;
+  /** How long without a successful sync before the set is considered stale. */
+  readonly staleAfterMs: number;
+
+  constructor(db: Database, logger: Logger, options: { pollMs?: number; staleAfterMs?: number } = {}) {
+    this.db = db;
+    this.logger = logger;
+    this.pollMs = options.pollMs ?? 250;
+    this.staleAfterMs = options.staleAfterMs ?? 1000;
+  }
+
+  async start(): Promise<void> {
+    this.unlisten = await this.db.listen(REVOCATION_CHANNEL, (payload) => this.onNotify(payload));
+    await this.poll(true);
+    this.pollTimer = setInterval(() => void this.poll(false), this.pollMs);
+    this.pollTimer.unref();
+  }
+
+  async stop(): Promise<void> {
+    if (this.pollTimer) clearInterval(this.pollTimer);
+    await this.unlisten?.();
+  }
+
+  /** True while the set is known to be current. */
+  isFresh(nowMs = Date.now()): boolean {
+    return nowMs - this.lastSyncOk <= this.staleAfterMs;
+  }
+
+  apply(entry: RevocationEntry): void {
+    switch (entry.kind) {
+      case 'jti':
+        this.jtis.set(entry.value, entry.expiresAt);
+        break;
+      case 'task':
+        this.tasks.add(entry.value);
+        break;
+      default: {
+        const key = `${entry.kind}\n${entry.value}`;
+        const previous = this.marks.get(key) ?? 0;
+        this.marks.set(key, Math.max(previous, entry.notBefore ?? 0));
+      }
+    }
+  }
+
+  isJtiRevoked(jti: string): boolean {
+    return this.jtis.has(jti);
+  }
+
+  isTaskRevoked(taskId: string): boolean {
+    return this.tasks.has(taskId);
+  }
+
+  /** Why a token is inactive, or null. A mark covers tokens whose `iat` is before its time. */
+  check(t: RevocationSubject): 'token_revoked' | 'task_revoked' | null {
+    if (this.jtis.has(t.jti)) return 'token_revoked';
+    if (t.taskId !== null && this.tasks.has(t.taskId)) return 'task_revoked';
+    if (this.marks.size === 0) return null;
+    const covered = (kind: RevocationKind, value: string): boolean => {
+      const nb = this.marks.get(`${kind}\n${value}`);
+      return nb !== undefined && t.iat < nb;
+    };
+    if (t.clients.some((c) => covered('client', c))) return 'token_revoked';
+    if (covered('subject', `${t.rootIssuer}|${t.rootSubject}`)) return 'token_revoked';
+    if (covered('issuer', t.rootIssuer)) return 'token_revoked';
+    if (t.ruleId !== undefined && covered('rule', t.ruleId)) return 'token_revoked';
+    return null;
+  }
+
+  private onNotify(payload: string): void {
+    try {
+      const entries = JSON.parse(payload) as RevocationEntry[];
+      for (const e of entries) this.apply(e);
+    } catch {
+      // A payload too large to send arrives as a hint only; the poll picks the rows up.
+      void this.poll(false);
+    }
+  }
+
+  private async poll(initial: boolean): Promise<void> {
+    try {
+      const knex: Knex = this.db.knex;
+      const query = knex<RevocationRow>('revocations').select('kind', 'value', 'not_before', 'expires_at', 'created_at');
+      if (initial || !this.lastSeen) {
+        query.where((q) => q.whereNull('expires_at').orWhere('expires_at', '>', knex.fn.now()));
+      } else {
+        // Overlap the window: rows are stamped when written and become visible at commit.
+        query.where('created_at', '>', new Date(this.lastSeen.getTime() - 5000));
+      }
+      const rows = await query;
+      for (const row of rows) {
+        this.apply({ kind: row.kind, value: row.value, notBefore: toSeconds(row.not_before), expiresAt: toSeconds(row.expires_at) });
+        if (!this.lastSeen || row.created_at > this.lastSeen) this.lastSeen = row.created_at;
+      }
+      this.lastSeen ??= new Date();
+      this.lastSyncOk = Date.now();
+      if (!initial) this.purge(Math.floor(Date.now() / 1000));
+    } catch (err) {
+      if (initial) throw err;
+      this.logger.warn({ err: (err as Error).message }, 'revocation poll failed');
+    }
+  }
+
+  private purge(now: number): void {
+    if (this.jtis.size < 10_000) return;
+    for (const [jti, exp] of this.jtis) if (exp !== null && exp < now) this.jtis.delete(jti);
+  }
+}

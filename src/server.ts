@@ -1,0 +1,140 @@
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type Koa from 'koa';
+import type { Logger } from 'pino';
+import type Provider from 'oidc-provider';
+import { BatchedAuditWriter } from './audit/batch-writer.ts';
+import { recordAudit } from './audit/event.ts';
+import type { Config } from './config.ts';
+import { LineageCache } from './exchange/lineage-store.ts';
+import { EXCHANGE_PARAMS, REPEATABLE_PARAMS } from './exchange/request.ts';
+import { isStorageError, type ExchangeDeps } from './exchange/service.ts';
+import { localAdmin } from './http/admin-local.ts';
+import { createApp } from './http/app.ts';
+import { introspectionHandler, revocationHandler, tokenExchangeHandler } from './http/handlers.ts';
+import { findClientMetadata } from './oauth/client-metadata.ts';
+import { createProvider } from './oauth/provider.ts';
+import { PolicyState } from './policy/state.ts';
+import { RevocationState } from './revocation/state.ts';
+import { migrate, openDatabase, type Database } from './store/db.ts';
+import { deriveKeys, type DerivedKeys } from './tokens/kek.ts';
+import { UpstreamKeys, writKeyResolver } from './tokens/key-resolver.ts';
+import { ensureSigningKeys, type SigningKeys } from './tokens/signing-keys.ts';
+
+export interface Writ {
+  config: Config;
+  db: Database;
+  app: Koa;
+  provider: Provider;
+  policy: PolicyState;
+  revocations: RevocationState;
+  keys: SigningKeys;
+  derived: DerivedKeys;
+  auditQueue: BatchedAuditWriter;
+  /** Starts listening; resolves with the bound URL. */
+  listen(): Promise<string>;
+  /** Stops accepting, lets in-flight requests finish, flushes the audit queue, closes the database. */
+  close(): Promise<void>;
+}
+
+export interface WritOptions {
+  /** An already-open database (tests and the CLI share one); otherwise opened from config. */
+  db?: Database;
+  /** Poll intervals, shortened in tests. */
+  pollMs?: number;
+  /** The local admin credential (`writ serve` on the embedded database). */
+  localToken?: () => string | undefined;
+}
+
+export async function createWrit(config: Config, logger: Logger, options: WritOptions = {}): Promise<Writ> {
+  const db = options.db ?? await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir });
+  try {
+    await migrate(db);
+    const derived = deriveKeys(config.kek);
+    const keys = await ensureSigningKeys(db.knex, derived.keyEncryption);
+    const policy = new PolicyState(db, logger, options.pollMs ? { pollMs: options.pollMs } : {});
+    const upstream = new UpstreamKeys();
+    policy.onChange((p) => upstream.sync(p));
+    await policy.start();
+    const revocations = new RevocationState(db, logger);
+    await revocations.start();
+    const auditQueue = new BatchedAuditWriter(db.knex, logger);
+    const lineage = new LineageCache();
+    const writKeys = writKeyResolver(() => keys);
+
+    const exchangeDeps: ExchangeDeps = {
+      issuer: config.issuer,
+      maxTtl: config.maxTtl,
+      policy: () => policy.policy,
+      keys: () => keys,
+      writKeys,
+      upstreamKeys: (iss) => upstream.resolver(iss),
+      revocations,
+      lineage,
+      knex: db.knex,
+      logger,
+    };
+    const provider = createProvider({
+      issuer: config.issuer,
+      keys,
+      knex: () => db.knex,
+      findClient: (id) => findClientMetadata(policy.policy, policy.credentials, id),
+      secretKey: derived.clientSecret,
+      trustProxy: config.trustProxy,
+      grant: { params: EXCHANGE_PARAMS, repeatable: REPEATABLE_PARAMS, handler: tokenExchangeHandler(exchangeDeps) },
+      introspect: introspectionHandler({ issuer: config.issuer, writKeys, revocations, lineage, policy: () => policy.policy, auditQueue }),
+      revoke: revocationHandler({ issuer: config.issuer, writKeys, knex: db.knex, policy: () => policy.policy }),
+      extraRevocationParams: (ctx) => ((ctx.state as Record<string, unknown>).writTaskRevocation ? ['task_id'] : []),
+    });
+    provider.on('server_error', (_ctx: unknown, err: Error) => logger.error({ err: err.message }, 'provider server_error'));
+
+    const app = createApp({
+      provider,
+      logger,
+      trustProxy: config.trustProxy,
+      auditQueue,
+      auditNow: (event) => recordAudit(db.knex, event),
+      isStorageError,
+      routes: [localAdmin({
+        localToken: options.localToken ?? (() => undefined),
+        knex: db.knex,
+        selfIssuer: config.issuer,
+        maxTtl: config.maxTtl,
+        secretKey: derived.clientSecret,
+        reloadPolicy: () => policy.reload(),
+      })],
+      ready: async () => {
+        await db.knex.raw('SELECT 1');
+        return revocations.isFresh();
+      },
+    });
+
+    let server: Server | undefined;
+    const writ: Writ = {
+      config, db, app, provider, policy, revocations, keys, derived, auditQueue,
+      listen: () => new Promise((resolve, reject) => {
+        server = app.listen(config.port, config.host);
+        server.once('error', reject);
+        server.once('listening', () => {
+          const { port } = server!.address() as AddressInfo;
+          resolve(`http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`);
+        });
+      }),
+      async close() {
+        if (server) {
+          const closing = new Promise<void>((resolve) => server!.close(() => resolve()));
+          server.closeIdleConnections();
+          await closing;
+        }
+        await policy.stop();
+        await revocations.stop();
+        await auditQueue.close();
+        if (!options.db) await db.close();
+      },
+    };
+    return writ;
+  } catch (err) {
+    if (!options.db) await db.close().catch(() => undefined);
+    throw err;
+  }
+}

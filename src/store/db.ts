@@ -1,0 +1,109 @@
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { readdir } from 'node:fs/promises';
+import knexFactory, { type Knex } from 'knex';
+import pg from 'pg';
+
+// Keep PostgreSQL types as the code expects them: bigint counts as numbers (they stay far
+// below 2^53 here) and timestamps as Date.
+pg.types.setTypeParser(20, (v) => Number(v));
+
+export interface Database {
+  knex: Knex;
+  kind: 'postgres' | 'embedded';
+  /** Subscribes to a NOTIFY channel; resolves once listening. */
+  listen(channel: string, onPayload: (payload: string) => void): Promise<() => Promise<void>>;
+  close(): Promise<void>;
+}
+
+const MIGRATIONS_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../migrations');
+
+/** Loads `migrations/*.ts` in name order; Node runs them directly. */
+class DirectoryMigrations implements Knex.MigrationSource<string> {
+  async getMigrations(): Promise<string[]> {
+    return (await readdir(MIGRATIONS_DIR)).filter((f) => /^\d.*\.ts$/.test(f)).sort();
+  }
+  getMigrationName(name: string): string {
+    return name;
+  }
+  async getMigration(name: string): Promise<Knex.Migration> {
+    return import(path.join(MIGRATIONS_DIR, name)) as Promise<Knex.Migration>;
+  }
+}
+
+export async function migrate(db: Database): Promise<string[]> {
+  const [, applied] = await db.knex.migrate.latest({ migrationSource: new DirectoryMigrations() }) as [number, string[]];
+  return applied;
+}
+
+async function openPostgres(url: string, poolMax: number): Promise<Database> {
+  const knex = knexFactory({
+    client: 'pg',
+    connection: {
+      connectionString: url,
+      // Fail closed quickly when PostgreSQL is unreachable or stuck (DESIGN.md §8, O1).
+      connectionTimeoutMillis: 2000,
+      statement_timeout: 2000,
+      query_timeout: 2500,
+    } as Knex.PgConnectionConfig,
+    pool: { min: 0, max: poolMax, acquireTimeoutMillis: 2000, idleTimeoutMillis: 30_000 },
+    acquireConnectionTimeout: 2000,
+  });
+  const listeners: pg.Client[] = [];
+  return {
+    knex,
+    kind: 'postgres',
+    async listen(channel, onPayload) {
+      const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000 });
+      await client.connect();
+      client.on('notification', (msg) => {
+        if (msg.channel === channel) onPayload(msg.payload ?? '');
+      });
+      // Errors are surfaced to the caller's backstop poll; an unhandled 'error' would crash.
+      client.on('error', () => undefined);
+      await client.query(`LISTEN "${channel.replace(/"/g, '')}"`);
+      listeners.push(client);
+      return async () => {
+        listeners.splice(listeners.indexOf(client), 1);
+        await client.end().catch(() => undefined);
+      };
+    },
+    async close() {
+      await Promise.all(listeners.map((c) => c.end().catch(() => undefined)));
+      await knex.destroy();
+    },
+  };
+}
+
+async function openEmbedded(dataDir: string): Promise<Database> {
+  const { PGlite } = await import('@electric-sql/pglite');
+  const { default: ClientPgLite } = await import('knex-pglite');
+  const dir = path.join(dataDir, 'pgdata');
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const pglite = await PGlite.create(dir);
+  const knex = knexFactory({
+    client: ClientPgLite as unknown as typeof knexFactory.Client,
+    dialect: 'postgres',
+    // knex-pglite takes the live instance through the connection factory; it has no typings for it.
+    connection: (() => ({ pglite })) as unknown as Knex.StaticConnectionConfig,
+  });
+  return {
+    knex,
+    kind: 'embedded',
+    async listen(channel, onPayload) {
+      const unsubscribe = await pglite.listen(channel, onPayload);
+      return async () => unsubscribe();
+    },
+    async close() {
+      await knex.destroy();
+      if (!pglite.closed) await pglite.close();
+    },
+  };
+}
+
+export async function openDatabase(options: { databaseUrl: string | undefined; dataDir: string; poolMax?: number }): Promise<Database> {
+  return options.databaseUrl
+    ? openPostgres(options.databaseUrl, options.poolMax ?? 16)
+    : openEmbedded(options.dataDir);
+}
