@@ -72,7 +72,8 @@ export async function demo(ctx: CliContext, options: { exit: boolean }): Promise
   Object.assign(process.env, state.secrets);
   const applied = await policyApply(ctx, policyDir, 'writ demo: policy/example.yaml with the demo IdP key');
   if (applied !== 0) return applied;
-  const serving = await startServing(ctx);
+  // The walkthrough speaks for itself; request logs would drown it unless asked for.
+  const serving = await startServing(ctx, { logLevel: process.env.LOG_LEVEL ?? 'warn' });
   const { url } = serving;
   const print = ctx.out;
   try {

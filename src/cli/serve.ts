@@ -12,7 +12,7 @@ export interface Serving {
 }
 
 /** Starts Writ: migrate, load keys and policy, listen. On the embedded database it claims the data dir. */
-export async function startServing(ctx: CliContext, options: { applyDir?: string } = {}): Promise<Serving> {
+export async function startServing(ctx: CliContext, options: { applyDir?: string; logLevel?: string } = {}): Promise<Serving> {
   const { config } = ctx;
   const embedded = !config.databaseUrl;
   if (embedded) {
@@ -24,7 +24,7 @@ export async function startServing(ctx: CliContext, options: { applyDir?: string
     const code = await policyApply(ctx, options.applyDir, 'applied at start');
     if (code !== 0) throw new Error(`policy in ${options.applyDir} could not be applied`);
   }
-  const logger = createLogger(config.logLevel);
+  const logger = createLogger(options.logLevel ?? config.logLevel);
   let local: LocalServer | undefined;
   const writ = await createWrit(config, logger, { localToken: () => local?.token });
   const url = await writ.listen();

@@ -135,6 +135,18 @@ export function createApp(deps: AppDeps): Koa {
     }
   });
 
+  // RFC 6749 §5.2: a request with no client authentication at all is `invalid_client` (401),
+  // which oidc-provider answers as a 400 invalid_request.
+  app.use(async (ctx, next) => {
+    await next();
+    const body = ctx.body as { error?: string; error_description?: string } | undefined;
+    if (ctx.status === 400 && body?.error === 'invalid_request' && body.error_description === 'no client authentication mechanism provided') {
+      ctx.status = 401;
+      ctx.set('WWW-Authenticate', 'Basic realm="writ"');
+      ctx.body = { error: 'invalid_client', error_description: 'client authentication is required' };
+    }
+  });
+
   for (const route of deps.routes) app.use(route);
   app.use(mount(deps.provider));
 
