@@ -139,7 +139,7 @@ export interface Grant {
 }
 
 export type StepName =
-  | 'target' | 'subject_token' | 'actor_token' | 'may_act' | 'rule' | 'scopes'
+  | 'client' | 'target' | 'subject_token' | 'actor_token' | 'may_act' | 'rule' | 'scopes'
   | 'lifetime' | 'chain' | 'task';
 
 export interface DecisionStep {

@@ -42,31 +42,39 @@ export function actionShapes(): { introspection: string[]; revocation: string[] 
   return { introspection: introspection.map((f) => f.name), revocation: revocation.map((f) => f.name) };
 }
 
-const installed = { done: false };
-const handlers: { introspect?: Middleware; revoke?: Middleware; extraRevocationParams?: (ctx: ParameterizedContext) => string[] } = {};
-
-/**
- * Replaces, process-wide and before any Provider is constructed, the tail of the introspection
- * and revocation actions with Writ's handlers. Handlers run with `ctx.oidc.client` authenticated
- * and `ctx.oidc.params` assembled. `extraRevocationParams` lets a request routed through the
- * revocation pipeline (task revocation) keep parameters besides `token`.
- */
-export function installStructuredTokenHandlers(options: {
+interface StructuredTokenHandlers {
   introspect: Middleware;
   revoke: Middleware;
   extraRevocationParams: (ctx: ParameterizedContext) => string[];
-}): void {
-  Object.assign(handlers, options);
+}
+
+const installed = { done: false };
+/** Each provider's own handlers: the patched actions are shared by every Provider in the process. */
+const byProvider = new WeakMap<object, StructuredTokenHandlers>();
+
+function handlersFor(ctx: ParameterizedContext): StructuredTokenHandlers {
+  const provider = (ctx as unknown as { oidc: { provider: object } }).oidc.provider;
+  const handlers = byProvider.get(provider);
+  if (!handlers) throw new Error('no Writ handlers registered for this provider');
+  return handlers;
+}
+
+/**
+ * Replaces, once per process and before any Provider is constructed (the provider copies the
+ * action arrays into its router), the tail of the introspection and revocation actions with a
+ * dispatch to the handlers registered for the provider serving the request.
+ */
+export function patchStructuredTokenActions(): void {
   if (installed.done) return;
   const shapes = actionShapes();
   if (JSON.stringify(shapes.introspection) !== JSON.stringify(EXPECTED_INTROSPECTION)
     || JSON.stringify(shapes.revocation) !== JSON.stringify(EXPECTED_REVOCATION)) {
     throw new Error('oidc-provider introspection/revocation actions changed shape; review src/oauth/internals.ts before upgrading');
   }
-  const introspect: Middleware = (ctx, next) => handlers.introspect!(ctx, next);
-  const revoke: Middleware = (ctx, next) => handlers.revoke!(ctx, next);
+  const introspect: Middleware = (ctx, next) => handlersFor(ctx).introspect(ctx, next);
+  const revoke: Middleware = (ctx, next) => handlersFor(ctx).revoke(ctx, next);
   const assembleRevocationParams: Middleware = (ctx, next) => {
-    const allow = new Set(['token', 'token_type_hint', ...handlers.extraRevocationParams!(ctx), ...clientAuthParams(ctx)]);
+    const allow = new Set(['token', 'token_type_hint', ...handlersFor(ctx).extraRevocationParams(ctx), ...clientAuthParams(ctx)]);
     return assembleParams(allow, ctx, next);
   };
   // Keep everything up to and including the duplicate-parameter check; the token-presence
@@ -75,4 +83,9 @@ export function installStructuredTokenHandlers(options: {
   revocation.splice(EXPECTED_REVOCATION.indexOf('assembleTokenParams'), 1, assembleRevocationParams as Action[number]);
   revocation.splice(EXPECTED_REVOCATION.indexOf('validateTokenPresence'), Infinity, revoke as Action[number]);
   installed.done = true;
+}
+
+/** Writ's introspection and revocation handlers for one provider. */
+export function registerStructuredTokenHandlers(provider: object, handlers: StructuredTokenHandlers): void {
+  byProvider.set(provider, handlers);
 }

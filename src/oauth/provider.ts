@@ -6,7 +6,7 @@ import { verifyClientSecret } from '../tokens/kek.ts';
 import type { SigningKeys } from '../tokens/signing-keys.ts';
 import { KnexAdapter, PolicyClientAdapter } from './adapter.ts';
 import { TOKEN_EXCHANGE, WRIT_KIND } from './client-metadata.ts';
-import { installStructuredTokenHandlers } from './internals.ts';
+import { patchStructuredTokenActions, registerStructuredTokenHandlers } from './internals.ts';
 
 export interface ProviderOptions {
   issuer: string;
@@ -45,11 +45,7 @@ const UNOFFERED_METADATA = [
 ];
 
 export function createProvider(options: ProviderOptions): Provider {
-  installStructuredTokenHandlers({
-    introspect: options.introspect,
-    revoke: options.revoke,
-    extraRevocationParams: options.extraRevocationParams,
-  });
+  patchStructuredTokenActions();
   const configuration: Configuration = {
     adapter: (name: string) => (name === 'Client'
       ? new PolicyClientAdapter(options.findClient)
@@ -85,6 +81,11 @@ export function createProvider(options: ProviderOptions): Provider {
     ttl: { AccessToken: 60, ClientCredentials: 60, Grant: 60 },
   };
   const provider = new Provider(options.issuer, configuration);
+  registerStructuredTokenHandlers(provider, {
+    introspect: options.introspect,
+    revoke: options.revoke,
+    extraRevocationParams: options.extraRevocationParams,
+  });
   provider.proxy = options.trustProxy;
 
   // Client secrets are stored as keyed hashes: hash what is presented and compare in constant time.

@@ -1,4 +1,4 @@
-import { exportJWK, generateKeyPair, SignJWT, decodeJwt, decodeProtectedHeader, jwtVerify, createLocalJWKSet } from 'jose';
+import { generateKeyPair, SignJWT, decodeJwt, decodeProtectedHeader, jwtVerify, createLocalJWKSet, type JWK } from 'jose';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import {
   AT, EXECUTOR_AUD, IDP, JWT_TYPE, PAYMENTS, TX, basicAuth, startTestWrit, type TestWrit,
@@ -41,7 +41,7 @@ describe('token exchange (DESIGN.md example, PostgreSQL)', () => {
       expect(res.body.refresh_token).toBeUndefined();
       const jwt = res.body.access_token as string;
       expect(decodeProtectedHeader(jwt)).toMatchObject({ alg: 'ES256', typ: 'at+jwt' });
-      const jwks = await (await fetch(`${t.url}/jwks`)).json();
+      const jwks = await (await fetch(`${t.url}/jwks`)).json() as { keys: JWK[] };
       const { payload } = await jwtVerify(jwt, createLocalJWKSet(jwks), {
         issuer: t.issuer, audience: PAYMENTS, typ: 'at+jwt', algorithms: ['ES256'],
       });

@@ -21,6 +21,6 @@ export async function expectDenied(t: TestWrit, res: Response, error: string, re
 }
 
 export async function lineageCount(t: TestWrit): Promise<number> {
-  const [{ count }] = await t.writ.db.knex('token_lineage').count<Array<{ count: number }>>('* as count');
-  return Number(count);
+  const rows = await t.writ.db.knex('token_lineage').count<Array<{ count: number }>>('* as count');
+  return Number(rows[0]?.count ?? 0);
 }
