@@ -1,0 +1,113 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync, readFileSync, cpSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { SECRETS, freePort } from '../support/harness.ts';
+
+const ROOT = path.resolve(import.meta.dirname, '../..');
+const MAIN = path.join(ROOT, 'src/main.ts');
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function writ(args: string[], env: Record<string, string>, timeoutMs = 60_000): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [MAIN, ...args], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ...env } });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
+    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`writ ${args.join(' ')} timed out\n${stdout}\n${stderr}`));
+    }, timeoutMs);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+describe('the writ command', () => {
+  const dirs: string[] = [];
+  const tempDir = (): string => {
+    const d = mkdtempSync(path.join(tmpdir(), 'writ-cli-'));
+    dirs.push(d);
+    return d;
+  };
+  afterAll(() => {
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  });
+
+  it('demo: starts on the embedded database with the example policy and walks the chain', async () => {
+    const port = await freePort();
+    const run = await writ(['demo', '--exit'], { WRIT_DATA_DIR: tempDir(), PORT: String(port), WRIT_ISSUER: `http://localhost:${port}` });
+    expect(run.stderr).toBe('');
+    expect(run.code).toBe(0);
+    expect(run.stdout).toContain('applied policy version 1');
+    expect(run.stdout).toContain('chain: alice → planner-agent → executor-agent → https://payments.example.com');
+    expect(run.stdout).toMatch(/payments-api introspects the executor's token → \{"active":true,.*"act":\{"sub":"executor-agent","act":\{"sub":"planner-agent"\}\}/);
+    expect(run.stdout).toContain('400 invalid_scope');
+    expect(run.stdout).toContain('introspects the executor\'s again → {"active":false}');
+    // Secrets the demo generated never reach its output.
+    const state = JSON.parse(readFileSync(path.join(dirs.at(-1)!, 'demo-state.json'), 'utf8')) as { secrets: Record<string, string> };
+    for (const secret of Object.values(state.secrets)) expect(run.stdout + run.stderr).not.toContain(secret);
+  }, 90_000);
+
+  it('policy validate: the example is valid; a broken file names file, line and field', async () => {
+    const ok = await writ(['policy', 'validate', 'policy'], { ...SECRETS, WRIT_DATA_DIR: tempDir() });
+    expect(ok.code).toBe(0);
+    expect(ok.stdout).toContain('valid: 1 issuer(s), 3 client(s), 2 audience(s), 3 rule(s)');
+    const dir = tempDir();
+    writeFileSync(path.join(dir, 'bad.yaml'), 'audiences:\n  - audience: https://a.example.com\n    scopes: [read]\n    max_ttl: 60\n    colour: blue\n');
+    const bad = await writ(['policy', 'validate', dir], { WRIT_DATA_DIR: tempDir() });
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/bad\.yaml:5:\d+: error: .*colour/);
+  });
+
+  it('keeps working while writ serve holds the embedded database', async () => {
+    const dataDir = tempDir();
+    const port = await freePort();
+    const env = { ...SECRETS, WRIT_DATA_DIR: dataDir, PORT: String(port), WRIT_ISSUER: `http://localhost:${port}`, LOG_LEVEL: 'warn' };
+    const policyDir = tempDir();
+    cpSync(path.join(ROOT, 'policy/example.yaml'), path.join(policyDir, 'example.yaml'));
+    const server: ChildProcess = spawn(process.execPath, [MAIN, 'serve'], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ...env } });
+    let serverErr = '';
+    server.stderr!.on('data', (d: Buffer) => { serverErr += d.toString(); });
+    const exited = new Promise<number | null>((resolve) => server.on('close', resolve));
+    try {
+      await expect.poll(async () => (await fetch(`http://127.0.0.1:${port}/healthz`).catch(() => undefined))?.status, { timeout: 30_000, interval: 200 }).toBe(200);
+      await expect.poll(() => { try { return JSON.parse(readFileSync(path.join(dataDir, 'serve.json'), 'utf8')).pid as number; } catch { return 0; } }, { timeout: 5000 }).toBe(server.pid);
+      const applied = await writ(['policy', 'apply', policyDir, '-m', 'from the CLI'], env);
+      expect(applied.stderr).toBe('');
+      expect(applied.code).toBe(0);
+      expect(applied.stdout).toContain('applied policy version 1');
+      const metadata = await (await fetch(`http://127.0.0.1:${port}/.well-known/oauth-authorization-server`)).json() as Record<string, unknown>;
+      expect(metadata.issuer).toBe(`http://localhost:${port}`);
+      const migrated = await writ(['migrate'], env);
+      expect(migrated.code).toBe(0);
+      expect(migrated.stdout).toContain('nothing to do');
+      const second = await writ(['serve'], env);
+      expect(second.code).toBe(1);
+      expect(second.stderr).toContain('already holds');
+    } finally {
+      server.kill('SIGTERM');
+    }
+    expect(await exited).toBe(0);
+    expect(serverErr).toContain('SIGTERM');
+  }, 90_000);
+
+  it('refuses to start in production without WRIT_KEK or with a plain-http issuer', async () => {
+    const noKek = await writ(['migrate'], { WRIT_ENV: 'production', WRIT_ISSUER: 'https://writ.example.com', WRIT_DATA_DIR: tempDir() });
+    expect(noKek.code).toBe(78);
+    expect(noKek.stderr).toContain('WRIT_KEK is required in production');
+    const http = await writ(['migrate'], { WRIT_ENV: 'production', WRIT_ISSUER: 'http://writ.example.com', WRIT_KEK: randomBytes(32).toString('base64'), WRIT_DATA_DIR: tempDir() });
+    expect(http.code).toBe(78);
+    expect(http.stderr).toContain('https');
+  });
+});
