@@ -47,7 +47,11 @@ export interface WritOptions {
 }
 
 export async function createWrit(config: Config, logger: Logger, options: WritOptions = {}): Promise<Writ> {
-  const db = options.db ?? await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir });
+  const db = options.db ?? await openDatabase({
+    databaseUrl: config.databaseUrl,
+    dataDir: config.dataDir,
+    log: { warn: (message) => logger.warn({ message }, 'database') },
+  });
   try {
     await migrate(db);
     const derived = deriveKeys(config.kek);

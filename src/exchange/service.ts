@@ -208,11 +208,19 @@ export async function exchange(deps: ExchangeDeps, call: ExchangeCall): Promise<
   }
 }
 
-/** Errors from the database driver or pool (connection refused, timeouts, PGlite closed). */
+/**
+ * Errors that mean the database cannot be used right now (refused or dropped connections,
+ * timeouts, a database shut down or not accepting connections), as opposed to a bug.
+ */
 export function isStorageError(err: unknown): boolean {
   if (!(err instanceof Error)) return false;
   const code = (err as { code?: unknown }).code;
-  if (typeof code === 'string' && /^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|57P0\d|08\d{3}|53\d{3})$/.test(code)) return true;
+  if (typeof code === 'string') {
+    // Node socket errors; SQLSTATE classes 08 connection, 28 authorization, 53 resources,
+    // 55 object not in prerequisite state, 57 operator intervention, and 3D000 no such database.
+    if (/^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|EHOSTUNREACH|ENOTFOUND|EAI_AGAIN)$/.test(code)) return true;
+    if (/^(08|28|53|55|57)[0-9A-Z]{3}$/.test(code) || code === '3D000') return true;
+  }
   return err.name === 'KnexTimeoutError'
-    || /Connection terminated|connect ECONNREFUSED|timeout exceeded|Query read timeout|canceling statement due to statement timeout|Client has encountered a connection error/i.test(err.message);
+    || /Connection terminated|ECONNREFUSED|timeout exceeded|Query read timeout|statement timeout|connection error|PGlite is closed/i.test(err.message);
 }

@@ -37,8 +37,19 @@ export async function migrate(db: Database): Promise<string[]> {
   return applied;
 }
 
-async function openPostgres(url: string, poolMax: number): Promise<Database> {
+/** Where knex's own warnings go (it prints to the console otherwise). */
+export interface DatabaseLog {
+  warn(message: string): void;
+}
+
+async function openPostgres(url: string, poolMax: number, log: DatabaseLog): Promise<Database> {
   const knex = knexFactory({
+    log: {
+      warn: (m: unknown) => log.warn(String(m)),
+      error: (m: unknown) => log.warn(String(m)),
+      deprecate: (m: unknown) => log.warn(String(m)),
+      debug: () => undefined,
+    },
     client: 'pg',
     connection: {
       connectionString: url,
@@ -50,27 +61,56 @@ async function openPostgres(url: string, poolMax: number): Promise<Database> {
     pool: { min: 0, max: poolMax, acquireTimeoutMillis: 2000, idleTimeoutMillis: 30_000 },
     acquireConnectionTimeout: 2000,
   });
-  const listeners: pg.Client[] = [];
+  const listeners = new Set<{ stop: () => Promise<void> }>();
   return {
     knex,
     kind: 'postgres',
     async listen(channel, onPayload) {
-      const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000 });
-      await client.connect();
-      client.on('notification', (msg) => {
-        if (msg.channel === channel) onPayload(msg.payload ?? '');
-      });
-      // Errors are surfaced to the caller's backstop poll; an unhandled 'error' would crash.
-      client.on('error', () => undefined);
-      await client.query(`LISTEN "${channel.replace(/"/g, '')}"`);
-      listeners.push(client);
+      // One dedicated connection per channel, re-established after PostgreSQL comes back;
+      // callers keep a poll as backstop for whatever is sent while it is down.
+      let client: pg.Client | undefined;
+      let stopped = false;
+      let retry: NodeJS.Timeout | undefined;
+      const connect = async (): Promise<void> => {
+        const c = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000 });
+        c.on('notification', (msg) => {
+          if (msg.channel === channel) onPayload(msg.payload ?? '');
+        });
+        const reconnect = (): void => {
+          if (stopped || client !== c) return;
+          client = undefined;
+          void c.end().catch(() => undefined);
+          retry = setTimeout(() => void connect().catch(reconnectLater), 1000);
+          retry.unref();
+        };
+        c.on('error', reconnect);
+        c.on('end', reconnect);
+        client = c;
+        await c.connect();
+        await c.query(`LISTEN "${channel.replace(/"/g, '')}"`);
+      };
+      const reconnectLater = (): void => {
+        client = undefined;
+        if (stopped) return;
+        retry = setTimeout(() => void connect().catch(reconnectLater), 1000);
+        retry.unref();
+      };
+      await connect();
+      const handle = {
+        stop: async () => {
+          stopped = true;
+          if (retry) clearTimeout(retry);
+          await client?.end().catch(() => undefined);
+        },
+      };
+      listeners.add(handle);
       return async () => {
-        listeners.splice(listeners.indexOf(client), 1);
-        await client.end().catch(() => undefined);
+        listeners.delete(handle);
+        await handle.stop();
       };
     },
     async close() {
-      await Promise.all(listeners.map((c) => c.end().catch(() => undefined)));
+      await Promise.all([...listeners].map((l) => l.stop()));
       await knex.destroy();
     },
   };
@@ -102,8 +142,8 @@ async function openEmbedded(dataDir: string): Promise<Database> {
   };
 }
 
-export async function openDatabase(options: { databaseUrl: string | undefined; dataDir: string; poolMax?: number }): Promise<Database> {
+export async function openDatabase(options: { databaseUrl: string | undefined; dataDir: string; poolMax?: number; log?: DatabaseLog }): Promise<Database> {
   return options.databaseUrl
-    ? openPostgres(options.databaseUrl, options.poolMax ?? 16)
+    ? openPostgres(options.databaseUrl, options.poolMax ?? 16, options.log ?? { warn: (m) => process.stderr.write(`${m}\n`) })
     : openEmbedded(options.dataDir);
 }
