@@ -3,7 +3,8 @@ import { parseArgs } from 'node:util';
 import { ConfigError } from './config.ts';
 import { cliContext, UsageError } from './cli/context.ts';
 import { demo } from './cli/demo.ts';
-import { policyApply, policyValidate } from './cli/policy.ts';
+import { auditCommand } from './cli/audit.ts';
+import { policyCommand } from './cli/policy.ts';
 import { migrateCommand, serve } from './cli/serve.ts';
 
 const USAGE = `usage: writ <command>
@@ -33,14 +34,10 @@ async function run(argv: string[]): Promise<number> {
     case 'migrate':
       parseArgs({ args: rest, options: {} });
       return migrateCommand(ctx);
-    case 'policy': {
-      const [sub, ...args] = rest;
-      const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { message: { type: 'string', short: 'm' } } });
-      if (positionals.length !== 1) throw new UsageError('policy needs exactly one directory');
-      if (sub === 'validate') return policyValidate(ctx, positionals[0]!);
-      if (sub === 'apply') return policyApply(ctx, positionals[0]!, values.message ?? '');
-      throw new UsageError(`unknown policy command "${sub ?? ''}"`);
-    }
+    case 'policy':
+      return policyCommand(ctx, rest);
+    case 'audit':
+      return auditCommand(ctx, rest);
     case 'demo': {
       const { values } = parseArgs({ args: rest, options: { exit: { type: 'boolean' } } });
       return demo(ctx, { exit: values.exit ?? false });

@@ -4,7 +4,8 @@ import { applyPolicyFiles, type ApplyOutcome } from '../policy/apply.ts';
 import { formatIssue, loadPolicyDir, type PolicyFile, type PolicyIssue } from '../policy/load.ts';
 import { deriveKeys } from '../tokens/kek.ts';
 import { migrate, openDatabase } from '../store/db.ts';
-import type { CliContext } from './context.ts';
+import { parseArgs } from 'node:util';
+import { UsageError, type CliContext } from './context.ts';
 import { runningServer } from './local-server.ts';
 
 function printIssues(ctx: CliContext, issues: readonly PolicyIssue[]): void {
@@ -81,4 +82,14 @@ export async function policyApply(ctx: CliContext, dir: string, message: string)
   }
   ctx.out(`applied policy version ${outcome.version} (${outcome.digest.slice(0, 12)})`);
   return 0;
+}
+
+/** `writ policy <validate|apply> …` */
+export async function policyCommand(ctx: CliContext, argv: string[]): Promise<number> {
+  const [sub, ...args] = argv;
+  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { message: { type: 'string', short: 'm' } } });
+  if (positionals.length !== 1) throw new UsageError(`policy ${sub ?? ''} needs exactly one directory`);
+  if (sub === 'validate') return policyValidate(ctx, positionals[0]!);
+  if (sub === 'apply') return policyApply(ctx, positionals[0]!, values.message ?? '');
+  throw new UsageError(`unknown policy command "${sub ?? ''}"`);
 }
