@@ -3,6 +3,7 @@ import { parseArgs } from 'node:util';
 import { ConfigError } from './config.ts';
 import { cliContext, UsageError } from './cli/context.ts';
 import { demo } from './cli/demo.ts';
+import { adminCommand, revokeCommand } from './cli/admin.ts';
 import { auditCommand } from './cli/audit.ts';
 import { policyCommand } from './cli/policy.ts';
 import { migrateCommand, serve } from './cli/serve.ts';
@@ -13,6 +14,12 @@ const USAGE = `usage: writ <command>
   migrate                    apply database migrations
   policy validate DIR        check policy files without applying them
   policy apply DIR [-m MSG]  set DIR's policy as a new version
+  policy diff|export|history|rollback|report   see writ policy help
+  revoke --client ID | --subject ISS|SUB | --issuer ISS | --rule ID [--before TIME]
+                             kill switch: revoke every token issued before TIME (default now)
+  admin bootstrap [--client-id ID] [--scope S]...
+                             create an admin client outside policy (prints its secret once)
+  audit verify|trace|search|export                see writ audit help
   demo [--exit]              start Writ on the embedded database with the example policy and
                              walk a delegation chain through it (--exit: stop afterwards)
 
@@ -38,6 +45,10 @@ async function run(argv: string[]): Promise<number> {
       return policyCommand(ctx, rest);
     case 'audit':
       return auditCommand(ctx, rest);
+    case 'revoke':
+      return revokeCommand(ctx, rest);
+    case 'admin':
+      return adminCommand(ctx, rest);
     case 'demo': {
       const { values } = parseArgs({ args: rest, options: { exit: { type: 'boolean' } } });
       return demo(ctx, { exit: values.exit ?? false });

@@ -9,6 +9,7 @@ import type { Config } from './config.ts';
 import { LineageCache } from './exchange/lineage-store.ts';
 import { EXCHANGE_PARAMS, REPEATABLE_PARAMS } from './exchange/request.ts';
 import { isStorageError, type ExchangeDeps } from './exchange/service.ts';
+import { adminRoutes } from './admin/routes.ts';
 import { localAdmin } from './http/admin-local.ts';
 import { createApp } from './http/app.ts';
 import { introspectionHandler, revocationHandler, tokenExchangeHandler } from './http/handlers.ts';
@@ -99,7 +100,17 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
       auditQueue,
       auditNow: (event) => recordAudit(db.knex, event),
       isStorageError,
-      routes: [localAdmin({
+      routes: [adminRoutes({
+        provider,
+        knex: db.knex,
+        policy: () => policy.policy,
+        reloadPolicy: () => policy.reload(),
+        localToken: options.localToken ?? (() => undefined),
+        lineage,
+        issuer: config.issuer,
+        maxTtl: config.maxTtl,
+        secretKey: derived.clientSecret,
+      }), localAdmin({
         localToken: options.localToken ?? (() => undefined),
         knex: db.knex,
         selfIssuer: config.issuer,

@@ -8,6 +8,8 @@ export type AuditType =
   | 'revocation'
   | 'task.revocation'
   | 'policy.applied'
+  | 'kill_switch'
+  | 'admin.action'
   | 'key.generated';
 
 /** One audit record. Raw tokens and secrets never go in here: tokens are named by `jti`. */

@@ -76,15 +76,16 @@ export async function verifySubjectToken(req: ExchangeRequest, ctx: PresentedTok
     selfIssuer: ctx.selfIssuer,
     now: ctx.now,
   });
+  // A kill switch on this subject or issuer covers tokens issued before it, upstream ones too.
   const revoked = ctx.revocations.check({
     jti: '',
-    iat: ctx.now,
+    iat: verified.iat,
     taskId: null,
     clients: [],
     rootIssuer: verified.issuer,
     rootSubject: verified.sub,
   });
-  if (revoked) throw new ExchangeDenied('token_revoked', 'the subject is under a kill switch', 'subject');
+  if (revoked) throw new ExchangeDenied('token_revoked', 'the subject or its issuer is under a kill switch', 'subject');
   return {
     kind: 'upstream',
     issuer: verified.issuer,

@@ -10,7 +10,9 @@ export const REASONS = {
   unsupported_token_type: 'invalid_request',
   requested_token_type_unsupported: 'invalid_request',
   dpop_unsupported: 'invalid_request',
-  // client
+  // client (client_auth_failed and unsupported_grant_type are decided by oidc-provider, before the grant)
+  client_auth_failed: 'invalid_client',
+  unsupported_grant_type: 'unsupported_grant_type',
   client_not_agent: 'unauthorized_client',
   client_disabled: 'unauthorized_client',
   // target
@@ -67,6 +69,7 @@ export const REASONS = {
 export type OAuthErrorCode =
   | 'invalid_request'
   | 'invalid_client'
+  | 'unsupported_grant_type'
   | 'unauthorized_client'
   | 'invalid_target'
   | 'invalid_scope'

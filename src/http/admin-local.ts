@@ -1,7 +1,10 @@
 import { timingSafeEqual } from 'node:crypto';
 import type { Middleware } from 'koa';
 import type { Knex } from 'knex';
+import { bootstrapAdmin, ADMIN_SCOPES } from '../admin/bootstrap.ts';
 import { applyPolicyFiles } from '../policy/apply.ts';
+import type { AdminScope } from '../policy/model.ts';
+import { PolicyApplyError } from '../policy/store.ts';
 import type { PolicyFile } from '../policy/load.ts';
 
 export interface LocalAdminDeps {
@@ -60,7 +63,7 @@ function isApplyBody(v: unknown): v is ApplyBody {
  */
 export function localAdmin(deps: LocalAdminDeps): Middleware {
   return async (ctx, next) => {
-    if (ctx.path !== '/admin/v1/local/policy/apply') return next();
+    if (ctx.path !== '/admin/v1/local/policy/apply' && ctx.path !== '/admin/v1/local/admin/bootstrap') return next();
     ctx.set('Cache-Control', 'no-store');
     if (ctx.method !== 'POST') {
       ctx.status = 405;
@@ -79,6 +82,25 @@ export function localAdmin(deps: LocalAdminDeps): Middleware {
     } catch {
       ctx.status = 400;
       ctx.body = { error: 'invalid_request', error_description: 'expected a JSON body' };
+      return;
+    }
+    if (ctx.path === '/admin/v1/local/admin/bootstrap') {
+      const b = body as { client_id?: unknown; scopes?: unknown; by?: unknown };
+      const scopes = Array.isArray(b.scopes) ? b.scopes : ADMIN_SCOPES;
+      if (typeof b.client_id !== 'string' || !scopes.every((s) => ADMIN_SCOPES.includes(s as AdminScope))) {
+        ctx.status = 400;
+        ctx.body = { error: 'invalid_request', error_description: 'expected {client_id, scopes?}' };
+        return;
+      }
+      try {
+        const { secret } = await bootstrapAdmin(deps.knex, { clientId: b.client_id, scopes: scopes as AdminScope[], secretKey: deps.secretKey, by: typeof b.by === 'string' ? b.by : 'local-cli' });
+        await deps.reloadPolicy();
+        ctx.body = { client_id: b.client_id, client_secret: secret };
+      } catch (err) {
+        if (!(err instanceof PolicyApplyError)) throw err;
+        ctx.status = 422;
+        ctx.body = { error: 'invalid_request', error_description: err.message };
+      }
       return;
     }
     if (!isApplyBody(body)) {

@@ -35,7 +35,7 @@ function providerRejectionReason(body: { error?: string; error_description?: str
       if (/twice|only be provided using one mechanism/.test(description)) return 'duplicate_parameter';
       if (/missing required parameter|must be provided/.test(description)) return 'missing_parameter';
       return 'invalid_parameter';
-    default: return body?.error ?? 'rejected';
+    default: return 'invalid_parameter';
   }
 }
 
@@ -87,6 +87,13 @@ export function createApp(deps: AppDeps): Koa {
       ctx.body = { status: ready ? 'ready' : 'unavailable' };
       return;
     }
+    // One spelling per endpoint: the provider's router would also answer /TOKEN or /token/,
+    // and every check keyed on the path (audit, method) must see the canonical one.
+    if (!ctx.path.startsWith('/admin/') && (/[A-Z]/.test(ctx.path) || (ctx.path.length > 1 && ctx.path.endsWith('/')))) {
+      ctx.status = 404;
+      ctx.body = { error: 'not_found' };
+      return;
+    }
     if (POST_ONLY.has(ctx.path) && ctx.method !== 'POST' && ctx.method !== 'OPTIONS') {
       ctx.status = 405;
       ctx.set('Allow', 'POST');
@@ -113,14 +120,16 @@ export function createApp(deps: AppDeps): Koa {
     const body = ctx.body as { error?: string; error_description?: string } | undefined;
     const reason = providerRejectionReason(body);
     state.writReason = reason;
-    const clientId = (ctx as { oidc?: { client?: { clientId?: string } } }).oidc?.client?.clientId ?? null;
+    // oidc-provider sets the client before checking its credentials: a 401 is unauthenticated.
+    const clientId = ctx.status === 401 ? null : (ctx as { oidc?: { client?: { clientId?: string } } }).oidc?.client?.clientId ?? null;
+    const claimed = (ctx as { oidc?: { client?: { clientId?: string } } }).oidc?.client?.clientId ?? null;
     const event: AuditEvent = {
       type: 'token_endpoint.rejected',
       outcome: 'rejected',
       reason,
       requestId: state.requestId as string,
       clientId,
-      details: { error: body?.error ?? null, source_ip: ctx.ip, authenticated: clientId !== null },
+      details: { error: body?.error ?? null, source_ip: ctx.ip, authenticated: clientId !== null, ...(clientId === null && claimed ? { claimed_client_id: claimed } : {}) },
     };
     if (clientId === null) {
       deps.auditQueue.enqueue(event);

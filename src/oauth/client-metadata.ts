@@ -20,6 +20,8 @@ export function clientMetadata(client: ClientPolicy, secretHash: string | undefi
     response_types: [],
     redirect_uris: [],
     [WRIT_KIND]: client.kind,
+    // What client_credentials may grant: an admin's writ:* scopes (only admins have the grant).
+    ...(client.kind === 'admin' && client.scopes.length > 0 ? { scope: client.scopes.join(' ') } : {}),
   };
   if (client.auth === 'private_key_jwt') {
     if (client.jwks) base.jwks = client.jwks;

@@ -40,7 +40,7 @@ const UNOFFERED_METADATA = [
   'authorization_endpoint', 'claims_parameter_supported', 'claims_supported', 'code_challenge_methods_supported',
   'end_session_endpoint', 'id_token_signing_alg_values_supported', 'request_parameter_supported',
   'request_uri_parameter_supported', 'require_request_uri_registration', 'response_modes_supported',
-  'response_types_supported', 'scopes_supported', 'subject_types_supported', 'userinfo_endpoint',
+  'scopes_supported', 'subject_types_supported', 'userinfo_endpoint',
   'claim_types_supported', 'authorization_response_iss_parameter_supported',
 ];
 
@@ -52,7 +52,8 @@ export function createProvider(options: ProviderOptions): Provider {
       : new KnexAdapter(name, options.knex)),
     clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt'],
     responseTypes: [],
-    scopes: [],
+    // Only admin clients obtain tokens with these, through client_credentials, for the admin API.
+    scopes: ['writ:policy.read', 'writ:policy.write', 'writ:audit.read', 'writ:revoke'],
     claims: {},
     jwks: { keys: [...options.keys.active.values()].map((k) => k.privateJwk) } as Configuration['jwks'],
     enabledJWA: {
@@ -65,7 +66,7 @@ export function createProvider(options: ProviderOptions): Provider {
       rpInitiatedLogout: { enabled: false },
       pushedAuthorizationRequests: { enabled: false },
       registration: { enabled: false },
-      clientCredentials: { enabled: false },
+      clientCredentials: { enabled: true },
       introspection: { enabled: true },
       revocation: { enabled: true },
       // Off until sender-constrained tokens are built; the grant refuses a DPoP header.
@@ -78,7 +79,7 @@ export function createProvider(options: ProviderOptions): Provider {
       ctx.type = 'application/json';
       ctx.body = out;
     },
-    ttl: { AccessToken: 60, ClientCredentials: 60, Grant: 60 },
+    ttl: { AccessToken: 60, ClientCredentials: 600, Grant: 60 },
   };
   const provider = new Provider(options.issuer, configuration);
   registerStructuredTokenHandlers(provider, {
@@ -107,8 +108,18 @@ export function createProvider(options: ProviderOptions): Provider {
     if (ctx.oidc?.route === 'discovery' && ctx.status === 200 && ctx.body && typeof ctx.body === 'object') {
       const body = ctx.body as Record<string, unknown>;
       for (const key of UNOFFERED_METADATA) delete body[key];
-      // Beside the other endpoints, whose URLs the provider derives from the request.
-      body.task_revocation_endpoint = new URL('/task/revocation', String(body.token_endpoint)).href;
+      // Endpoint URLs come from the configured issuer, not from whatever Host the request named.
+      for (const [key, value] of Object.entries(body)) {
+        if ((key.endsWith('_endpoint') || key === 'jwks_uri') && typeof value === 'string') {
+          body[key] = `${options.issuer}${new URL(value).pathname}`;
+        }
+      }
+      body.task_revocation_endpoint = `${options.issuer}/task/revocation`;
+      // The same client authentication is accepted at every endpoint (RFC 8414 §2).
+      for (const endpoint of ['introspection', 'revocation']) {
+        body[`${endpoint}_endpoint_auth_methods_supported`] ??= body.token_endpoint_auth_methods_supported;
+        body[`${endpoint}_endpoint_auth_signing_alg_values_supported`] ??= body.token_endpoint_auth_signing_alg_values_supported;
+      }
     }
   });
   return provider;

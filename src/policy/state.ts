@@ -2,8 +2,8 @@ import type { Logger } from 'pino';
 import type { Database } from '../store/db.ts';
 import { compilePolicy } from './compile.ts';
 import type { CompiledPolicy } from './compiled.ts';
-import type { PolicyDocument } from './model.ts';
-import { currentVersion, currentVersionNumber, loadCredentials, POLICY_CHANNEL } from './store.ts';
+import type { ClientPolicy, PolicyDocument } from './model.ts';
+import { currentVersion, loadBootstrapAdmins, loadCredentials, policyStamp, POLICY_CHANNEL } from './store.ts';
 
 const EMPTY: PolicyDocument = { issuers: [], clients: [], audiences: [], rules: [], settings: { max_depth_cap: 5 } };
 
@@ -17,6 +17,8 @@ export class PolicyState {
   private timer: NodeJS.Timeout | undefined;
   private unlisten: (() => Promise<void>) | undefined;
   private loading: Promise<void> | undefined;
+  /** What was loaded: the version, bootstrap admins and credentials it reflects. */
+  private stamp = '';
   private readonly listeners: Array<(policy: CompiledPolicy) => void> = [];
   private readonly db: Database;
   private readonly logger: Logger;
@@ -44,15 +46,22 @@ export class PolicyState {
     await this.unlisten?.();
   }
 
-  /** Loads the newest version if it differs from the one in force. */
+  /** Loads the newest policy if anything it depends on changed since the last load. */
   async reload(): Promise<void> {
     this.loading ??= (async () => {
       try {
-        const stored = await currentVersion(this.db.knex);
-        if ((stored?.version ?? 0) === this.policy.version && this.policy.version !== 0) return;
-        const credentials = await loadCredentials(this.db.knex);
-        this.policy = compilePolicy(stored?.document ?? EMPTY, stored?.version ?? 0);
+        const stamp = await policyStamp(this.db.knex);
+        if (stamp === this.stamp) return;
+        const [stored, credentials, admins] = await Promise.all([
+          currentVersion(this.db.knex), loadCredentials(this.db.knex), loadBootstrapAdmins(this.db.knex),
+        ]);
+        const document = stored?.document ?? EMPTY;
+        const ids = new Set(document.clients.map((c) => c.client_id));
+        // Bootstrapped admins live outside policy versions; a policy client of the same id wins.
+        const clients: ClientPolicy[] = [...document.clients, ...admins.filter((a) => !ids.has(a.client_id))];
+        this.policy = compilePolicy({ ...document, clients }, stored?.version ?? 0);
         this.credentials = credentials;
+        this.stamp = stamp;
         this.logger.info({ policyVersion: this.policy.version }, 'policy loaded');
         for (const listener of this.listeners) listener(this.policy);
       } finally {
@@ -64,8 +73,7 @@ export class PolicyState {
 
   private async check(): Promise<void> {
     try {
-      const version = await currentVersionNumber(this.db.knex);
-      if (version !== this.policy.version) await this.reload();
+      if (await policyStamp(this.db.knex) !== this.stamp) await this.reload();
     } catch (err) {
       this.logger.warn({ err: (err as Error).message }, 'policy version check failed');
     }

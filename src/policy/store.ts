@@ -1,8 +1,9 @@
 import { createHash } from 'node:crypto';
 import type { Knex } from 'knex';
 import { toRow, type AuditEvent } from '../audit/event.ts';
+import { setRevokeBefore } from '../revocation/revoke.ts';
 import { hashClientSecret } from '../tokens/kek.ts';
-import type { PolicyDocument } from './model.ts';
+import type { AdminScope, ClientPolicy, PolicyDocument } from './model.ts';
 
 export const POLICY_CHANNEL = 'writ_policy';
 
@@ -69,6 +70,30 @@ export async function currentVersionNumber(knex: Knex): Promise<number> {
   return row?.max ?? 0;
 }
 
+/** Changes whenever anything the compiled policy depends on changes. */
+export async function policyStamp(knex: Knex): Promise<string> {
+  const { rows } = await knex.raw<{ rows: Array<{ v: number | null; a: number; c: Date | null }> }>(`
+    SELECT (SELECT max(version) FROM policy_versions) AS v,
+           (SELECT count(*) FROM bootstrap_admins WHERE enabled) AS a,
+           (SELECT max(updated_at) FROM client_credentials) AS c`);
+  const row = rows[0];
+  return `${row?.v ?? 0}/${row?.a ?? 0}/${row?.c?.toISOString() ?? ''}`;
+}
+
+/** Admins bootstrapped by the CLI, as policy clients. */
+export async function loadBootstrapAdmins(knex: Knex): Promise<ClientPolicy[]> {
+  const rows = await knex('bootstrap_admins').select<Array<{ client_id: string; scopes: AdminScope[]; enabled: boolean }>>('client_id', 'scopes', 'enabled');
+  return rows.map((r) => ({
+    client_id: r.client_id,
+    kind: 'admin',
+    auth: 'client_secret_basic',
+    audiences: [],
+    actor_identities: [],
+    scopes: r.scopes,
+    enabled: r.enabled,
+  }));
+}
+
 export async function loadCredentials(knex: Knex): Promise<Map<string, string>> {
   const rows = await knex('client_credentials').select<Array<{ client_id: string; secret_hash: string }>>('client_id', 'secret_hash');
   return new Map(rows.map((r) => [r.client_id, r.secret_hash]));
@@ -94,13 +119,23 @@ export async function applyPolicy(knex: Knex, input: {
     await trx.raw('SELECT pg_advisory_xact_lock(7369658)');
     const stored = await loadCredentials(trx);
     const clientIds = new Set(document.clients.map((c) => c.client_id));
+    const bootstrapped = new Set((await loadBootstrapAdmins(trx)).map((a) => a.client_id));
+    for (const id of clientIds) {
+      if (bootstrapped.has(id)) throw new PolicyApplyError(`client ${id} is a bootstrapped admin; choose another client_id`);
+    }
+    const previous = await trx<VersionRow>('policy_versions').orderBy('version', 'desc').first();
+    const adminsBefore = (previous?.document.clients ?? []).filter((c) => c.kind === 'admin' && c.enabled).length + bootstrapped.size;
+    const adminsAfter = document.clients.filter((c) => c.kind === 'admin' && c.enabled).length + bootstrapped.size;
+    if (adminsBefore > 0 && adminsAfter === 0) {
+      throw new PolicyApplyError('this policy would remove the last admin client; keep one, or bootstrap one with writ admin bootstrap');
+    }
     for (const client of document.clients) {
       if (client.auth === 'private_key_jwt') continue;
       if (!input.secrets.has(client.client_id) && !stored.has(client.client_id)) {
         throw new PolicyApplyError(`client ${client.client_id} uses ${client.auth} but has no secret: set one in its file`);
       }
     }
-    const removed = [...stored.keys()].filter((id) => !clientIds.has(id));
+    const removed = [...stored.keys()].filter((id) => !clientIds.has(id) && !bootstrapped.has(id));
     if (removed.length > 0) await trx('client_credentials').whereIn('client_id', removed).delete();
     for (const [clientId, secret] of input.secrets) {
       if (!clientIds.has(clientId)) continue;
@@ -118,6 +153,13 @@ export async function applyPolicy(knex: Knex, input: {
       digest: digestOf(document),
     }).returning('*');
     await trx('audit_events').insert(toRow(input.audit(version, (row as VersionRow).digest)));
+    // Disabling or removing a client ends what it holds: tokens anywhere in a chain it took part in.
+    const now = new Date();
+    const enabledNow = new Map(document.clients.map((c) => [c.client_id, c.enabled]));
+    for (const client of previous?.document.clients ?? []) {
+      if (!client.enabled || enabledNow.get(client.client_id) === true) continue;
+      await setRevokeBefore(trx, { kind: 'client', value: client.client_id, notBefore: now, revokedBy: input.appliedBy });
+    }
     await trx.raw('SELECT pg_notify(?, ?)', [POLICY_CHANNEL, String(version)]);
     return fromRow(row as VersionRow);
   });

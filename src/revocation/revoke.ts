@@ -1,11 +1,11 @@
 import type { Knex } from 'knex';
 import { toRow, type AuditEvent } from '../audit/event.ts';
-import { REVOCATION_CHANNEL, type RevocationEntry } from './state.ts';
+import { markSeconds, REVOCATION_CHANNEL, type RevocationEntry } from './state.ts';
 
 const NOTIFY_LIMIT = 7000;
 
 /** NOTIFY payloads are capped at 8000 bytes: send entries in chunks, or a hint to poll. */
-async function notify(trx: Knex.Transaction, entries: RevocationEntry[]): Promise<void> {
+export async function notify(trx: Knex.Transaction, entries: RevocationEntry[]): Promise<void> {
   let chunk: RevocationEntry[] = [];
   let size = 2;
   const send = async (): Promise<void> => {
@@ -77,4 +77,23 @@ export async function revokeTask(knex: Knex, input: { taskId: string; revokedBy:
     await trx('audit_events').insert(toRow(input.audit(updated)));
     return updated;
   });
+}
+
+export type KillSwitchKind = 'client' | 'subject' | 'issuer' | 'rule';
+
+/**
+ * A revoke-before mark: every token whose chain involves the client (anywhere), whose root is
+ * the subject (`issuer|sub`) or issuer, or that a rule granted, and that was issued before
+ * `notBefore`, is inactive. A later mark for the same target moves the time forward.
+ */
+export async function setRevokeBefore(trx: Knex.Transaction, input: { kind: KillSwitchKind; value: string; notBefore: Date; revokedBy: string }): Promise<void> {
+  await trx('revocations')
+    .insert({ kind: input.kind, value: input.value, not_before: input.notBefore, revoked_by: input.revokedBy, created_at: trx.raw('clock_timestamp()') })
+    .onConflict(['kind', 'value'])
+    .merge({
+      not_before: trx.raw('GREATEST(revocations.not_before, excluded.not_before)'),
+      created_at: trx.raw('clock_timestamp()'),
+      revoked_by: input.revokedBy,
+    });
+  await notify(trx, [{ kind: input.kind, value: input.value, notBefore: markSeconds(input.notBefore), expiresAt: null }]);
 }

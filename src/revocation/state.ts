@@ -35,6 +35,14 @@ interface RevocationRow {
   created_at: Date;
 }
 
+/**
+ * Token times are whole seconds: a mark set within a second covers every token of that second,
+ * since a token issued a moment before the mark cannot be told from one issued a moment after.
+ */
+export function markSeconds(d: Date): number {
+  return Math.ceil(d.getTime() / 1000);
+}
+
 const toSeconds = (d: Date | null): number | null => (d ? Math.floor(d.getTime() / 1000) : null);
 
 /**
@@ -143,7 +151,7 @@ export class RevocationState {
       }
       const rows = await query;
       for (const row of rows) {
-        this.apply({ kind: row.kind, value: row.value, notBefore: toSeconds(row.not_before), expiresAt: toSeconds(row.expires_at) });
+        this.apply({ kind: row.kind, value: row.value, notBefore: row.not_before ? markSeconds(row.not_before) : null, expiresAt: toSeconds(row.expires_at) });
         if (!this.lastSeen || row.created_at > this.lastSeen) this.lastSeen = row.created_at;
       }
       this.lastSeen ??= new Date();

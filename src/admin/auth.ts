@@ -1,0 +1,54 @@
+import { timingSafeEqual } from 'node:crypto';
+import type { ParameterizedContext } from 'koa';
+import type Provider from 'oidc-provider';
+import type { CompiledPolicy } from '../policy/compiled.ts';
+import type { AdminScope } from '../policy/model.ts';
+
+export interface AdminCaller {
+  /** The admin client, or `local-cli` for the CLI's local credential. */
+  clientId: string;
+  scopes: ReadonlySet<AdminScope>;
+}
+
+export type AdminAuthResult =
+  | { ok: true; caller: AdminCaller }
+  | { ok: false; status: 401 | 403; error: 'invalid_token' | 'insufficient_scope' };
+
+const ALL_SCOPES: readonly AdminScope[] = ['writ:policy.read', 'writ:policy.write', 'writ:audit.read', 'writ:revoke'];
+
+function bearer(ctx: ParameterizedContext): string | undefined {
+  const match = /^Bearer ([A-Za-z0-9._~+/-]+=*)$/.exec(ctx.get('authorization'));
+  return match?.[1];
+}
+
+function equal(a: string, b: string): boolean {
+  const x = Buffer.from(a);
+  const y = Buffer.from(b);
+  return x.length === y.length && timingSafeEqual(x, y);
+}
+
+/**
+ * Admin API callers present a token Writ issued through client_credentials to an admin client
+ * (RFC 6750 bearer). The scopes that count are the token's, cut down to what the client holds
+ * now, so disabling a client or removing a scope takes effect before its tokens expire. The
+ * CLI's local credential (embedded database only) counts as every scope.
+ */
+export async function authenticateAdmin(
+  ctx: ParameterizedContext,
+  deps: { provider: Provider; policy: () => CompiledPolicy; localToken: () => string | undefined },
+  needed: AdminScope,
+): Promise<AdminAuthResult> {
+  const presented = bearer(ctx);
+  if (!presented) return { ok: false, status: 401, error: 'invalid_token' };
+  const local = deps.localToken();
+  if (local && equal(presented, local)) {
+    return { ok: true, caller: { clientId: 'local-cli', scopes: new Set(ALL_SCOPES) } };
+  }
+  const token = await deps.provider.ClientCredentials.find(presented);
+  if (!token || token.isExpired) return { ok: false, status: 401, error: 'invalid_token' };
+  const client = deps.policy().clients.get(token.clientId ?? '');
+  if (!client || client.kind !== 'admin' || !client.enabled) return { ok: false, status: 401, error: 'invalid_token' };
+  const granted = new Set(String(token.scope ?? '').split(' ').filter((s): s is AdminScope => client.scopes.includes(s as AdminScope)));
+  if (!granted.has(needed)) return { ok: false, status: 403, error: 'insufficient_scope' };
+  return { ok: true, caller: { clientId: client.client_id, scopes: granted } };
+}

@@ -1,0 +1,233 @@
+import Router, { type RouterMiddleware } from '@koa/router';
+import type { Knex } from 'knex';
+import type { Middleware, ParameterizedContext } from 'koa';
+import type Provider from 'oidc-provider';
+import { stringify } from 'yaml';
+import { recordAudit } from '../audit/event.ts';
+import type { LineageCache } from '../exchange/lineage-store.ts';
+import { applyPolicyFiles } from '../policy/apply.ts';
+import type { CompiledPolicy } from '../policy/compiled.ts';
+import type { AdminScope, PolicyDocument } from '../policy/model.ts';
+import { currentVersion } from '../policy/store.ts';
+import { KILL_SWITCH_KINDS, killSwitch } from '../revocation/kill-switch.ts';
+import type { KillSwitchKind } from '../revocation/revoke.ts';
+import { BodyError, readJsonBody } from '../http/json-body.ts';
+import { authenticateAdmin, type AdminCaller } from './auth.ts';
+import { ExplainInputError, explain, parseExplainRequest } from './explain.ts';
+
+export interface AdminDeps {
+  provider: Provider;
+  knex: Knex;
+  policy: () => CompiledPolicy;
+  reloadPolicy: () => Promise<void>;
+  localToken: () => string | undefined;
+  lineage: LineageCache;
+  issuer: string;
+  maxTtl: number;
+  secretKey: Buffer;
+}
+
+type Ctx = ParameterizedContext<{ requestId?: string; admin?: AdminCaller }> & { params: Record<string, string> };
+
+const COLLECTIONS = {
+  issuers: 'issuer',
+  clients: 'client_id',
+  audiences: 'audience',
+  rules: 'id',
+} as const satisfies Record<string, string>;
+type Collection = keyof typeof COLLECTIONS;
+
+function isCollection(name: string): name is Collection {
+  return Object.hasOwn(COLLECTIONS, name);
+}
+
+function problem(ctx: Ctx, status: number, error: string, description?: string, extra: Record<string, unknown> = {}): void {
+  ctx.status = status;
+  ctx.body = { error, ...(description ? { error_description: description } : {}), ...extra };
+}
+
+/**
+ * `/admin/v1`: policy objects and versions, explain, kill switches. Every call is authorised by
+ * scope and every change is audited with the admin client that made it.
+ */
+export function adminRoutes(deps: AdminDeps): Middleware {
+  const router = new Router({ prefix: '/admin/v1' });
+
+  const requires = (scope: AdminScope): RouterMiddleware => async (ctx, next) => {
+    ctx.set('Cache-Control', 'no-store');
+    const result = await authenticateAdmin(ctx, deps, scope);
+    if (!result.ok) {
+      ctx.set('WWW-Authenticate', `Bearer realm="writ", error="${result.error}"${result.error === 'insufficient_scope' ? `, scope="${scope}"` : ''}`);
+      problem(ctx as Ctx, result.status, result.error);
+      return;
+    }
+    (ctx.state as { admin?: AdminCaller }).admin = result.caller;
+    await next();
+  };
+
+  /** Audits every call that changes something, whatever its outcome. */
+  const audited: RouterMiddleware = async (ctx, next) => {
+    try {
+      await next();
+    } finally {
+      const state = ctx.state as { requestId?: string; admin?: AdminCaller };
+      await recordAudit(deps.knex, {
+        type: 'admin.action',
+        outcome: ctx.status < 400 ? 'ok' : 'rejected',
+        requestId: state.requestId ?? null,
+        clientId: state.admin?.clientId ?? null,
+        details: { method: ctx.method, path: ctx.path, status: ctx.status },
+      });
+    }
+  };
+
+  const applyDocument = async (ctx: Ctx, document: PolicyDocument, message: string): Promise<void> => {
+    // Through the same loader as files, so the API gets every check the CLI does.
+    const text = stringify(document);
+    const outcome = await applyPolicyFiles(deps.knex, [{ name: 'admin-api.yaml', text }], {
+      env: {}, selfIssuer: deps.issuer, maxTtl: deps.maxTtl,
+      appliedBy: (ctx.state as { admin?: AdminCaller }).admin?.clientId ?? 'admin', message, secretKey: deps.secretKey,
+    });
+    if (!outcome.ok) {
+      problem(ctx, 422, 'invalid_policy', 'the change does not validate', { errors: outcome.errors, warnings: outcome.warnings });
+      return;
+    }
+    await deps.reloadPolicy();
+    ctx.status = 200;
+    ctx.body = { version: outcome.version, digest: outcome.digest, warnings: outcome.warnings };
+  };
+
+  const currentDocument = async (): Promise<{ version: number; document: PolicyDocument }> => {
+    const stored = await currentVersion(deps.knex);
+    return {
+      version: stored?.version ?? 0,
+      document: stored?.document ?? { issuers: [], clients: [], audiences: [], rules: [], settings: { max_depth_cap: 5 } },
+    };
+  };
+
+  router.get('/policy', requires('writ:policy.read'), async (ctx) => {
+    const stored = await currentVersion(deps.knex);
+    if (!stored) return problem(ctx as Ctx, 404, 'not_found', 'no policy has been applied');
+    ctx.body = { version: stored.version, created_at: stored.createdAt, applied_by: stored.appliedBy, message: stored.message, digest: stored.digest, document: stored.document };
+  });
+
+  router.get('/policy/versions', requires('writ:policy.read'), async (ctx) => {
+    const limit = Math.min(Number(ctx.query.limit ?? 50) || 50, 500);
+    const rows = await deps.knex('policy_versions').select('version', 'created_at', 'applied_by', 'message', 'digest').orderBy('version', 'desc').limit(limit);
+    ctx.body = { versions: rows };
+  });
+
+  router.get('/policy/versions/:version', requires('writ:policy.read'), async (ctx) => {
+    const version = Number(ctx.params.version);
+    const row = Number.isInteger(version) ? await deps.knex('policy_versions').where({ version }).first() : undefined;
+    if (!row) return problem(ctx as Ctx, 404, 'not_found', 'no such version');
+    ctx.body = row;
+  });
+
+  router.get('/policy/:collection', requires('writ:policy.read'), async (ctx) => {
+    const { collection } = ctx.params;
+    if (!isCollection(collection!)) return problem(ctx as Ctx, 404, 'not_found');
+    const { version, document } = await currentDocument();
+    ctx.body = { version, [collection]: document[collection] };
+  });
+
+  router.get('/policy/:collection/:id', requires('writ:policy.read'), async (ctx) => {
+    const { collection, id } = ctx.params;
+    if (!isCollection(collection!)) return problem(ctx as Ctx, 404, 'not_found');
+    const key = COLLECTIONS[collection];
+    const { version, document } = await currentDocument();
+    const item = (document[collection] as unknown as Array<Record<string, unknown>>).find((o) => o[key] === id);
+    if (!item) return problem(ctx as Ctx, 404, 'not_found');
+    ctx.body = { version, item };
+  });
+
+  router.put('/policy', requires('writ:policy.write'), audited, async (ctx) => {
+    const body = await readJsonBody(ctx).catch((e: unknown) => e);
+    if (body instanceof BodyError) return problem(ctx as Ctx, 400, 'invalid_request', body.message);
+    const b = body as { files?: Array<{ name: string; text: string }>; env?: Record<string, string>; message?: string };
+    if (!Array.isArray(b.files) || !b.files.every((f) => typeof f?.name === 'string' && typeof f?.text === 'string')) {
+      return problem(ctx as Ctx, 400, 'invalid_request', 'expected {files: [{name, text}], env?, message?}');
+    }
+    const outcome = await applyPolicyFiles(deps.knex, b.files, {
+      env: b.env ?? {}, selfIssuer: deps.issuer, maxTtl: deps.maxTtl,
+      appliedBy: (ctx.state as { admin?: AdminCaller }).admin!.clientId, message: String(b.message ?? ''), secretKey: deps.secretKey,
+    });
+    if (!outcome.ok) return problem(ctx as Ctx, 422, 'invalid_policy', 'the policy does not validate', { errors: outcome.errors, warnings: outcome.warnings });
+    await deps.reloadPolicy();
+    ctx.body = { version: outcome.version, digest: outcome.digest, warnings: outcome.warnings };
+  });
+
+  router.put('/policy/:collection/:id', requires('writ:policy.write'), audited, async (ctx) => {
+    const { collection, id } = ctx.params;
+    if (!isCollection(collection!)) return problem(ctx as Ctx, 404, 'not_found');
+    const body = await readJsonBody(ctx).catch((e: unknown) => e);
+    if (body instanceof BodyError || typeof body !== 'object' || body === null || Array.isArray(body)) {
+      return problem(ctx as Ctx, 400, 'invalid_request', body instanceof BodyError ? body.message : 'expected a JSON object');
+    }
+    const key = COLLECTIONS[collection];
+    const item = { ...(body as Record<string, unknown>), [key]: id };
+    const { document } = await currentDocument();
+    const list = [...(document[collection] as unknown as Array<Record<string, unknown>>)];
+    const at = list.findIndex((o) => o[key] === id);
+    if (at >= 0) list[at] = item;
+    else list.push(item);
+    await applyDocument(ctx as Ctx, { ...document, [collection]: list } as PolicyDocument, `${at >= 0 ? 'update' : 'add'} ${collection} ${id}`);
+  });
+
+  router.delete('/policy/:collection/:id', requires('writ:policy.write'), audited, async (ctx) => {
+    const { collection, id } = ctx.params;
+    if (!isCollection(collection!)) return problem(ctx as Ctx, 404, 'not_found');
+    const key = COLLECTIONS[collection];
+    const { document } = await currentDocument();
+    const list = (document[collection] as unknown as Array<Record<string, unknown>>).filter((o) => o[key] !== id);
+    if (list.length === document[collection].length) return problem(ctx as Ctx, 404, 'not_found');
+    await applyDocument(ctx as Ctx, { ...document, [collection]: list } as PolicyDocument, `remove ${collection} ${id}`);
+  });
+
+  router.post('/clients/:id/:action', requires('writ:policy.write'), audited, async (ctx) => {
+    const { id, action } = ctx.params;
+    if (action !== 'disable' && action !== 'enable') return problem(ctx as Ctx, 404, 'not_found');
+    const { document } = await currentDocument();
+    if (!document.clients.some((c) => c.client_id === id)) return problem(ctx as Ctx, 404, 'not_found');
+    const clients = document.clients.map((c) => (c.client_id === id ? { ...c, enabled: action === 'enable' } : c));
+    await applyDocument(ctx as Ctx, { ...document, clients }, `${action} client ${id}`);
+  });
+
+  router.post('/explain', requires('writ:policy.read'), async (ctx) => {
+    const body = await readJsonBody(ctx).catch((e: unknown) => e);
+    if (body instanceof BodyError) return problem(ctx as Ctx, 400, 'invalid_request', body.message);
+    try {
+      ctx.body = await explain({ policy: deps.policy(), knex: deps.knex, lineage: deps.lineage, issuer: deps.issuer, maxTtl: deps.maxTtl }, parseExplainRequest(body), Math.floor(Date.now() / 1000));
+    } catch (err) {
+      if (err instanceof ExplainInputError) return problem(ctx as Ctx, 400, 'invalid_request', err.message);
+      throw err;
+    }
+  });
+
+  router.get('/revocations', requires('writ:revoke'), async (ctx) => {
+    const rows = await deps.knex('revocations').whereIn('kind', [...KILL_SWITCH_KINDS, 'task']).orderBy('created_at', 'desc').limit(500)
+      .select('kind', 'value', 'not_before', 'created_at', 'revoked_by');
+    ctx.body = { revocations: rows };
+  });
+
+  router.post('/revocations', requires('writ:revoke'), audited, async (ctx) => {
+    const body = await readJsonBody(ctx).catch((e: unknown) => e) as { kind?: unknown; value?: unknown; before?: unknown } | BodyError;
+    if (body instanceof BodyError) return problem(ctx as Ctx, 400, 'invalid_request', body.message);
+    const { kind, value, before } = body ?? {};
+    if (typeof kind !== 'string' || !KILL_SWITCH_KINDS.includes(kind as KillSwitchKind)) return problem(ctx as Ctx, 400, 'invalid_request', `kind must be one of ${KILL_SWITCH_KINDS.join(', ')}`);
+    if (typeof value !== 'string' || value === '' || value.length > 2048) return problem(ctx as Ctx, 400, 'invalid_request', 'value is required');
+    const notBefore = before === undefined ? new Date() : new Date(String(before));
+    if (Number.isNaN(notBefore.getTime())) return problem(ctx as Ctx, 400, 'invalid_request', 'before must be an ISO 8601 time');
+    const state = ctx.state as { requestId?: string; admin?: AdminCaller };
+    const result = await killSwitch(deps.knex, { kind: kind as KillSwitchKind, value, notBefore, revokedBy: state.admin!.clientId, ...(state.requestId ? { requestId: state.requestId } : {}) });
+    ctx.status = 201;
+    ctx.body = { kind, value, not_before: notBefore.toISOString(), tokens_revoked_by_jti: result.tokens };
+  });
+
+  return async (ctx, next) => {
+    if (!ctx.path.startsWith('/admin/v1/') || ctx.path.startsWith('/admin/v1/local/') || ctx.path.startsWith('/admin/v1/audit/')) return next();
+    await router.routes()(ctx as never, async () => undefined);
+    if (ctx.status === 404 && ctx.body === undefined) problem(ctx as Ctx, 404, 'not_found');
+    else if (ctx.status === 405 || ctx.status === 501) problem(ctx as Ctx, ctx.status, 'method_not_allowed');
+  };
+}

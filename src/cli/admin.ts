@@ -1,0 +1,97 @@
+import { parseArgs } from 'node:util';
+import type { Knex } from 'knex';
+import { ADMIN_SCOPES, bootstrapAdmin } from '../admin/bootstrap.ts';
+import type { AdminScope } from '../policy/model.ts';
+import { PolicyApplyError } from '../policy/store.ts';
+import { KILL_SWITCH_KINDS, killSwitch } from '../revocation/kill-switch.ts';
+import type { KillSwitchKind } from '../revocation/revoke.ts';
+import { migrate, openDatabase } from '../store/db.ts';
+import { deriveKeys } from '../tokens/kek.ts';
+import { UsageError, type CliContext } from './context.ts';
+import { runningServer, type LocalServer } from './local-server.ts';
+
+/**
+ * Runs `direct` on the database, or — on the embedded database while `writ serve` holds it —
+ * sends the request to the server through its local credential.
+ */
+async function onDatabaseOrServer<T>(ctx: CliContext, direct: (knex: Knex) => Promise<T>, viaServer: (server: LocalServer) => Promise<T>): Promise<T> {
+  const server = ctx.config.databaseUrl ? undefined : runningServer(ctx.config.dataDir);
+  if (server) return viaServer(server);
+  const db = await openDatabase({ databaseUrl: ctx.config.databaseUrl, dataDir: ctx.config.dataDir });
+  try {
+    await migrate(db);
+    return await direct(db.knex);
+  } finally {
+    await db.close();
+  }
+}
+
+async function call(server: LocalServer, path: string, body: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
+  const response = await fetch(`${server.url}${path}`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${server.token}`, 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  return { status: response.status, body: await response.json().catch(() => ({})) as Record<string, unknown> };
+}
+
+/** `writ admin bootstrap [--client-id ID] [--scope S …]`: the first admin, outside policy versions. */
+export async function adminCommand(ctx: CliContext, argv: string[]): Promise<number> {
+  const [sub, ...args] = argv;
+  if (sub !== 'bootstrap') throw new UsageError(`unknown admin command "${sub ?? ''}"`);
+  const { values } = parseArgs({ args, options: { 'client-id': { type: 'string' }, scope: { type: 'string', multiple: true } } });
+  const clientId = values['client-id'] ?? 'writ-admin';
+  const scopes = (values.scope ?? [...ADMIN_SCOPES]) as AdminScope[];
+  const unknown = scopes.filter((s) => !ADMIN_SCOPES.includes(s));
+  if (unknown.length) throw new UsageError(`unknown scope(s): ${unknown.join(', ')}`);
+  const by = `cli:${process.env.USER ?? 'unknown'}`;
+  try {
+    const secret = await onDatabaseOrServer(ctx,
+      async (knex) => (await bootstrapAdmin(knex, { clientId, scopes, secretKey: deriveKeys(ctx.config.kek).clientSecret, by })).secret,
+      async (server) => {
+        const res = await call(server, '/admin/v1/local/admin/bootstrap', { client_id: clientId, scopes, by });
+        if (res.status !== 200) throw new PolicyApplyError(String(res.body.error_description ?? `HTTP ${res.status}`));
+        return String(res.body.client_secret);
+      });
+    ctx.out(`admin client ${clientId} (${scopes.join(' ')})`);
+    ctx.out(`client_secret: ${secret}`);
+    ctx.err('The secret is shown once and stored only as a keyed hash. Obtain admin tokens with client_credentials at the token endpoint.');
+    return 0;
+  } catch (err) {
+    if (err instanceof PolicyApplyError) {
+      ctx.err(`writ: ${err.message}`);
+      return 1;
+    }
+    throw err;
+  }
+}
+
+/** `writ revoke --client ID | --subject ISS|SUB | --issuer ISS | --rule ID [--before TIME]` */
+export async function revokeCommand(ctx: CliContext, argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: { client: { type: 'string' }, subject: { type: 'string' }, issuer: { type: 'string' }, rule: { type: 'string' }, before: { type: 'string' } },
+  });
+  const chosen = KILL_SWITCH_KINDS.filter((k) => values[k] !== undefined);
+  if (chosen.length !== 1) throw new UsageError('revoke takes exactly one of --client, --subject, --issuer, --rule');
+  const kind = chosen[0] as KillSwitchKind;
+  const value = values[kind]!;
+  if (kind === 'subject' && !value.includes('|')) throw new UsageError('--subject takes ISSUER|SUB, e.g. "https://idp.example.com|alice"');
+  const notBefore = values.before ? new Date(values.before) : new Date();
+  if (Number.isNaN(notBefore.getTime())) throw new UsageError('--before takes an ISO 8601 time');
+  const by = `cli:${process.env.USER ?? 'unknown'}`;
+  const tokens = await onDatabaseOrServer(ctx,
+    async (knex) => (await killSwitch(knex, { kind, value, notBefore, revokedBy: by })).tokens,
+    async (server) => {
+      const response = await fetch(`${server.url}/admin/v1/revocations`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${server.token}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ kind, value, before: notBefore.toISOString() }),
+      });
+      const body = await response.json() as Record<string, unknown>;
+      if (response.status !== 201) throw new UsageError(String(body.error_description ?? `HTTP ${response.status}`));
+      return Number(body.tokens_revoked_by_jti ?? 0);
+    });
+  ctx.out(`revoked every token of ${kind} ${value} issued before ${notBefore.toISOString()}${kind === 'rule' ? ` (${tokens} live token(s) and their descendants)` : ''}`);
+  return 0;
+}

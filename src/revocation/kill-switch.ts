@@ -1,0 +1,42 @@
+import type { Knex } from 'knex';
+import { toRow } from '../audit/event.ts';
+import { notify, setRevokeBefore, type KillSwitchKind } from './revoke.ts';
+import type { RevocationEntry } from './state.ts';
+
+export const KILL_SWITCH_KINDS: readonly KillSwitchKind[] = ['client', 'subject', 'issuer', 'rule'];
+
+/**
+ * Sets a revoke-before mark and records it. A rule mark cannot be checked from a token's claims
+ * (tokens do not name their rule), so the live tokens that rule granted before the mark, and
+ * everything derived from them, are revoked by jti in the same transaction.
+ */
+export async function killSwitch(knex: Knex, input: { kind: KillSwitchKind; value: string; notBefore: Date; revokedBy: string; requestId?: string }): Promise<{ tokens: number }> {
+  return knex.transaction(async (trx) => {
+    await setRevokeBefore(trx, input);
+    let tokens = 0;
+    if (input.kind === 'rule') {
+      const { rows } = await trx.raw<{ rows: Array<{ jti: string; exp: number }> }>(`
+        WITH RECURSIVE granted AS (
+          SELECT jti FROM token_lineage WHERE rule_id = ? AND iat < ? AND exp > now() AND revoked_at IS NULL
+          UNION
+          SELECT l.jti FROM token_lineage l JOIN granted g ON l.parent_jti = g.jti WHERE l.revoked_at IS NULL
+        )
+        UPDATE token_lineage SET revoked_at = clock_timestamp()
+        WHERE jti IN (SELECT jti FROM granted) RETURNING jti, extract(epoch FROM exp)::bigint AS exp`, [input.value, input.notBefore]);
+      tokens = rows.length;
+      if (rows.length > 0) {
+        await trx('revocations').insert(rows.map((r) => ({ kind: 'jti', value: r.jti, expires_at: new Date(r.exp * 1000), revoked_by: input.revokedBy })))
+          .onConflict(['kind', 'value']).ignore();
+        await notify(trx, rows.map((r): RevocationEntry => ({ kind: 'jti', value: r.jti, notBefore: null, expiresAt: r.exp })));
+      }
+    }
+    await trx('audit_events').insert(toRow({
+      type: 'kill_switch',
+      outcome: 'revoked',
+      requestId: input.requestId ?? null,
+      clientId: input.revokedBy,
+      details: { kind: input.kind, value: input.value, not_before: input.notBefore.toISOString(), tokens_revoked_by_jti: tokens },
+    }));
+    return { tokens };
+  });
+}

@@ -1,0 +1,179 @@
+import { decodeJwt } from 'jose';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { bootstrapAdmin } from '../../src/admin/bootstrap.ts';
+import { applyPolicyFiles } from '../../src/policy/apply.ts';
+import { AT, EXECUTOR_AUD, IDP, PAYMENTS, SECRETS, basicAuth, examplePolicyFor, startTestWrit, type TestWrit } from '../support/harness.ts';
+import { expectDenied } from '../support/expect.ts';
+
+describe('admin API, explain and kill switches', () => {
+  let t: TestWrit;
+  let adminSecret: string;
+  let readerSecret: string;
+
+  beforeAll(async () => {
+    t = await startTestWrit({ name: 'admin' });
+    adminSecret = (await bootstrapAdmin(t.writ.db.knex, { clientId: 'ops-admin', scopes: ['writ:policy.read', 'writ:policy.write', 'writ:revoke', 'writ:audit.read'], secretKey: t.writ.derived.clientSecret, by: 'test' })).secret;
+    readerSecret = (await bootstrapAdmin(t.writ.db.knex, { clientId: 'ops-reader', scopes: ['writ:policy.read'], secretKey: t.writ.derived.clientSecret, by: 'test' })).secret;
+    await t.writ.policy.reload();
+  });
+  afterAll(async () => t?.close());
+
+  async function adminToken(clientId: string, secret: string, scope: string): Promise<string> {
+    const res = await t.post('/token', { grant_type: 'client_credentials', scope }, basicAuth(clientId, secret));
+    expect(res.status, JSON.stringify(res.body)).toBe(200);
+    return res.body.access_token as string;
+  }
+  async function admin(method: string, path: string, token: string | undefined, body?: unknown) {
+    const response = await fetch(`${t.url}/admin/v1${path}`, {
+      method,
+      headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+    });
+    return { status: response.status, headers: response.headers, body: await response.json().catch(() => ({})) as Record<string, unknown> };
+  }
+  const userToken = (claims: Record<string, unknown> = {}) => t.idp.token(t.issuer, claims);
+
+  it('admins obtain scoped tokens with client_credentials; agents cannot', async () => {
+    const token = await adminToken('ops-admin', adminSecret, 'writ:policy.read writ:revoke');
+    expect(token.length).toBeGreaterThan(20);
+    const beyond = await t.post('/token', { grant_type: 'client_credentials', scope: 'writ:policy.write' }, basicAuth('ops-reader', readerSecret));
+    expect(beyond.status).toBe(400);
+    expect(beyond.body.error).toBe('invalid_scope');
+    const agent = await t.post('/token', { grant_type: 'client_credentials', scope: 'writ:policy.read' }, basicAuth('planner-agent'));
+    expect(agent.status).toBe(400);
+    expect(agent.body.access_token).toBeUndefined();
+  });
+
+  it('refuses missing or wrong credentials with 401 and too-narrow ones with 403, changing nothing', async () => {
+    const version = t.writ.policy.policy.version;
+    expect((await admin('GET', '/policy', undefined)).status).toBe(401);
+    expect((await admin('GET', '/policy', 'not-a-token')).status).toBe(401);
+    // An access token from the exchange is not an admin credential.
+    const exchanged = await t.exchange('planner-agent', { subject_token: await userToken(), subject_token_type: AT, audience: PAYMENTS });
+    expect((await admin('GET', '/policy', exchanged.body.access_token as string)).status).toBe(401);
+    const reader = await adminToken('ops-reader', readerSecret, 'writ:policy.read');
+    expect((await admin('GET', '/policy', reader)).status).toBe(200);
+    const denied = await admin('DELETE', '/policy/rules/planner-reads-payments', reader);
+    expect(denied.status).toBe(403);
+    expect(denied.headers.get('www-authenticate')).toContain('insufficient_scope');
+    expect((await admin('POST', '/revocations', reader, { kind: 'client', value: 'planner-agent' })).status).toBe(403);
+    expect(t.writ.policy.policy.version).toBe(version);
+  });
+
+  it('reads policy objects and versions', async () => {
+    const token = await adminToken('ops-reader', readerSecret, 'writ:policy.read');
+    const current = await admin('GET', '/policy', token);
+    expect(current.body.version).toBe(t.writ.policy.policy.version);
+    const rules = await admin('GET', '/policy/rules', token);
+    expect((rules.body.rules as Array<{ id: string }>).map((r) => r.id)).toContain('planner-reads-payments');
+    const client = await admin('GET', '/policy/clients/planner-agent', token);
+    expect(client.body.item).toMatchObject({ client_id: 'planner-agent', kind: 'agent' });
+    expect(JSON.stringify(client.body)).not.toContain(SECRETS.PLANNER_SECRET);
+    expect((await admin('GET', '/policy/clients/nobody', token)).status).toBe(404);
+    const versions = await admin('GET', '/policy/versions', token);
+    expect((versions.body.versions as unknown[]).length).toBeGreaterThanOrEqual(1);
+  });
+
+  it('explains a hypothetical exchange step by step, minting nothing', async () => {
+    const token = await adminToken('ops-reader', readerSecret, 'writ:policy.read');
+    const lineage = Number((await t.writ.db.knex('token_lineage').count('* as n'))[0]!.n);
+    const granted = await admin('POST', '/explain', token, {
+      client_id: 'planner-agent', audience: PAYMENTS, subject: { issuer: IDP, claims: { sub: 'alice', groups: ['finance'] } },
+    });
+    expect(granted.status).toBe(200);
+    expect(granted.body).toMatchObject({ decision: 'grant', rule: 'planner-reads-payments', policy_version: t.writ.policy.policy.version, grant: { scope: 'payment.read', expires_in: 120, act: { sub: 'planner-agent' } } });
+    expect((granted.body.steps as Array<{ step: string; outcome: string }>).every((s) => s.outcome !== 'fail')).toBe(true);
+    const denied = await admin('POST', '/explain', token, {
+      client_id: 'planner-agent', audience: PAYMENTS, scope: 'payment.read', subject: { issuer: IDP, claims: { sub: 'alice', groups: ['hr'] } },
+    });
+    expect(denied.body).toMatchObject({ decision: 'deny', error: 'invalid_request', reason: 'subject_mismatch' });
+    expect((denied.body.steps as Array<{ step: string; outcome: string }>).at(-1)).toMatchObject({ step: 'rule', outcome: 'fail' });
+    // A chain hop, explained from a real parent token's lineage.
+    const hop1 = await t.exchange('planner-agent', { subject_token: await userToken(), subject_token_type: AT, audience: EXECUTOR_AUD });
+    const next = await admin('POST', '/explain', token, { client_id: 'executor-agent', audience: PAYMENTS, subject: { parent_jti: decodeJwt(hop1.body.access_token as string).jti } });
+    expect(next.body).toMatchObject({ decision: 'grant', rule: 'executor-reads-payments', grant: { act: { sub: 'executor-agent', act: { sub: 'planner-agent' } } } });
+    expect((await admin('POST', '/explain', token, { client_id: 'x' })).status).toBe(400);
+    expect(Number((await t.writ.db.knex('token_lineage').count('* as n'))[0]!.n)).toBe(lineage + 1);
+  });
+
+  it('writes policy objects as new versions, refusing invalid ones', async () => {
+    const token = await adminToken('ops-admin', adminSecret, 'writ:policy.write writ:policy.read');
+    const before = t.writ.policy.policy.version;
+    const bad = await admin('PUT', '/policy/rules/too-wide', token, { actor: 'planner-agent', subject: { issuer: IDP }, audience: PAYMENTS, scopes: ['payment.*'], ttl: 60 });
+    expect(bad.status).toBe(422);
+    expect(t.writ.policy.policy.version).toBe(before);
+    const ok = await admin('PUT', '/policy/rules/planner-transfers', token, { actor: 'planner-agent', subject: { issuer: IDP, claims: { groups: 'treasury' } }, audience: PAYMENTS, scopes: ['payment.transfer'], ttl: 60 });
+    expect(ok.status, JSON.stringify(ok.body)).toBe(200);
+    expect(ok.body.version).toBe(before + 1);
+    expect(t.writ.policy.policy.version).toBe(before + 1);
+    const transfer = await t.exchange('planner-agent', { subject_token: await userToken({ groups: ['treasury'] }), subject_token_type: AT, audience: PAYMENTS, scope: 'payment.transfer' });
+    expect(transfer.status).toBe(200);
+    const removed = await admin('DELETE', '/policy/rules/planner-transfers', token);
+    expect(removed.body.version).toBe(before + 2);
+    await expectDenied(t, await t.exchange('planner-agent', { subject_token: await userToken({ groups: ['treasury'] }), subject_token_type: AT, audience: PAYMENTS, scope: 'payment.transfer' }), 'invalid_request', 'subject_mismatch');
+    const actions = await t.auditRows({ type: 'admin.action', client_id: 'ops-admin' });
+    expect(actions.map((a) => (a.details as { status: number }).status)).toEqual(expect.arrayContaining([422, 200, 200]));
+    const decided = await t.auditRows({ type: 'exchange.granted', client_id: 'planner-agent' });
+    expect(decided.at(-1)!.policy_version).toBe(before + 1);
+  });
+
+  it('kill switch by client: every token whose chain involves it goes inactive', async () => {
+    const revoker = await adminToken('ops-admin', adminSecret, 'writ:revoke');
+    const hop1 = await t.exchange('planner-agent', { subject_token: await userToken(), subject_token_type: AT, audience: EXECUTOR_AUD });
+    const hop2 = await t.exchange('executor-agent', { subject_token: hop1.body.access_token as string, subject_token_type: AT, audience: PAYMENTS });
+    const direct = await t.exchange('planner-agent', { subject_token: await userToken(), subject_token_type: AT, audience: PAYMENTS });
+    const res = await admin('POST', '/revocations', revoker, { kind: 'client', value: 'executor-agent' });
+    expect(res.status).toBe(201);
+    await expect.poll(() => t.introspect('payments-api', hop2.body.access_token as string), { timeout: 1000, interval: 20 }).toEqual({ active: false });
+    expect(await t.introspect('payments-api', direct.body.access_token as string)).toMatchObject({ active: true });
+    expect(await t.introspect('executor-agent', hop1.body.access_token as string)).toMatchObject({ active: true });
+    const [event] = await t.auditRows({ type: 'kill_switch' });
+    expect(event).toMatchObject({ client_id: 'ops-admin', outcome: 'revoked' });
+  });
+
+  it('kill switch by subject and by rule', async () => {
+    const revoker = await adminToken('ops-admin', adminSecret, 'writ:revoke');
+    const mallory = await userToken({ sub: 'mallory' });
+    const ok = await t.exchange('planner-agent', { subject_token: mallory, subject_token_type: AT, audience: PAYMENTS });
+    expect(ok.status).toBe(200);
+    expect((await admin('POST', '/revocations', revoker, { kind: 'subject', value: `${IDP}|mallory` })).status).toBe(201);
+    await expect.poll(() => t.introspect('payments-api', ok.body.access_token as string), { timeout: 1000, interval: 20 }).toEqual({ active: false });
+    // Her upstream token was issued before the mark: it cannot be exchanged again either.
+    await expectDenied(t, await t.exchange('planner-agent', { subject_token: mallory, subject_token_type: AT, audience: PAYMENTS }), 'invalid_request', 'token_revoked');
+
+    const byRule = await t.exchange('planner-agent', { subject_token: await userToken(), subject_token_type: AT, audience: EXECUTOR_AUD });
+    const child = await t.exchange('executor-agent', { subject_token: byRule.body.access_token as string, subject_token_type: AT, audience: PAYMENTS });
+    const marked = await admin('POST', '/revocations', revoker, { kind: 'rule', value: 'planner-delegates-to-executor' });
+    expect(marked.body.tokens_revoked_by_jti as number).toBeGreaterThanOrEqual(2);
+    await expect.poll(() => t.introspect('payments-api', child.body.access_token as string), { timeout: 1000, interval: 20 }).toEqual({ active: false });
+    expect(await t.introspect('executor-agent', byRule.body.access_token as string)).toEqual({ active: false });
+  });
+
+  it('disabling a client refuses its exchanges and ends its tokens', async () => {
+    const token = await adminToken('ops-admin', adminSecret, 'writ:policy.write');
+    const held = await t.exchange('planner-agent', { subject_token: await userToken(), subject_token_type: AT, audience: EXECUTOR_AUD });
+    expect((await admin('POST', '/clients/planner-agent/disable', token)).status).toBe(200);
+    await expectDenied(t, await t.exchange('planner-agent', { subject_token: await userToken(), subject_token_type: AT, audience: EXECUTOR_AUD }), 'unauthorized_client', 'client_disabled');
+    await expect.poll(() => t.introspect('executor-agent', held.body.access_token as string), { timeout: 1000, interval: 20 }).toEqual({ active: false });
+    expect((await admin('POST', '/clients/planner-agent/enable', token)).status).toBe(200);
+    expect((await t.exchange('planner-agent', { subject_token: await userToken(), subject_token_type: AT, audience: EXECUTOR_AUD })).status).toBe(200);
+  });
+});
+
+describe('the last admin', () => {
+  it('apply refuses to remove the last admin client', async () => {
+    const t = await startTestWrit({ name: 'lastadmin' });
+    try {
+      const admin = '  - client_id: policy-admin\n    kind: admin\n    auth: client_secret_basic\n    secret: ${ADMIN_SECRET}\n    scopes: [writ:policy.read]\n';
+      const placed = examplePolicyFor(t.idp).replace('\nclients:\n', `\nclients:\n${admin}`);
+      expect(placed).toContain('policy-admin');
+      const opts = { env: { ...SECRETS, ADMIN_SECRET: 'admin-secret-0123456789abcdefghijklmnop' }, selfIssuer: t.issuer, maxTtl: 900, appliedBy: 'test', message: '', secretKey: t.writ.derived.clientSecret };
+      expect((await applyPolicyFiles(t.writ.db.knex, [{ name: 'example.yaml', text: placed }], opts)).ok).toBe(true);
+      const without = await applyPolicyFiles(t.writ.db.knex, [{ name: 'example.yaml', text: examplePolicyFor(t.idp) }], opts);
+      expect(without.ok).toBe(false);
+      expect(JSON.stringify(without)).toContain('last admin');
+    } finally {
+      await t.close();
+    }
+  });
+});
