@@ -15,6 +15,7 @@ import { createApp } from './http/app.ts';
 import { introspectionHandler, revocationHandler, tokenExchangeHandler } from './http/handlers.ts';
 import { findClientMetadata } from './oauth/client-metadata.ts';
 import { createProvider } from './oauth/provider.ts';
+import { Metrics, serveMetrics } from './metrics.ts';
 import { PolicyState } from './policy/state.ts';
 import { RevocationState } from './revocation/state.ts';
 import { migrate, openDatabase, type Database } from './store/db.ts';
@@ -32,6 +33,7 @@ export interface Writ {
   keys: SigningKeys;
   derived: DerivedKeys;
   auditQueue: BatchedAuditWriter;
+  metrics: Metrics;
   /** Starts listening; resolves with the bound URL. */
   listen(): Promise<string>;
   /** Stops accepting, lets in-flight requests finish, flushes the audit queue, closes the database. */
@@ -43,6 +45,8 @@ export interface WritOptions {
   db?: Database;
   /** Poll intervals, shortened in tests. */
   pollMs?: number;
+  /** Serve `/metrics` on WRIT_METRICS_ADDR (off in tests unless asked for). */
+  metrics?: boolean;
   /** The local admin credential (`writ serve` on the embedded database). */
   localToken?: () => string | undefined;
 }
@@ -66,6 +70,7 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
     const auditQueue = new BatchedAuditWriter(db.knex, logger);
     const lineage = new LineageCache();
     const writKeys = writKeyResolver(() => keys);
+    const metrics = new Metrics();
 
     const exchangeDeps: ExchangeDeps = {
       issuer: config.issuer,
@@ -78,6 +83,7 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
       lineage,
       knex: db.knex,
       logger,
+      onDecision: (seconds) => metrics.decisionSeconds.observe(seconds),
     };
     const provider = createProvider({
       issuer: config.issuer,
@@ -86,9 +92,9 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
       findClient: (id) => findClientMetadata(policy.policy, policy.credentials, id),
       secretKey: derived.clientSecret,
       trustProxy: config.trustProxy,
-      grant: { params: EXCHANGE_PARAMS, repeatable: REPEATABLE_PARAMS, handler: tokenExchangeHandler(exchangeDeps) },
-      introspect: introspectionHandler({ issuer: config.issuer, writKeys, revocations, lineage, policy: () => policy.policy, auditQueue }),
-      revoke: revocationHandler({ issuer: config.issuer, writKeys, knex: db.knex, policy: () => policy.policy }),
+      grant: { params: EXCHANGE_PARAMS, repeatable: REPEATABLE_PARAMS, handler: tokenExchangeHandler({ ...exchangeDeps, metrics }) },
+      introspect: introspectionHandler({ issuer: config.issuer, writKeys, revocations, lineage, policy: () => policy.policy, auditQueue, metrics }),
+      revoke: revocationHandler({ issuer: config.issuer, writKeys, knex: db.knex, policy: () => policy.policy, metrics }),
       extraRevocationParams: (ctx) => ((ctx.state as Record<string, unknown>).writTaskRevocation ? ['task_id'] : []),
     });
     provider.on('server_error', (_ctx: unknown, err: Error) => logger.error({ err: err.message }, 'provider server_error'));
@@ -125,17 +131,28 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
     });
 
     let server: Server | undefined;
+    let metricsServer: Server | undefined;
+    const refreshGauges = (): void => {
+      metrics.auditQueue.set(auditQueue.pending);
+      metrics.auditDropped.set(auditQueue.dropped);
+      metrics.policyVersion.set(policy.policy.version);
+      metrics.revocationsFresh.set(revocations.isFresh() ? 1 : 0);
+    };
     const writ: Writ = {
-      config, db, app, provider, policy, revocations, keys, derived, auditQueue,
-      listen: () => new Promise((resolve, reject) => {
-        server = app.listen(config.port, config.host);
-        server.once('error', reject);
-        server.once('listening', () => {
-          const { port } = server!.address() as AddressInfo;
-          resolve(`http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`);
+      config, db, app, provider, policy, revocations, keys, derived, auditQueue, metrics,
+      listen: async () => {
+        if (options.metrics) metricsServer = await serveMetrics(metrics, config.metricsAddr, refreshGauges);
+        return new Promise((resolve, reject) => {
+          server = app.listen(config.port, config.host);
+          server.once('error', reject);
+          server.once('listening', () => {
+            const { port } = server!.address() as AddressInfo;
+            resolve(`http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`);
+          });
         });
-      }),
+      },
       async close() {
+        metricsServer?.close();
         if (server) {
           const closing = new Promise<void>((resolve) => server!.close(() => resolve()));
           server.closeIdleConnections();

@@ -73,7 +73,7 @@ export async function demo(ctx: CliContext, options: { exit: boolean }): Promise
   const applied = await policyApply(ctx, policyDir, 'writ demo: policy/example.yaml with the demo IdP key');
   if (applied !== 0) return applied;
   // The walkthrough speaks for itself; request logs would drown it unless asked for.
-  const serving = await startServing(ctx, { logLevel: process.env.LOG_LEVEL ?? 'warn' });
+  const serving = await startServing(ctx, { logLevel: process.env.LOG_LEVEL ?? 'warn', metrics: false });
   const { url } = serving;
   const print = ctx.out;
   try {

@@ -12,7 +12,7 @@ export interface Serving {
 }
 
 /** Starts Writ: migrate, load keys and policy, listen. On the embedded database it claims the data dir. */
-export async function startServing(ctx: CliContext, options: { applyDir?: string; logLevel?: string } = {}): Promise<Serving> {
+export async function startServing(ctx: CliContext, options: { applyDir?: string; logLevel?: string; metrics?: boolean } = {}): Promise<Serving> {
   const { config } = ctx;
   const embedded = !config.databaseUrl;
   if (embedded) {
@@ -26,7 +26,7 @@ export async function startServing(ctx: CliContext, options: { applyDir?: string
   }
   const logger = createLogger(options.logLevel ?? config.logLevel);
   let local: LocalServer | undefined;
-  const writ = await createWrit(config, logger, { localToken: () => local?.token });
+  const writ = await createWrit(config, logger, { localToken: () => local?.token, metrics: options.metrics ?? true });
   const url = await writ.listen();
   if (embedded) local = claimDataDir(config.dataDir, url);
   logger.info({ url, issuer: config.issuer, database: writ.db.kind, policyVersion: writ.policy.policy.version }, 'writ serving');

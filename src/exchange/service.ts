@@ -26,6 +26,8 @@ export interface ExchangeDeps {
   lineage: LineageCache;
   knex: Knex;
   logger: Logger;
+  /** Called with the pure decision's duration, for metrics. */
+  onDecision?: (seconds: number) => void;
 }
 
 export interface ExchangeCall {
@@ -48,7 +50,7 @@ export interface TokenResponse {
 
 export type ExchangeResult =
   | { ok: true; body: TokenResponse; grant: Grant; jti: string }
-  | { ok: false; error: OAuthErrorCode; reason: ReasonCode };
+  | { ok: false; error: OAuthErrorCode; reason: ReasonCode; audience?: string };
 
 class StorageUnavailable extends Error {
   override name = 'StorageUnavailable';
@@ -115,6 +117,7 @@ export async function exchange(deps: ExchangeDeps, call: ExchangeCall): Promise<
     if (request.taskId !== undefined && deps.revocations.isTaskRevoked(request.taskId)) {
       throw new ExchangeDenied('task_revoked', 'the task has ended');
     }
+    const decisionStarted = performance.now();
     const decision = decide(policy, {
       now: call.now,
       selfIssuer: deps.issuer,
@@ -124,6 +127,7 @@ export async function exchange(deps: ExchangeDeps, call: ExchangeCall): Promise<
       subject,
       ...(actor ? { actor } : {}),
     });
+    deps.onDecision?.((performance.now() - decisionStarted) / 1000);
     if (!decision.ok) {
       return await deny(decision.reason, decision.detail, { ...(decision.ruleId ? { ruleId: decision.ruleId } : {}), steps: decision.steps });
     }

@@ -6,6 +6,7 @@ import { WRIT_KIND } from '../oauth/client-metadata.ts';
 import { oauthError } from '../oauth/provider.ts';
 import type { CompiledPolicy } from '../policy/compiled.ts';
 import type { ClientPolicy } from '../policy/model.ts';
+import type { Metrics } from '../metrics.ts';
 import type { RevocationState } from '../revocation/state.ts';
 import { introspect, type IntrospectionDeps } from './introspection.ts';
 import { revokeTaskById, revokeToken, type RevocationDeps } from './revocation.ts';
@@ -38,9 +39,10 @@ function callerOf(ctx: KoaContextWithOIDC, policy: CompiledPolicy): ClientPolicy
   return caller;
 }
 
-export function tokenExchangeHandler(deps: ExchangeDeps) {
+export function tokenExchangeHandler(deps: ExchangeDeps & { metrics?: Metrics }) {
   return async function handleTokenExchange(ctx: KoaContextWithOIDC): Promise<void> {
     (ctx.state as Record<string, unknown>).writAudited = true;
+    const started = performance.now();
     const result = await exchange(deps, {
       clientId: ctx.oidc.client!.clientId,
       params: ctx.oidc.params as Record<string, string | string[] | undefined>,
@@ -49,6 +51,18 @@ export function tokenExchangeHandler(deps: ExchangeDeps) {
       now: Math.floor(Date.now() / 1000),
     });
     (ctx.state as Record<string, unknown>).writReason = result.ok ? 'granted' : result.reason;
+    if (deps.metrics) {
+      // Only audiences the policy knows become label values: request input must not mint series.
+      const requested = [ctx.oidc.params?.audience, ctx.oidc.params?.resource].flat().find((a) => typeof a === 'string') as string | undefined;
+      const audience = requested !== undefined && deps.policy().audiences.has(requested) ? requested : 'other';
+      deps.metrics.exchanges.inc({
+        outcome: result.ok ? 'granted' : result.error === 'temporarily_unavailable' ? 'unavailable' : 'denied',
+        reason: result.ok ? 'granted' : result.reason,
+        audience,
+        client: ctx.oidc.client!.clientId,
+      });
+      deps.metrics.exchangeSeconds.observe((performance.now() - started) / 1000);
+    }
     if (!result.ok) {
       if (result.error === 'temporarily_unavailable') throw unavailable(ctx);
       throw oauthError(result.error, DESCRIPTIONS[result.error] ?? 'the request was refused');
@@ -58,7 +72,7 @@ export function tokenExchangeHandler(deps: ExchangeDeps) {
   };
 }
 
-export function introspectionHandler(deps: IntrospectionDeps & { policy: () => CompiledPolicy; revocations: RevocationState; auditQueue: BatchedAuditWriter }): Middleware {
+export function introspectionHandler(deps: IntrospectionDeps & { policy: () => CompiledPolicy; revocations: RevocationState; auditQueue: BatchedAuditWriter; metrics?: Metrics }): Middleware {
   return async function handleIntrospection(ctx) {
     const oidc = ctx as unknown as KoaContextWithOIDC;
     const token = oidc.oidc.params?.token;
@@ -66,7 +80,9 @@ export function introspectionHandler(deps: IntrospectionDeps & { policy: () => C
     const caller = callerOf(oidc, deps.policy());
     // Fail closed: if revocations may have been missed, never answer active.
     if (!deps.revocations.isFresh()) throw unavailable(ctx);
-    const { body, claims } = await introspect(deps, caller, token, Math.floor(Date.now() / 1000));
+    const { body, claims, why } = await introspect(deps, caller, token, Math.floor(Date.now() / 1000));
+    deps.metrics?.introspections.inc({ active: String(body.active), client: caller.client_id });
+    if (why) deps.metrics?.suspiciousIntrospections.inc({ kind: why, client: caller.client_id });
     deps.auditQueue.enqueue({
       type: 'introspection',
       outcome: body.active ? 'active' : 'inactive',
@@ -75,14 +91,14 @@ export function introspectionHandler(deps: IntrospectionDeps & { policy: () => C
       jti: claims?.jti ?? null,
       audience: claims?.aud ?? null,
       ...(claims ? { subject: `${claims.sub_id.iss}|${claims.sub_id.sub}`, taskId: claims.task_id ?? null } : {}),
-      details: {},
+      details: why ? { inactive: why } : {},
     });
     ctx.set('Cache-Control', 'no-store');
     ctx.body = body;
   };
 }
 
-export function revocationHandler(deps: RevocationDeps & { policy: () => CompiledPolicy }): Middleware {
+export function revocationHandler(deps: RevocationDeps & { policy: () => CompiledPolicy; metrics?: Metrics }): Middleware {
   return async function handleRevocation(ctx) {
     const oidc = ctx as unknown as KoaContextWithOIDC;
     const caller = callerOf(oidc, deps.policy());
@@ -95,6 +111,7 @@ export function revocationHandler(deps: RevocationDeps & { policy: () => Compile
       const outcome = isTask
         ? await revokeTaskById(deps, caller, value, requestId(ctx))
         : await revokeToken(deps, caller, value, requestId(ctx));
+      if (outcome.status === 'revoked') deps.metrics?.revocations.inc({ kind: isTask ? 'task' : 'token' }, outcome.count);
       if (outcome.status === 'refused') {
         throw oauthError('unauthorized_client', isTask ? 'this client may not end this task' : 'this client may not revoke this token');
       }

@@ -41,14 +41,17 @@ export function mayIntrospect(caller: ClientPolicy, claims: Pick<WritTokenClaims
  * RFC 7662 for Writ's JWTs: active only if the signature and times are good, the caller may
  * see it, and nothing revokes it — decided from memory, with no database read.
  */
-export async function introspect(deps: IntrospectionDeps, caller: ClientPolicy, token: string, now: number): Promise<{ body: IntrospectionResponse; claims?: WritTokenClaims }> {
+/** Why an answer was inactive: a token Writ never granted (or expired), one the caller may not see, one revoked. */
+export type InactiveWhy = 'invalid' | 'foreign' | 'revoked';
+
+export async function introspect(deps: IntrospectionDeps, caller: ClientPolicy, token: string, now: number): Promise<{ body: IntrospectionResponse; claims?: WritTokenClaims; why?: InactiveWhy }> {
   let claims: WritTokenClaims;
   try {
     claims = await verifyWritToken(token, { selfIssuer: deps.issuer, keys: deps.writKeys, now, leeway: 0 });
   } catch {
-    return { body: { active: false } };
+    return { body: { active: false }, why: 'invalid' };
   }
-  if (!mayIntrospect(caller, claims)) return { body: { active: false }, claims };
+  if (!mayIntrospect(caller, claims)) return { body: { active: false }, claims, why: 'foreign' };
   const lineage = deps.lineage.peek(claims.jti);
   const revoked = deps.revocations.check({
     jti: claims.jti,
@@ -59,7 +62,7 @@ export async function introspect(deps: IntrospectionDeps, caller: ClientPolicy, 
     rootSubject: claims.sub_id.sub,
     ...(lineage ? { ruleId: lineage.ruleId } : {}),
   });
-  if (revoked) return { body: { active: false }, claims };
+  if (revoked) return { body: { active: false }, claims, why: 'revoked' };
   return {
     claims,
     body: {

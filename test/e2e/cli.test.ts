@@ -73,7 +73,7 @@ describe('the writ command', () => {
   it('keeps working while writ serve holds the embedded database', async () => {
     const dataDir = tempDir();
     const port = await freePort();
-    const env = { ...SECRETS, WRIT_DATA_DIR: dataDir, PORT: String(port), WRIT_ISSUER: `http://localhost:${port}`, LOG_LEVEL: 'warn' };
+    const env = { ...SECRETS, WRIT_DATA_DIR: dataDir, PORT: String(port), WRIT_ISSUER: `http://localhost:${port}`, LOG_LEVEL: 'warn', WRIT_METRICS_ADDR: '127.0.0.1:0' };
     const policyDir = tempDir();
     cpSync(path.join(ROOT, 'policy/example.yaml'), path.join(policyDir, 'example.yaml'));
     const server: ChildProcess = spawn(process.execPath, [MAIN, 'serve'], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ...env } });

@@ -41,7 +41,7 @@ describe('policy propagation between processes', () => {
       WRIT_ISSUER: issuer,
       WRIT_KEK: randomBytes(32).toString('base64'),
       WRIT_DATA_DIR: mkdtempSync(path.join(tmpdir(), 'writ-prop-')),
-      LOG_LEVEL: 'warn',
+      LOG_LEVEL: 'warn', WRIT_METRICS_ADDR: '127.0.0.1:0',
     };
     dirs.push(env.WRIT_DATA_DIR!);
     policyDir = mkdtempSync(path.join(tmpdir(), 'writ-prop-policy-'));

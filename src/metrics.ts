@@ -1,0 +1,74 @@
+import { createServer, type Server } from 'node:http';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/**
+ * Prometheus metrics, one registry per Writ instance. Label values come from policy (clients,
+ * audiences) and the published reason list, so their number stays bounded.
+ */
+export class Metrics {
+  readonly registry = new Registry();
+  readonly exchanges = new Counter({
+    name: 'writ_exchanges_total',
+    help: 'Token exchanges by outcome (granted|denied|unavailable), reason code, requested audience and client. Denials per client over time is the denial rate per agent; grants by audience and client the grant-request rate per tool per agent.',
+    labelNames: ['outcome', 'reason', 'audience', 'client'] as const,
+    registers: [this.registry],
+  });
+  readonly exchangeSeconds = new Histogram({
+    name: 'writ_exchange_duration_seconds',
+    help: 'End-to-end token exchange latency inside Writ, from grant start to response.',
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [this.registry],
+  });
+  readonly decisionSeconds = new Histogram({
+    name: 'writ_decision_duration_seconds',
+    help: 'Time spent in the pure policy decision.',
+    buckets: [0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.001],
+    registers: [this.registry],
+  });
+  readonly introspections = new Counter({
+    name: 'writ_introspections_total',
+    help: 'Introspections by answer (active|inactive) and caller.',
+    labelNames: ['active', 'client'] as const,
+    registers: [this.registry],
+  });
+  readonly suspiciousIntrospections = new Counter({
+    name: 'writ_introspections_suspicious_total',
+    help: 'Introspections of tokens Writ never granted (bad signature or not a Writ token), of revoked tokens, or of tokens the caller may not see.',
+    labelNames: ['kind', 'client'] as const,
+    registers: [this.registry],
+  });
+  readonly revocations = new Counter({
+    name: 'writ_revocations_total',
+    help: 'Revocations by kind (token|task|client|subject|issuer|rule) and the tokens they revoked.',
+    labelNames: ['kind'] as const,
+    registers: [this.registry],
+  });
+  readonly auditQueue = new Gauge({ name: 'writ_audit_queue_events', help: 'Events waiting in the batched audit writer.', registers: [this.registry] });
+  readonly auditDropped = new Gauge({ name: 'writ_audit_queue_dropped_total', help: 'Events the batched audit writer could not queue.', registers: [this.registry] });
+  readonly sealerLag = new Gauge({ name: 'writ_audit_sealer_lag_seconds', help: 'Age of the oldest audit event not yet sealed into the hash chain.', registers: [this.registry] });
+  readonly policyVersion = new Gauge({ name: 'writ_policy_version', help: 'Policy version in force on this instance.', registers: [this.registry] });
+  readonly revocationsFresh = new Gauge({ name: 'writ_revocations_fresh', help: '1 while the in-memory revoked set is known to be current.', registers: [this.registry] });
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry, prefix: 'writ_' });
+  }
+}
+
+/** The separate listener of WRIT_METRICS_ADDR: `/metrics` only. */
+export function serveMetrics(metrics: Metrics, addr: { host: string; port: number }, beforeScrape: () => void): Promise<Server> {
+  const server = createServer((req, res) => {
+    if (req.url !== '/metrics' || req.method !== 'GET') {
+      res.writeHead(404).end();
+      return;
+    }
+    beforeScrape();
+    metrics.registry.metrics().then(
+      (body) => res.writeHead(200, { 'content-type': metrics.registry.contentType }).end(body),
+      () => res.writeHead(500).end(),
+    );
+  });
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(addr.port, addr.host, () => resolve(server));
+  });
+}
