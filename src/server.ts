@@ -12,6 +12,7 @@ import { isStorageError, type ExchangeDeps } from './exchange/service.ts';
 import { adminRoutes } from './admin/routes.ts';
 import { localAdmin } from './http/admin-local.ts';
 import { createApp } from './http/app.ts';
+import { DEFAULT_AUTH_FAILURE_LIMIT, RateLimiter } from './http/rate-limit.ts';
 import { introspectionHandler, revocationHandler, tokenExchangeHandler } from './http/handlers.ts';
 import { findClientMetadata } from './oauth/client-metadata.ts';
 import { createProvider } from './oauth/provider.ts';
@@ -71,6 +72,7 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
     const lineage = new LineageCache();
     const writKeys = writKeyResolver(() => keys);
     const metrics = new Metrics();
+    const limiter = new RateLimiter();
 
     const exchangeDeps: ExchangeDeps = {
       issuer: config.issuer,
@@ -84,6 +86,11 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
       knex: db.knex,
       logger,
       onDecision: (seconds) => metrics.decisionSeconds.observe(seconds),
+      limitSubject: (root) => {
+        const limit = policy.policy.settings.subject_rate_limit;
+        return limit ? limiter.take(`subject:${root}`, limit) : undefined;
+      },
+      enqueueAudit: (event) => auditQueue.enqueue(event),
     };
     const provider = createProvider({
       issuer: config.issuer,
@@ -92,9 +99,9 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
       findClient: (id) => findClientMetadata(policy.policy, policy.credentials, id),
       secretKey: derived.clientSecret,
       trustProxy: config.trustProxy,
-      grant: { params: EXCHANGE_PARAMS, repeatable: REPEATABLE_PARAMS, handler: tokenExchangeHandler({ ...exchangeDeps, metrics }) },
-      introspect: introspectionHandler({ issuer: config.issuer, writKeys, revocations, lineage, policy: () => policy.policy, auditQueue, metrics }),
-      revoke: revocationHandler({ issuer: config.issuer, writKeys, knex: db.knex, policy: () => policy.policy, metrics }),
+      grant: { params: EXCHANGE_PARAMS, repeatable: REPEATABLE_PARAMS, handler: tokenExchangeHandler({ ...exchangeDeps, metrics, limiter, auditQueue }) },
+      introspect: introspectionHandler({ issuer: config.issuer, writKeys, revocations, lineage, policy: () => policy.policy, auditQueue, metrics, limiter }),
+      revoke: revocationHandler({ issuer: config.issuer, writKeys, knex: db.knex, policy: () => policy.policy, metrics, limiter, auditQueue }),
       extraRevocationParams: (ctx) => ((ctx.state as Record<string, unknown>).writTaskRevocation ? ['task_id'] : []),
     });
     provider.on('server_error', (_ctx: unknown, err: Error) => logger.error({ err: err.message }, 'provider server_error'));
@@ -106,6 +113,8 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
       auditQueue,
       auditNow: (event) => recordAudit(db.knex, event),
       isStorageError,
+      limiter,
+      authFailureLimit: () => policy.policy.settings.auth_failure_limit ?? DEFAULT_AUTH_FAILURE_LIMIT,
       routes: [adminRoutes({
         provider,
         knex: db.knex,

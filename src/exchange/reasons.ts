@@ -61,6 +61,9 @@ export const REASONS = {
   task_mismatch: 'invalid_request',
   task_required: 'invalid_request',
   task_revoked: 'invalid_request',
+  // limits: answered 429 with Retry-After
+  rate_limited: 'temporarily_unavailable',
+  auth_rate_limited: 'temporarily_unavailable',
   // infrastructure: answered 503, never a token
   jwks_unavailable: 'temporarily_unavailable',
   storage_unavailable: 'temporarily_unavailable',

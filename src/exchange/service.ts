@@ -1,6 +1,7 @@
 import type { Knex } from 'knex';
 import type { Logger } from 'pino';
 import type { AuditEvent } from '../audit/event.ts';
+import type { RateDecision } from '../http/rate-limit.ts';
 import { recordAudit } from '../audit/event.ts';
 import type { CompiledPolicy } from '../policy/compiled.ts';
 import type { RevocationState } from '../revocation/state.ts';
@@ -28,6 +29,10 @@ export interface ExchangeDeps {
   logger: Logger;
   /** Called with the pure decision's duration, for metrics. */
   onDecision?: (seconds: number) => void;
+  /** The per-subject limit (settings.subject_rate_limit), spent once the subject is verified. */
+  limitSubject?: (rootKey: string) => RateDecision | undefined;
+  /** Records without a round trip: refusals under a flood must not cost a write each. */
+  enqueueAudit?: (event: AuditEvent) => void;
 }
 
 export interface ExchangeCall {
@@ -50,7 +55,7 @@ export interface TokenResponse {
 
 export type ExchangeResult =
   | { ok: true; body: TokenResponse; grant: Grant; jti: string }
-  | { ok: false; error: OAuthErrorCode; reason: ReasonCode; audience?: string };
+  | { ok: false; error: OAuthErrorCode; reason: ReasonCode; rate?: RateDecision };
 
 class StorageUnavailable extends Error {
   override name = 'StorageUnavailable';
@@ -113,6 +118,14 @@ export async function exchange(deps: ExchangeDeps, call: ExchangeCall): Promise<
       knex: deps.knex,
     };
     subject = await verifySubjectToken(request, ctx);
+    const rate = deps.limitSubject?.(rootOf(subject)!);
+    if (rate && !rate.ok) {
+      deps.enqueueAudit?.({
+        type: 'exchange.denied', outcome: 'denied', reason: 'rate_limited', requestId: call.requestId, clientId: call.clientId,
+        subject: rootOf(subject), audience: request.audience, policyVersion: policy.version, details: { limit: 'subject' },
+      });
+      return { ok: false, error: 'temporarily_unavailable', reason: 'rate_limited', rate };
+    }
     const actor = await verifyActorToken(request, ctx);
     if (request.taskId !== undefined && deps.revocations.isTaskRevoked(request.taskId)) {
       throw new ExchangeDenied('task_revoked', 'the task has ended');

@@ -7,7 +7,9 @@ import type Provider from 'oidc-provider';
 import type { BatchedAuditWriter } from '../audit/batch-writer.ts';
 import { recordAudit, type AuditEvent } from '../audit/event.ts';
 import { ROUTES } from '../oauth/provider.ts';
+import type { RateLimit } from '../policy/model.ts';
 import { TASK_FLAG } from './handlers.ts';
+import { setRateLimitHeaders, type RateLimiter } from './rate-limit.ts';
 
 export interface AppDeps {
   provider: Provider;
@@ -19,10 +21,28 @@ export interface AppDeps {
   isStorageError: (err: unknown) => boolean;
   /** Writ's own routes (admin API), tried before the provider's. */
   routes: Middleware[];
+  limiter: RateLimiter;
+  authFailureLimit: () => RateLimit;
+}
+
+/** The client id a Basic header claims, only as a key for counting failures. */
+function basicClientId(header: string): string | undefined {
+  const match = /^Basic ([A-Za-z0-9+/]+=*)$/i.exec(header);
+  if (!match) return undefined;
+  const decoded = Buffer.from(match[1]!, 'base64').toString('utf8');
+  const colon = decoded.indexOf(':');
+  if (colon <= 0) return undefined;
+  try {
+    return decodeURIComponent(decoded.slice(0, colon).replace(/\+/g, '%20')).slice(0, 256);
+  } catch {
+    return undefined;
+  }
 }
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,64}$/;
 const POST_ONLY = new Set<string>([ROUTES.token, ROUTES.introspection, ROUTES.revocation, '/task/revocation']);
+/** Endpoints where clients authenticate (task revocation runs through the revocation route). */
+const AUTHENTICATED = new Set<string>([ROUTES.token, ROUTES.introspection, ROUTES.revocation]);
 
 /** Reason codes for refusals the provider makes before Writ's grant runs. */
 function providerRejectionReason(body: { error?: string; error_description?: string } | undefined): string {
@@ -153,6 +173,37 @@ export function createApp(deps: AppDeps): Koa {
       ctx.status = 401;
       ctx.set('WWW-Authenticate', 'Basic realm="writ"');
       ctx.body = { error: 'invalid_client', error_description: 'client authentication is required' };
+    }
+  });
+
+  // Failed client authentications are limited per source address and per claimed client id;
+  // once a bucket is empty further attempts are refused before any secret is checked.
+  app.use(async (ctx, next) => {
+    if (ctx.method !== 'POST' || !AUTHENTICATED.has(ctx.path)) return next();
+    const limit = deps.authFailureLimit();
+    const claimed = basicClientId(ctx.get('authorization'));
+    const keys = [`auth-fail-ip:${ctx.ip}`, ...(claimed ? [`auth-fail-client:${claimed}`] : [])];
+    for (const key of keys) {
+      const rate = deps.limiter.peek(key, limit);
+      if (rate.ok) continue;
+      const state = ctx.state as Record<string, unknown>;
+      state.writAudited = true;
+      state.writReason = 'auth_rate_limited';
+      deps.auditQueue.enqueue({
+        type: 'token_endpoint.rejected', outcome: 'rejected', reason: 'auth_rate_limited', requestId: state.requestId as string,
+        details: { endpoint: ctx.path, source_ip: ctx.ip, ...(claimed ? { claimed_client_id: claimed } : {}) },
+      });
+      setRateLimitHeaders(ctx, rate);
+      ctx.status = 429;
+      ctx.set('Cache-Control', 'no-store');
+      ctx.body = { error: 'temporarily_unavailable', error_description: 'too many failed authentications: retry after the time given' };
+      return;
+    }
+    await next();
+    if (ctx.status === 401) {
+      const client = claimed ?? (ctx as { oidc?: { client?: { clientId?: string } } }).oidc?.client?.clientId;
+      deps.limiter.spend(`auth-fail-ip:${ctx.ip}`, limit);
+      if (client) deps.limiter.spend(`auth-fail-client:${client}`, limit);
     }
   });
 

@@ -9,6 +9,7 @@ import type { ClientPolicy } from '../policy/model.ts';
 import type { Metrics } from '../metrics.ts';
 import type { RevocationState } from '../revocation/state.ts';
 import { introspect, type IntrospectionDeps } from './introspection.ts';
+import { setRateLimitHeaders, type RateDecision, type RateLimiter } from './rate-limit.ts';
 import { revokeTaskById, revokeToken, type RevocationDeps } from './revocation.ts';
 
 /** What the client is told; the reason code stays in the audit record (no oracle). */
@@ -26,6 +27,30 @@ function requestId(ctx: ParameterizedContext): string {
   return (ctx.state as { requestId?: string }).requestId ?? '';
 }
 
+function tooMany(ctx: ParameterizedContext, rate: RateDecision): Error {
+  setRateLimitHeaders(ctx, rate);
+  return oauthError('temporarily_unavailable', 'too many requests: retry after the time given', 429);
+}
+
+/**
+ * The client's own limit (policy `rate_limit`) on this endpoint, counted per instance. A refusal
+ * is recorded through the batched writer, so a flooding client costs no write per request.
+ */
+export function limitClient(ctx: ParameterizedContext, deps: { limiter?: RateLimiter; policy: () => CompiledPolicy; auditQueue?: BatchedAuditWriter }, endpoint: string, clientId: string): void {
+  const limit = deps.policy().clients.get(clientId)?.rate_limit;
+  if (!limit || !deps.limiter) return;
+  const rate = deps.limiter.take(`${endpoint}:${clientId}`, limit);
+  setRateLimitHeaders(ctx, rate);
+  if (rate.ok) return;
+  (ctx.state as Record<string, unknown>).writAudited = true;
+  (ctx.state as Record<string, unknown>).writReason = 'rate_limited';
+  deps.auditQueue?.enqueue({
+    type: endpoint === 'token' ? 'exchange.denied' : 'token_endpoint.rejected', outcome: 'denied', reason: 'rate_limited',
+    requestId: requestId(ctx), clientId, details: { limit: 'client', endpoint },
+  });
+  throw tooMany(ctx, rate);
+}
+
 function unavailable(ctx: ParameterizedContext): Error {
   ctx.set('Retry-After', '1');
   return oauthError('temporarily_unavailable', DESCRIPTIONS.temporarily_unavailable!, 503);
@@ -39,9 +64,10 @@ function callerOf(ctx: KoaContextWithOIDC, policy: CompiledPolicy): ClientPolicy
   return caller;
 }
 
-export function tokenExchangeHandler(deps: ExchangeDeps & { metrics?: Metrics }) {
+export function tokenExchangeHandler(deps: ExchangeDeps & { metrics?: Metrics; limiter?: RateLimiter; auditQueue?: BatchedAuditWriter }) {
   return async function handleTokenExchange(ctx: KoaContextWithOIDC): Promise<void> {
     (ctx.state as Record<string, unknown>).writAudited = true;
+    limitClient(ctx, deps, 'token', ctx.oidc.client!.clientId);
     const started = performance.now();
     const result = await exchange(deps, {
       clientId: ctx.oidc.client!.clientId,
@@ -64,6 +90,7 @@ export function tokenExchangeHandler(deps: ExchangeDeps & { metrics?: Metrics })
       deps.metrics.exchangeSeconds.observe((performance.now() - started) / 1000);
     }
     if (!result.ok) {
+      if (result.rate) throw tooMany(ctx, result.rate);
       if (result.error === 'temporarily_unavailable') throw unavailable(ctx);
       throw oauthError(result.error, DESCRIPTIONS[result.error] ?? 'the request was refused');
     }
@@ -72,12 +99,13 @@ export function tokenExchangeHandler(deps: ExchangeDeps & { metrics?: Metrics })
   };
 }
 
-export function introspectionHandler(deps: IntrospectionDeps & { policy: () => CompiledPolicy; revocations: RevocationState; auditQueue: BatchedAuditWriter; metrics?: Metrics }): Middleware {
+export function introspectionHandler(deps: IntrospectionDeps & { policy: () => CompiledPolicy; revocations: RevocationState; auditQueue: BatchedAuditWriter; metrics?: Metrics; limiter?: RateLimiter }): Middleware {
   return async function handleIntrospection(ctx) {
     const oidc = ctx as unknown as KoaContextWithOIDC;
     const token = oidc.oidc.params?.token;
     if (typeof token !== 'string' || token === '') throw oauthError('invalid_request', "missing required parameter 'token'");
     const caller = callerOf(oidc, deps.policy());
+    limitClient(ctx, deps, 'introspection', caller.client_id);
     // Fail closed: if revocations may have been missed, never answer active.
     if (!deps.revocations.isFresh()) throw unavailable(ctx);
     const { body, claims, why } = await introspect(deps, caller, token, Math.floor(Date.now() / 1000));
@@ -98,10 +126,11 @@ export function introspectionHandler(deps: IntrospectionDeps & { policy: () => C
   };
 }
 
-export function revocationHandler(deps: RevocationDeps & { policy: () => CompiledPolicy; metrics?: Metrics }): Middleware {
+export function revocationHandler(deps: RevocationDeps & { policy: () => CompiledPolicy; metrics?: Metrics; limiter?: RateLimiter; auditQueue?: BatchedAuditWriter }): Middleware {
   return async function handleRevocation(ctx) {
     const oidc = ctx as unknown as KoaContextWithOIDC;
     const caller = callerOf(oidc, deps.policy());
+    limitClient(ctx, deps, 'revocation', caller.client_id);
     const isTask = (ctx.state as Record<string, unknown>)[TASK_FLAG] === true;
     const name = isTask ? 'task_id' : 'token';
     const value = oidc.oidc.params?.[name];

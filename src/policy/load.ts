@@ -339,7 +339,7 @@ function merge(files: readonly LoadedFile[], issues: PolicyIssue[]): Merged {
     merged.input.clients.push(...(data.clients ?? []));
     merged.input.audiences.push(...(data.audiences ?? []));
     merged.input.rules.push(...(data.rules ?? []));
-    for (const [name, value] of Object.entries(data.settings ?? {}) as Array<[keyof PolicySettings, number]>) {
+    for (const [name, value] of Object.entries(data.settings ?? {}) as Array<[keyof PolicySettings, never]>) {
       const earlier = merged.settingOrigins.get(name);
       if (earlier !== undefined) {
         issues.push(issueAt(file, ['settings', name], 'duplicate_setting', `settings.${name} is already set in ${files[earlier]?.file.name ?? 'another file'}; set each setting in one file only`, { atKey: true }));
@@ -379,6 +379,7 @@ function normalizeClient(c: ClientInput): ClientPolicy {
     actor_identities: (c.actor_identities ?? []).map((a) => ({ issuer: a.issuer, sub: a.sub })),
     scopes: [...(c.scopes ?? [])],
     enabled: c.enabled ?? true,
+    ...(c.rate_limit !== undefined && { rate_limit: { ...c.rate_limit } }),
   };
 }
 

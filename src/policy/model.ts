@@ -41,6 +41,12 @@ export interface ActorIdentity {
   sub: string;
 }
 
+/** A token bucket, counted per Writ instance. */
+export interface RateLimit {
+  per_second: number;
+  burst?: number;
+}
+
 export interface ClientPolicy {
   client_id: string;
   kind: ClientKind;
@@ -57,6 +63,8 @@ export interface ClientPolicy {
   scopes: AdminScope[];
   /** Default true. A disabled client cannot authenticate. */
   enabled: boolean;
+  /** Requests per endpoint; unset means unlimited. */
+  rate_limit?: RateLimit;
 }
 
 export interface AudiencePolicy {
@@ -102,6 +110,10 @@ export interface RulePolicy {
 export interface PolicySettings {
   /** Caps every chain's depth. Default 5. */
   max_depth_cap: number;
+  /** Exchanges per root subject across all clients; unset means unlimited. */
+  subject_rate_limit?: RateLimit;
+  /** Failed client authentications per client id and per source address. */
+  auth_failure_limit?: RateLimit;
 }
 
 export interface PolicyDocument {
