@@ -114,6 +114,7 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
       auditNow: (event) => recordAudit(db.knex, event),
       isStorageError,
       limiter,
+      draining: () => draining,
       authFailureLimit: () => policy.policy.settings.auth_failure_limit ?? DEFAULT_AUTH_FAILURE_LIMIT,
       routes: [adminRoutes({
         provider,
@@ -141,6 +142,7 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
 
     let server: Server | undefined;
     let metricsServer: Server | undefined;
+    let draining = false;
     const refreshGauges = (): void => {
       metrics.auditQueue.set(auditQueue.pending);
       metrics.auditDropped.set(auditQueue.dropped);
@@ -161,6 +163,7 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
         });
       },
       async close() {
+        draining = true;
         metricsServer?.close();
         if (server) {
           const closing = new Promise<void>((resolve) => server!.close(() => resolve()));

@@ -23,6 +23,8 @@ export interface AppDeps {
   routes: Middleware[];
   limiter: RateLimiter;
   authFailureLimit: () => RateLimit;
+  /** True once shutdown began: new requests are refused while in-flight ones finish. */
+  draining: () => boolean;
 }
 
 /** The client id a Basic header claims, only as a key for counting failures. */
@@ -97,6 +99,14 @@ export function createApp(deps: AppDeps): Koa {
   });
 
   app.use(async (ctx, next) => {
+    if (deps.draining()) {
+      // A request that reached a kept-alive connection after SIGTERM: refuse it cleanly.
+      ctx.status = 503;
+      ctx.set('Retry-After', '1');
+      ctx.set('Connection', 'close');
+      ctx.body = { error: 'temporarily_unavailable', error_description: 'shutting down' };
+      return;
+    }
     if (ctx.path === '/healthz' && ctx.method === 'GET') {
       ctx.body = { status: 'ok' };
       return;
