@@ -2,7 +2,7 @@ import { timingSafeEqual } from 'node:crypto';
 import type { Middleware } from 'koa';
 import type { Knex } from 'knex';
 import { bootstrapAdmin, ADMIN_SCOPES } from '../admin/bootstrap.ts';
-import { applyPolicyFiles } from '../policy/apply.ts';
+import { applyPolicyFilesWithDiff } from '../policy/versions.ts';
 import type { AdminScope } from '../policy/model.ts';
 import { PolicyApplyError } from '../policy/store.ts';
 import type { PolicyFile } from '../policy/load.ts';
@@ -108,7 +108,7 @@ export function localAdmin(deps: LocalAdminDeps): Middleware {
       ctx.body = { error: 'invalid_request', error_description: 'expected {files: [{name, text}], env: {}}' };
       return;
     }
-    const outcome = await applyPolicyFiles(deps.knex, body.files, {
+    const outcome = await applyPolicyFilesWithDiff(deps.knex, body.files, {
       env: body.env,
       selfIssuer: deps.selfIssuer,
       maxTtl: deps.maxTtl,

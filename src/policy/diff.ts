@@ -31,6 +31,7 @@ export type FieldChange =
   | { kind: 'moved'; field: 'position'; from: number; to: number };
 
 export type PolicyChange =
+  /** `object` never carries a secret; `secret` is the client's secret status; `position` a rule's 0-based index in the new order. */
   | { kind: 'added'; section: ObjectSection; id: string; object: PolicyObject; secret?: SecretStatus; position?: number }
   | { kind: 'removed'; section: ObjectSection; id: string; object: PolicyObject }
   | { kind: 'changed'; section: ObjectSection; id: string; fields: FieldChange[] }
@@ -62,15 +63,43 @@ function withoutSecret<T extends PolicyObject>(object: T): T {
   return rest as T;
 }
 
-/** Field-level differences of two versions of one object, in the order the newer one lists its fields. */
-function diffFields(before: unknown, after: unknown, at: PathSegment[], out: FieldChange[]): void {
+/**
+ * Fields in the order the model and the example write them, whatever order a stored document
+ * has (jsonb does not keep key order), so a diff reads the same whichever side came from where.
+ * Unknown fields follow in alphabetical order.
+ */
+const FIELD_ORDER: Readonly<Record<string, readonly string[]>> = {
+  issuer: ['issuer', 'jwks_uri', 'jwks', 'algorithms', 'audience', 'token_types', 'typ', 'subject_prefix', 'act', 'max_token_age'],
+  client: ['client_id', 'kind', 'auth', 'jwks', 'jwks_uri', 'audiences', 'actor_identities', 'scopes', 'enabled'],
+  audience: ['audience', 'scopes', 'max_ttl', 'signing_alg'],
+  rule: ['id', 'actor', 'subject', 'audience', 'scopes', 'ttl', 'max_depth', 'require_task'],
+  settings: ['max_depth_cap'],
+  subject: ['issuer', 'claims', 'after', 'root'],
+  root: ['issuer', 'claims'],
+};
+
+/** The context of a nested object, for its field order: `subject` and `root` have their own. */
+function childContext(key: string): string {
+  return key === 'subject' || key === 'root' ? key : '';
+}
+
+function orderedKeys(keys: Iterable<string>, context: string): string[] {
+  const order = FIELD_ORDER[context] ?? [];
+  const rank = (k: string): number => {
+    const i = order.indexOf(k);
+    return i < 0 ? order.length : i;
+  };
+  return [...new Set(keys)].sort((a, b) => rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0));
+}
+
+/** Field-level differences of two versions of one object, in the model's field order. */
+function diffFields(before: unknown, after: unknown, at: PathSegment[], out: FieldChange[], context: string): void {
   if (same(before, after)) return;
   const field = formatPath(at);
   if (isPlainObject(before) && isPlainObject(after)) {
-    const keys = [...Object.keys(after), ...Object.keys(before).filter((k) => !Object.hasOwn(after, k))];
-    for (const key of keys) {
+    for (const key of orderedKeys([...Object.keys(after), ...Object.keys(before)], context)) {
       if (at.length === 0 && key === 'secret') continue;
-      diffFields(before[key], after[key], [...at, key], out);
+      diffFields(before[key], after[key], [...at, key], out, childContext(key));
     }
     return;
   }
@@ -155,7 +184,7 @@ function diffSection<T extends PolicyObject>(
     }
     const fields: FieldChange[] = [];
     if (moved.has(id)) fields.push({ kind: 'moved', field: 'position', from: beforeOrder.indexOf(id), to: afterOrder.indexOf(id) });
-    diffFields(withoutSecret(previous), withoutSecret(item), [], fields);
+    diffFields(withoutSecret(previous), withoutSecret(item), [], fields, section);
     if (status === 'changed' || status === 'new') fields.push({ kind: 'secret', field: 'secret', status });
     if (fields.length > 0) out.push({ kind: 'changed', section, id, fields });
   });
@@ -178,7 +207,7 @@ export function diffPolicies(
   diffSection('audience', before?.audiences ?? [], after.audiences, (a) => a.audience, out, secretStatus);
   diffSection('rule', before?.rules ?? [], after.rules, (r) => r.id, out, secretStatus);
   const settings: FieldChange[] = [];
-  diffFields(before?.settings ?? {}, after.settings, [], settings);
+  diffFields(before?.settings ?? {}, after.settings, [], settings, 'settings');
   if (settings.length > 0) out.push({ kind: 'changed', section: 'settings', id: 'settings', fields: settings });
   return out;
 }
@@ -192,16 +221,18 @@ function formatValue(value: unknown): string {
 }
 
 /** Leaf fields of an object as `path: value` lines (lists stay whole). */
-function flatten(value: unknown, at: PathSegment[], out: Array<[string, unknown]>): void {
+function flatten(value: unknown, at: PathSegment[], out: Array<[string, unknown]>, context: string): void {
   if (isPlainObject(value) && !(at.length > 0 && typeof value.kty === 'string')) {
-    for (const [key, item] of Object.entries(value)) {
+    for (const key of orderedKeys(Object.keys(value), context)) {
       if (at.length === 0 && key === 'secret') continue;
-      flatten(item, [...at, key], out);
+      flatten(value[key], [...at, key], out, childContext(key));
     }
     return;
   }
   out.push([formatPath(at), value]);
 }
+
+const ID_FIELD: Readonly<Record<ObjectSection, string>> = { issuer: 'issuer', client: 'client_id', audience: 'audience', rule: 'id' };
 
 const SECRET_WORDS: Readonly<Record<SecretStatus, string>> = {
   new: 'set (value not shown)',
@@ -228,6 +259,11 @@ function fieldLines(field: FieldChange): string[] {
   }
 }
 
+/** Control characters (a terminal would act on them) shown as escapes; policy strings may hold any. */
+export function escapeControls(line: string): string {
+  return line.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
 /** How many objects each change kind touched, for a one-line summary. */
 export function summarizeChanges(changes: readonly PolicyChange[]): string {
   if (changes.length === 0) return 'no changes';
@@ -248,8 +284,9 @@ export function formatDiff(changes: readonly PolicyChange[]): string {
     } else if (change.kind === 'added') {
       lines.push(`+ ${label}${change.position === undefined ? '' : ` (position ${change.position + 1})`}`);
       const leaves: Array<[string, unknown]> = [];
-      flatten(change.object, [], leaves);
-      for (const [field, value] of leaves) lines.push(`    + ${field}: ${formatValue(value)}`);
+      flatten(change.object, [], leaves, change.section);
+      // The header already names the object.
+      for (const [field, value] of leaves) if (field !== ID_FIELD[change.section]) lines.push(`    + ${field}: ${formatValue(value)}`);
       if (change.secret !== undefined) lines.push(`    + secret: ${SECRET_WORDS[change.secret]}`);
     } else {
       lines.push(`~ ${label}`);
@@ -257,5 +294,5 @@ export function formatDiff(changes: readonly PolicyChange[]): string {
     }
   }
   lines.push(summarizeChanges(changes));
-  return lines.join('\n');
+  return lines.map(escapeControls).join('\n');
 }

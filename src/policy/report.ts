@@ -1,4 +1,5 @@
 import type { Knex } from 'knex';
+import { escapeControls } from './diff.ts';
 import type { ClaimCondition, PolicyDocument, RulePolicy, SubjectSelector } from './model.ts';
 
 /**
@@ -304,5 +305,5 @@ export function formatReport(report: ScopeCreepReport, options: { policyVersion?
       }
     }
   }
-  return lines.join('\n');
+  return lines.map(escapeControls).join('\n');
 }

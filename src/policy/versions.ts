@@ -1,5 +1,5 @@
 import type { Knex } from 'knex';
-import { stringify } from 'yaml';
+import { Document, isScalar, visit } from 'yaml';
 import { applyPolicyFiles, type ApplyOutcome } from './apply.ts';
 import { diffPolicies, type PolicyChange, type SecretStatus } from './diff.ts';
 import { loadPolicyFiles, type LoadOptions, type PolicyFile } from './load.ts';
@@ -238,8 +238,15 @@ export function exportYaml(document: PolicyDocument, options: { header?: string 
     rules: document.rules.map(exportRule),
     settings: { ...document.settings },
   };
-  // No anchors or aliases: the loader refuses them.
-  const body = stringify(data, { version: '1.2', aliasDuplicateObjects: false, lineWidth: 0 });
+  // No anchors or aliases: the loader refuses them. Lists of plain values stay on one line, as
+  // the example writes them.
+  const doc = new Document(data, { version: '1.2', aliasDuplicateObjects: false });
+  visit(doc, {
+    Seq(_, node) {
+      if (node.items.every((item) => isScalar(item))) node.flow = true;
+    },
+  });
+  const body = doc.toString({ lineWidth: 0, flowCollectionPadding: false });
   const header = (options.header ?? '').split('\n').filter((l) => l !== '').map((l) => `# ${l}\n`).join('');
   return `${header}${body}`;
 }

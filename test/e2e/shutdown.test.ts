@@ -39,7 +39,7 @@ describe('SIGTERM under load', () => {
         method: 'POST',
         headers: { authorization: basicAuth('planner-agent'), 'content-type': 'application/x-www-form-urlencoded' },
         body: new URLSearchParams({ grant_type: TX, subject_token: token, subject_token_type: AT, audience: PAYMENTS }),
-      }).then(async (r) => ({ status: r.status, body: await r.json() as Record<string, unknown> }), () => ({ status: 0, body: {} }));
+      }).then(async (r) => ({ status: r.status, body: await r.json() as Record<string, unknown> }), () => ({ status: 0, body: {} as Record<string, unknown> }));
       const introspect = (token: string) => fetch(`${url}/token/introspection`, {
         method: 'POST',
         headers: { authorization: basicAuth('payments-api'), 'content-type': 'application/x-www-form-urlencoded' },
@@ -48,7 +48,7 @@ describe('SIGTERM under load', () => {
       const first = await exchange(tokens[0]!);
       expect(first.status).toBe(200);
       // A load of exchanges and introspections, with SIGTERM in the middle of it.
-      const load = tokens.slice(1).map((t, i) => (i % 2 === 0 ? exchange(t) : introspect(first.body.access_token as string).then((status) => ({ status, body: {} }))));
+      const load = tokens.slice(1).map((t, i) => (i % 2 === 0 ? exchange(t) : introspect(first.body.access_token as string).then((status) => ({ status, body: {} as Record<string, unknown> }))));
       await new Promise((r) => setTimeout(r, 30));
       server.kill('SIGTERM');
       const results = await Promise.all(load);
