@@ -1,10 +1,10 @@
-import { readFile, readdir, stat, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { Knex } from 'knex';
 import type { ApplyOutcome } from '../policy/apply.ts';
 import { diffPolicies, formatDiff, type PolicyChange } from '../policy/diff.ts';
-import { formatIssue, loadPolicyDir, loadPolicyFiles, type LoadOptions, type PolicyFile, type PolicyIssue } from '../policy/load.ts';
+import { formatIssue, loadPolicyDir, loadPolicyFiles, readPolicyDir, type LoadOptions, type PolicyFile, type PolicyIssue } from '../policy/load.ts';
 import { checkJwksUris } from '../policy/reachability.ts';
 import { formatReport, scopeCreepReport } from '../policy/report.ts';
 import { currentVersion } from '../policy/store.ts';
@@ -44,26 +44,7 @@ function loadOptions(ctx: CliContext): LoadOptions {
   return { env: process.env, selfIssuer: ctx.config.issuer, maxTtl: ctx.config.maxTtl };
 }
 
-/** The files `loadPolicyDir` reads (`*.yaml`, `*.yml`, no dotfiles, not recursive), as text. */
-async function readPolicyFiles(dir: string): Promise<{ files: PolicyFile[] } | { error: PolicyIssue }> {
-  let names: string[];
-  try {
-    names = (await readdir(dir)).filter((n) => !n.startsWith('.') && /\.ya?ml$/.test(n)).sort();
-  } catch (err) {
-    return { error: { severity: 'error', file: dir, path: '', code: 'read_error', message: `cannot read policy directory: ${(err as NodeJS.ErrnoException).code ?? String(err)}` } };
-  }
-  const files: PolicyFile[] = [];
-  for (const name of names) {
-    const full = path.join(dir, name);
-    try {
-      if (!(await stat(full)).isFile()) continue;
-      files.push({ name: full, text: await readFile(full, 'utf8') });
-    } catch (err) {
-      return { error: { severity: 'error', file: full, path: '', code: 'read_error', message: `cannot read file: ${(err as NodeJS.ErrnoException).code ?? String(err)}` } };
-    }
-  }
-  return { files };
-}
+
 
 /**
  * On the embedded database while `writ serve` holds it, only the server may open it; commands
@@ -96,8 +77,8 @@ export async function policyValidate(ctx: CliContext, dir: string): Promise<numb
     ctx.err(`policy in ${dir} is invalid: ${result.errors.length} error(s)`);
     return 1;
   }
-  const read = await readPolicyFiles(dir);
-  printIssues(ctx, await checkJwksUris(result.document, { timeoutMs: JWKS_CHECK_TIMEOUT_MS, ...('files' in read && { files: read.files }) }));
+  const read = await readPolicyDir(dir);
+  printIssues(ctx, await checkJwksUris(result.document, { timeoutMs: JWKS_CHECK_TIMEOUT_MS, ...(read.ok && { files: read.files }) }));
   const d = result.document;
   ctx.out(`policy in ${dir} is valid: ${d.issuers.length} issuer(s), ${d.clients.length} client(s), ${d.audiences.length} audience(s), ${d.rules.length} rule(s)`);
   return 0;
@@ -105,9 +86,9 @@ export async function policyValidate(ctx: CliContext, dir: string): Promise<numb
 
 export async function policyDiff(ctx: CliContext, dir: string): Promise<number> {
   if (heldByServer(ctx, 'diff')) return 1;
-  const read = await readPolicyFiles(dir);
-  if ('error' in read) {
-    printIssues(ctx, [read.error]);
+  const read = await readPolicyDir(dir);
+  if (!read.ok) {
+    printIssues(ctx, read.errors);
     return 1;
   }
   const loaded = loadPolicyFiles(read.files, loadOptions(ctx));
@@ -148,9 +129,9 @@ function referencedEnv(files: PolicyFile[]): Record<string, string> {
 type ApplyResponse = ApplyOutcome & { changes?: PolicyChange[] };
 
 export async function policyApply(ctx: CliContext, dir: string, message: string): Promise<number> {
-  const read = await readPolicyFiles(dir);
-  if ('error' in read) {
-    printIssues(ctx, [read.error]);
+  const read = await readPolicyDir(dir);
+  if (!read.ok) {
+    printIssues(ctx, read.errors);
     ctx.err('policy not applied: 1 error(s)');
     return 1;
   }

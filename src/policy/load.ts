@@ -519,14 +519,14 @@ function isPolicyFileName(name: string): boolean {
   return !name.startsWith('.') && (name.endsWith('.yaml') || name.endsWith('.yml'));
 }
 
-/** Reads `*.yaml` and `*.yml` directly in `dir` (not recursive) and loads them with `loadPolicyFiles`. */
-export async function loadPolicyDir(dir: string, options: LoadOptions): Promise<LoadResult> {
+/** The text of `*.yaml` and `*.yml` directly in `dir` (not recursive), or what could not be read. */
+export async function readPolicyDir(dir: string): Promise<{ ok: true; files: PolicyFile[] } | { ok: false; errors: PolicyIssue[] }> {
   let names: string[];
   try {
     names = (await readdir(dir)).filter(isPolicyFileName).sort();
   } catch (err) {
     const message = `cannot read policy directory: ${(err as NodeJS.ErrnoException).code ?? String(err)}`;
-    return { ok: false, errors: [{ severity: 'error', file: dir, path: '', code: 'read_error', message }], warnings: [] };
+    return { ok: false, errors: [{ severity: 'error', file: dir, path: '', code: 'read_error', message }] };
   }
   const files: PolicyFile[] = [];
   const errors: PolicyIssue[] = [];
@@ -540,6 +540,11 @@ export async function loadPolicyDir(dir: string, options: LoadOptions): Promise<
       errors.push({ severity: 'error', file: full, path: '', code: 'read_error', message: `cannot read file: ${(err as NodeJS.ErrnoException).code ?? String(err)}` });
     }
   }
-  if (errors.length > 0) return { ok: false, errors, warnings: [] };
-  return loadPolicyFiles(files, options);
+  return errors.length > 0 ? { ok: false, errors } : { ok: true, files };
+}
+
+/** Reads the policy files of `dir` and loads them with `loadPolicyFiles`. */
+export async function loadPolicyDir(dir: string, options: LoadOptions): Promise<LoadResult> {
+  const read = await readPolicyDir(dir);
+  return read.ok ? loadPolicyFiles(read.files, options) : { ok: false, errors: read.errors, warnings: [] };
 }

@@ -1,42 +1,21 @@
-import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SECRETS, createTestDatabase } from '../support/harness.ts';
+import { ROOT, runWrit, type CliRun } from '../support/cli.ts';
 
-const ROOT = path.resolve(import.meta.dirname, '../..');
-const MAIN = path.join(ROOT, 'src/main.ts');
 const EXAMPLE = readFileSync(path.join(ROOT, 'policy/example.yaml'), 'utf8');
 const NEW_PLANNER_SECRET = 'planner-rotated-0123456789abcdefghijklmn';
 const KEK = Buffer.alloc(32, 9).toString('base64');
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
 const outputs: string[] = [];
 
-function writ(args: string[], env: Record<string, string>, timeoutMs = 60_000): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MAIN, ...args], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ...env } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
-    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`writ ${args.join(' ')} timed out\n${stdout}\n${stderr}`));
-    }, timeoutMs);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      outputs.push(stdout, stderr);
-      resolve({ code, stdout, stderr });
-    });
-  });
+async function writ(args: string[], env: Record<string, string>, timeoutMs = 60_000): Promise<CliRun> {
+  const run = await runWrit(args, env, timeoutMs);
+  outputs.push(run.stdout, run.stderr);
+  return run;
 }
 
 describe('writ policy diff|apply|history|export|rollback|report through the CLI', () => {
