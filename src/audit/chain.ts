@@ -1,0 +1,164 @@
+import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+
+/**
+ * The audit hash chain, free of I/O.
+ *
+ *   hash(n) = sha256_hex(hash(n-1) || canonical(event n))      hash(0) = GENESIS_HASH
+ *
+ * canonical(event) is stable JSON (sorted keys, no whitespace) of the event's recorded
+ * columns plus its chain position `seq`, so a row cannot be moved along the chain without
+ * its hash changing. The chain alone is recomputable by anyone who can write the table;
+ * the checkpoints (seq, hash, count) are what an attacker without WRIT_KEK cannot forge:
+ * each is signed with HMAC-SHA-256 under deriveKeys(kek).auditCheckpoint.
+ */
+
+export const GENESIS_HASH = '0'.repeat(64);
+
+export const CHAIN_VERSION = 1;
+
+/** The columns of an audit_events row that the chain covers. */
+export interface ChainEvent {
+  id: number | string | bigint;
+  /**
+   * ISO 8601 in UTC with microseconds, as PostgreSQL stores it: read it with
+   * OCCURRED_AT_SQL. A Date is taken at its millisecond precision.
+   */
+  occurred_at: string | Date;
+  type: string;
+  outcome: string;
+  reason: string | null;
+  request_id: string | null;
+  client_id: string | null;
+  jti: string | null;
+  parent_jti: string | null;
+  task_id: string | null;
+  subject: string | null;
+  audience: string | null;
+  policy_version: number | string | null;
+  /** The jsonb column, parsed or as JSON text. */
+  details: unknown;
+}
+
+/** Selects occurred_at exactly (to the microsecond) as the chain expects it. */
+export const OCCURRED_AT_SQL = `to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`;
+
+/** Stable JSON: object keys sorted, undefined members left out, no whitespace. */
+export function stableJson(value: unknown): string {
+  if (value === null || value === undefined) return 'null';
+  if (Array.isArray(value)) return `[${value.map((v) => (v === undefined ? 'null' : stableJson(v))).join(',')}]`;
+  if (typeof value === 'object') {
+    if (value instanceof Date) return JSON.stringify(value.toISOString());
+    const entries = Object.entries(value as Record<string, unknown>)
+      .filter(([, v]) => v !== undefined)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${stableJson(v)}`).join(',')}}`;
+  }
+  if (typeof value === 'bigint') return value.toString();
+  if (typeof value === 'number' && !Number.isFinite(value)) return 'null';
+  return JSON.stringify(value);
+}
+
+/** `2026-11-22T04:29:00.104000Z` for a Date (ms precision), a string as it is. */
+export function occurredAtIso(value: string | Date): string {
+  if (typeof value === 'string') return value;
+  return value.toISOString().replace(/\.(\d{3})Z$/, '.$1000Z');
+}
+
+function detailsValue(details: unknown): unknown {
+  if (typeof details === 'string') {
+    try {
+      return JSON.parse(details) as unknown;
+    } catch {
+      return details;
+    }
+  }
+  return details ?? {};
+}
+
+function nullableText(v: string | null | undefined): string | null {
+  return v ?? null;
+}
+
+/** The canonical bytes of an event at chain position `seq`. */
+export function canonicalEvent(event: ChainEvent, seq: number): string {
+  return stableJson({
+    v: CHAIN_VERSION,
+    seq: String(seq),
+    id: String(event.id),
+    occurred_at: occurredAtIso(event.occurred_at),
+    type: event.type,
+    outcome: event.outcome,
+    reason: nullableText(event.reason),
+    request_id: nullableText(event.request_id),
+    client_id: nullableText(event.client_id),
+    jti: nullableText(event.jti),
+    parent_jti: nullableText(event.parent_jti),
+    task_id: nullableText(event.task_id),
+    subject: nullableText(event.subject),
+    audience: nullableText(event.audience),
+    policy_version: event.policy_version === null || event.policy_version === undefined ? null : Number(event.policy_version),
+    details: detailsValue(event.details),
+  });
+}
+
+export function chainHash(prevHash: string, canonical: string): string {
+  return createHash('sha256').update(prevHash, 'utf8').update(canonical, 'utf8').digest('hex');
+}
+
+/** The hash an event gets at position `seq` after `prevHash`. */
+export function eventHash(prevHash: string, seq: number, event: ChainEvent): string {
+  return chainHash(prevHash, canonicalEvent(event, seq));
+}
+
+export interface CheckpointFields {
+  /** The chain position the checkpoint vouches for. */
+  seq: number;
+  /** hash(seq). */
+  hash: string;
+  /** Events in the chain up to and including seq (= seq: the chain is dense from 1). */
+  count: number;
+}
+
+export interface SignedCheckpoint extends CheckpointFields {
+  signature: string;
+}
+
+export function checkpointMessage(c: CheckpointFields): string {
+  return `writ-audit-checkpoint/v${CHAIN_VERSION}\n${c.seq}\n${c.hash}\n${c.count}`;
+}
+
+/** base64url HMAC-SHA-256 of the checkpoint under the audit checkpoint key. */
+export function signCheckpoint(key: Buffer, c: CheckpointFields): string {
+  return createHmac('sha256', key).update(checkpointMessage(c)).digest('base64url');
+}
+
+export function verifyCheckpoint(key: Buffer, c: SignedCheckpoint): boolean {
+  if (typeof c.signature !== 'string') return false;
+  const expected = Buffer.from(signCheckpoint(key, { seq: Number(c.seq), hash: String(c.hash), count: Number(c.count) }));
+  const presented = Buffer.from(c.signature);
+  return expected.length === presented.length && timingSafeEqual(expected, presented);
+}
+
+/**
+ * Checkpoints from NDJSON text (Writ's pino log lines or `writ audit export` output): every
+ * line holding `{"checkpoint": {seq, hash, count, signature}}`. Other lines are ignored.
+ */
+export function checkpointsFromNdjson(text: string): SignedCheckpoint[] {
+  const found: SignedCheckpoint[] = [];
+  for (const line of text.split('\n')) {
+    if (!line.includes('"checkpoint"')) continue;
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(line);
+    } catch {
+      continue;
+    }
+    const c = (parsed as { checkpoint?: Record<string, unknown> } | null)?.checkpoint;
+    if (!c || typeof c !== 'object') continue;
+    const seq = Number(c.seq);
+    const count = Number(c.count);
+    if (!Number.isSafeInteger(seq) || !Number.isSafeInteger(count) || typeof c.hash !== 'string' || typeof c.signature !== 'string') continue;
+    found.push({ seq, count, hash: c.hash, signature: c.signature });
+  }
+  return found;
+}

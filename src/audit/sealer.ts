@@ -1,0 +1,330 @@
+import type { Knex } from 'knex';
+import type { Logger } from 'pino';
+import { WRIT_AUDIT_INFLIGHT_LOCK } from '../../migrations/20261122_002_audit_chain.ts';
+import { GENESIS_HASH, OCCURRED_AT_SQL, eventHash, signCheckpoint, verifyCheckpoint, type ChainEvent } from './chain.ts';
+
+/** Advisory lock (bigint key) held for the duration of one sealing pass: one sealer at a time. */
+export const AUDIT_SEAL_LOCK = 7369659;
+
+export interface AuditSealerOptions {
+  /** deriveKeys(kek).auditCheckpoint */
+  checkpointKey: Buffer;
+  logger: Logger;
+  /** Pause between passes when there was nothing (more) to seal. */
+  intervalMs?: number;
+  /** A checkpoint after this many newly sealed events… */
+  checkpointEvery?: number;
+  /** …or when the last one is this old and events were sealed since. */
+  checkpointIntervalMs?: number;
+  /**
+   * Rows younger than this (by occurred_at, against the database clock) wait for the next
+   * pass. It covers the instant between a row taking its id and its transaction raising the
+   * in-flight marker, and the gap between reading the markers and reading the rows.
+   */
+  graceMs?: number;
+  /** Rows per pass. */
+  batchSize?: number;
+  /**
+   * A row whose occurred_at is this much older than the sealed head's cannot have been
+   * written after it (ids and occurred_at are taken together): it is backdated, and is left
+   * unsealed for `audit verify` to report as inserted.
+   */
+  backdateToleranceMs?: number;
+  /** Months of partitions kept created ahead of time. */
+  partitionsAhead?: number;
+}
+
+export interface SealOnceOptions {
+  graceMs?: number;
+  /** Write a checkpoint at the head if it has moved since the last one. */
+  forceCheckpoint?: boolean;
+}
+
+interface Head {
+  seq: number;
+  id: number;
+  hash: string;
+  occurredMs: number;
+}
+
+interface CandidateRow extends ChainEvent {
+  id: number;
+  occurred_at: string;
+  occurred_ms: number | string;
+}
+
+interface LoggedCheckpoint {
+  id: number;
+  seq: number;
+  hash: string;
+  count: number;
+  signature: string;
+  created_at: string;
+}
+
+const TWO_31 = 2 ** 31;
+
+/**
+ * Chains committed audit events in the background, shortly after they commit; never on the
+ * request path, so exchanges do not queue behind the chain.
+ *
+ * Order. The chain follows id order, and never skips an id that may still commit: rows
+ * commit out of id order, and a row with a lower id turning up below the sealed head is
+ * exactly what an inserted (forged) row looks like, so it must never happen legitimately.
+ * Each transaction inserting audit rows holds, until it ends, a shared advisory lock keyed by
+ * its first (lowest) id (the insert trigger of migration 002). A pass
+ *   1. reads those in-flight markers and the clock (t1), then the id sequence;
+ *   2. reads unsealed rows above the head in id order, in a fresh snapshot;
+ *   3. seals the prefix of them below the lowest in-flight id and older than t1 - graceMs,
+ *      stopping at the first row that is not (so no gap is ever left behind the head).
+ * A transaction whose marker was not seen in 1 either had finished (its rows are in the
+ * snapshot of 2, or it aborted and its ids are gone for good) or took its id after t1 - ε,
+ * and then so did every row above it, which the grace keeps out. Only a marker raised more
+ * than graceMs after its id was taken (the two happen within one row insert) could be missed.
+ *
+ * Rows that cannot be legitimate are not sealed (which would launder them into the chain):
+ * backdated rows (see backdateToleranceMs) and rows below the head. `audit verify` names them.
+ * If the head is behind the last checkpoint (the tail was deleted), sealing stops and says so.
+ *
+ * Passes take a transaction-level advisory lock, so several instances may run a sealer.
+ */
+export class AuditSealer {
+  private readonly knex: Knex;
+  private readonly key: Buffer;
+  private readonly logger: Logger;
+  private readonly intervalMs: number;
+  private readonly checkpointEvery: number;
+  private readonly checkpointIntervalMs: number;
+  private readonly graceMs: number;
+  private readonly batchSize: number;
+  private readonly backdateToleranceMs: number;
+  private readonly partitionsAhead: number;
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<void> | undefined;
+  private stopped = true;
+  private oldestUnsealedMs: number | undefined;
+  private lastPartitionCheck = 0;
+  private readonly reported = new Set<string>();
+  /** Events left unsealed because they cannot be legitimate (backdated or below the head). */
+  anomalies = 0;
+  /** Events sealed by this instance. */
+  sealed = 0;
+
+  constructor(knex: Knex, options: AuditSealerOptions) {
+    this.knex = knex;
+    this.key = options.checkpointKey;
+    this.logger = options.logger;
+    this.intervalMs = options.intervalMs ?? 200;
+    this.checkpointEvery = options.checkpointEvery ?? 1000;
+    this.checkpointIntervalMs = options.checkpointIntervalMs ?? 60_000;
+    this.graceMs = options.graceMs ?? 500;
+    this.batchSize = options.batchSize ?? 1000;
+    this.backdateToleranceMs = options.backdateToleranceMs ?? 300_000;
+    this.partitionsAhead = options.partitionsAhead ?? 3;
+  }
+
+  start(): void {
+    if (!this.stopped) return;
+    this.stopped = false;
+    this.schedule(0);
+  }
+
+  /** Stops the loop, then seals what has committed (without the grace) and checkpoints it. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    await this.running;
+    try {
+      for (let i = 0; i < 100; i += 1) {
+        const n = await this.sealOnce({ graceMs: 0, forceCheckpoint: true });
+        if (n < this.batchSize) break;
+      }
+    } catch (err) {
+      this.logger.warn({ err: (err as Error).message }, 'audit sealer: final pass failed; the next start seals the rest');
+    }
+  }
+
+  /** Age in ms of the oldest committed event not yet sealed (0 when none), as of the last pass. */
+  lag(): number {
+    return this.oldestUnsealedMs === undefined ? 0 : Math.max(0, Date.now() - this.oldestUnsealedMs);
+  }
+
+  private schedule(delay: number): void {
+    if (this.stopped) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.running = this.tick().finally(() => {
+        this.running = undefined;
+      });
+    }, delay);
+    this.timer.unref();
+  }
+
+  private async tick(): Promise<void> {
+    let delay = this.intervalMs;
+    if (Date.now() - this.lastPartitionCheck > 3_600_000) {
+      this.lastPartitionCheck = Date.now();
+      await this.ensurePartitions().catch((err: unknown) => {
+        this.logger.warn({ err: (err as Error).message }, 'audit partitions could not be created ahead; retrying in an hour');
+      });
+    }
+    try {
+      const n = await this.sealOnce();
+      if (n >= this.batchSize) delay = 0;
+    } catch (err) {
+      this.logger.warn({ err: (err as Error).message }, 'audit sealer pass failed; retrying');
+      delay = Math.max(this.intervalMs, 1000);
+    }
+    this.schedule(delay);
+  }
+
+  /** Creates the coming months' partitions (returns how many were created). */
+  async ensurePartitions(): Promise<number> {
+    const result = await this.knex.raw<{ rows: Array<{ created: number }> }>('SELECT writ_audit_ensure_partitions(0, ?) AS created', [this.partitionsAhead]);
+    return Number(result.rows[0]?.created ?? 0);
+  }
+
+  private reportOnce(key: string, log: () => void): void {
+    if (this.reported.has(key)) return;
+    if (this.reported.size > 10_000) this.reported.clear();
+    this.reported.add(key);
+    log();
+  }
+
+  /** The oldest committed event still waiting above the head (anomalies left aside). */
+  private async measureLag(trx: Knex.Transaction, headId: number, skipped: number[]): Promise<void> {
+    const oldest = await trx.raw<{ rows: Array<{ ms: string | number | null }> }>(`
+      SELECT extract(epoch FROM min(occurred_at)) * 1000 AS ms FROM audit_events
+      WHERE seq IS NULL AND id > ? AND id NOT IN (SELECT CAST(jsonb_array_elements_text(CAST(? AS jsonb)) AS bigint))`,
+    [headId, JSON.stringify(skipped)]);
+    const ms = oldest.rows[0]?.ms;
+    this.oldestUnsealedMs = ms === null || ms === undefined ? undefined : Number(ms);
+  }
+
+  /** One pass: seals up to batchSize events; resolves with how many. */
+  async sealOnce(options: SealOnceOptions = {}): Promise<number> {
+    const graceMs = options.graceMs ?? this.graceMs;
+    const logged: LoggedCheckpoint[] = [];
+    const sealedNow = await this.knex.transaction(async (trx) => {
+      const lock = await trx.raw<{ rows: Array<{ ok: boolean }> }>('SELECT pg_try_advisory_xact_lock(?) AS ok', [AUDIT_SEAL_LOCK]);
+      if (!lock.rows[0]?.ok) return 0;
+
+      // 1. In-flight markers and the clock, then the sequence (so every marker's id ≤ lastId).
+      const marks = await trx.raw<{ rows: Array<{ now_ms: string | number; objid: string | number | null }> }>(`
+        SELECT extract(epoch FROM clock_timestamp()) * 1000 AS now_ms, l.objid
+        FROM (SELECT 1) AS one
+        LEFT JOIN pg_locks l ON l.locktype = 'advisory' AND l.classid = ? AND l.objsubid = 2
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())`, [WRIT_AUDIT_INFLIGHT_LOCK]);
+      const t1 = Number(marks.rows[0]!.now_ms);
+      const seqRow = await trx.raw<{ rows: Array<{ last_value: string | number }> }>('SELECT last_value FROM audit_events_id_seq');
+      const lastId = Number(seqRow.rows[0]!.last_value);
+      let watermark = Infinity;
+      for (const m of marks.rows) {
+        if (m.objid === null || m.objid === undefined) continue;
+        const low = Number(m.objid);
+        const id = lastId - ((((lastId - low) % TWO_31) + TWO_31) % TWO_31);
+        watermark = Math.min(watermark, id);
+      }
+
+      // 2. The head, and the last checkpoint it must not be behind.
+      const head = await readHead(trx);
+      // (Only a checkpoint this key signed counts: a forged one must not stop the sealer.)
+      const cps = await trx.raw<{ rows: Array<{ id: string | number; seq: string | number; hash: string; count: string | number; signature: string; created_ms: string | number }> }>(
+        'SELECT id, seq, hash, count, signature, extract(epoch FROM created_at) * 1000 AS created_ms FROM audit_checkpoints ORDER BY seq DESC, id DESC LIMIT 50');
+      const valid = cps.rows.find((c) => verifyCheckpoint(this.key, { seq: Number(c.seq), hash: c.hash, count: Number(c.count), signature: c.signature }));
+      const forged = cps.rows.filter((c) => c !== valid && (!valid || Number(c.seq) >= Number(valid.seq)));
+      if (forged.length > 0) {
+        this.reportOnce(`badcp:${forged.map((c) => c.id).join(',')}`, () => this.logger.error(
+          { checkpoints: forged.map((c) => Number(c.id)) }, 'audit checkpoint with an invalid signature ignored; run `writ audit verify`'));
+      }
+      const lastCheckpoint = valid ? { seq: Number(valid.seq), hash: valid.hash, createdMs: Number(valid.created_ms) } : undefined;
+      if (lastCheckpoint && (!head || head.seq < lastCheckpoint.seq)) {
+        this.reportOnce(`behind:${lastCheckpoint.seq}:${head?.seq ?? 0}`, () => this.logger.error(
+          { head: head?.seq ?? 0, checkpoint: lastCheckpoint.seq },
+          'audit chain head is behind its last signed checkpoint (events deleted?): sealing stopped; run `writ audit verify`'));
+        await this.measureLag(trx, head?.id ?? 0, []);
+        return 0;
+      }
+      if (lastCheckpoint && head && head.seq === lastCheckpoint.seq && head.hash !== lastCheckpoint.hash) {
+        this.reportOnce(`mismatch:${lastCheckpoint.seq}`, () => this.logger.error(
+          { seq: head.seq }, 'audit chain head does not match its last signed checkpoint: sealing stopped; run `writ audit verify`'));
+        await this.measureLag(trx, head.id, []);
+        return 0;
+      }
+
+      // 3. Unsealed rows above the head, in id order, in a snapshot taken after step 1.
+      const candidates = await trx.raw<{ rows: CandidateRow[] }>(`
+        SELECT id, ${OCCURRED_AT_SQL} AS occurred_at, extract(epoch FROM occurred_at) * 1000 AS occurred_ms,
+          type, outcome, reason, request_id, client_id, jti, parent_jti, task_id, subject, audience, policy_version, details
+        FROM audit_events WHERE seq IS NULL AND id > ? ORDER BY id LIMIT ?`, [head?.id ?? 0, this.batchSize]);
+      let tip: Head | undefined = head;
+      const seals: Array<{ id: number; seq: number; prev_hash: string; hash: string }> = [];
+      const skipped: number[] = [];
+      for (const row of candidates.rows) {
+        const id = Number(row.id);
+        const occurredMs = Number(row.occurred_ms);
+        if (id >= watermark) break;
+        if (occurredMs >= t1 - graceMs) break;
+        if (tip && occurredMs < tip.occurredMs - this.backdateToleranceMs) {
+          skipped.push(id);
+          this.anomalies += 1;
+          this.reportOnce(`backdated:${id}`, () => this.logger.error(
+            { id, occurred_at: row.occurred_at, head: tip!.seq },
+            'audit event is older than the sealed chain (backdated insert?): left unsealed; run `writ audit verify`'));
+          continue;
+        }
+        const seq = (tip?.seq ?? 0) + 1;
+        const prevHash = tip?.hash ?? GENESIS_HASH;
+        const hash = eventHash(prevHash, seq, row);
+        seals.push({ id, seq, prev_hash: prevHash, hash });
+        tip = { seq, id, hash, occurredMs };
+      }
+
+      if (seals.length > 0) {
+        const updated = await trx.raw<{ rowCount?: number; rows: unknown[] }>(`
+          UPDATE audit_events AS a
+          SET seq = v.seq, prev_hash = v.prev_hash, hash = v.hash, sealed_at = clock_timestamp()
+          FROM jsonb_to_recordset(CAST(? AS jsonb)) AS v(id bigint, seq bigint, prev_hash text, hash text)
+          WHERE a.id = v.id AND a.seq IS NULL
+          RETURNING a.id`, [JSON.stringify(seals)]);
+        if (updated.rows.length !== seals.length) {
+          throw new Error(`audit sealer: expected to seal ${seals.length} events, sealed ${updated.rows.length}`);
+        }
+      }
+
+      // 4. A signed checkpoint at the head when enough has been sealed since the last one.
+      if (tip && tip.seq > (lastCheckpoint?.seq ?? 0)) {
+        const since = tip.seq - (lastCheckpoint?.seq ?? 0);
+        const due = options.forceCheckpoint
+          || since >= this.checkpointEvery
+          || t1 - (lastCheckpoint?.createdMs ?? 0) >= this.checkpointIntervalMs;
+        if (due) {
+          const fields = { seq: tip.seq, hash: tip.hash, count: tip.seq };
+          const signature = signCheckpoint(this.key, fields);
+          const inserted = await trx.raw<{ rows: Array<{ id: number | string; created_at: string }> }>(`
+            INSERT INTO audit_checkpoints (seq, hash, count, signature) VALUES (?, ?, ?, ?)
+            RETURNING id, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_at`,
+          [fields.seq, fields.hash, fields.count, signature]);
+          const row = inserted.rows[0]!;
+          logged.push({ id: Number(row.id), ...fields, signature, created_at: row.created_at });
+        }
+      }
+
+      await this.measureLag(trx, tip?.id ?? 0, skipped);
+      return seals.length;
+    });
+    this.sealed += sealedNow;
+    // Logged only once committed: every checkpoint in the log stream is one in the database.
+    for (const checkpoint of logged) this.logger.info({ checkpoint }, 'audit checkpoint');
+    return sealedNow;
+  }
+}
+
+async function readHead(knex: Knex): Promise<Head | undefined> {
+  const result = await knex.raw<{ rows: Array<{ seq: string | number; id: string | number; hash: string; occurred_ms: string | number }> }>(`
+    SELECT seq, id, hash, extract(epoch FROM occurred_at) * 1000 AS occurred_ms
+    FROM audit_events WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1`);
+  const row = result.rows[0];
+  return row ? { seq: Number(row.seq), id: Number(row.id), hash: row.hash, occurredMs: Number(row.occurred_ms) } : undefined;
+}

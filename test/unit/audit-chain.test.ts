@@ -1,0 +1,97 @@
+import { createHash } from 'node:crypto';
+import { describe, expect, it } from 'vitest';
+import {
+  GENESIS_HASH, canonicalEvent, chainHash, checkpointMessage, checkpointsFromNdjson, eventHash, occurredAtIso,
+  signCheckpoint, stableJson, verifyCheckpoint, type ChainEvent,
+} from '../../src/audit/chain.ts';
+import { deriveKeys } from '../../src/tokens/kek.ts';
+
+const event = (over: Partial<ChainEvent> = {}): ChainEvent => ({
+  id: 7,
+  occurred_at: '2026-11-22T04:29:00.104123Z',
+  type: 'exchange.granted',
+  outcome: 'granted',
+  reason: null,
+  request_id: 'req-1',
+  client_id: 'planner-agent',
+  jti: 'j1',
+  parent_jti: null,
+  task_id: null,
+  subject: 'https://idp.example.com|alice',
+  audience: 'https://payments.example.com',
+  policy_version: 3,
+  details: { rule: 'r', scope: ['payment.read'], act: { sub: 'planner-agent' } },
+  ...over,
+});
+
+const key = deriveKeys(Buffer.alloc(32, 7)).auditCheckpoint;
+
+describe('audit chain (pure)', () => {
+  it('stable JSON sorts keys at every level and drops undefined members', () => {
+    expect(stableJson({ b: 1, a: { d: [1, { z: 1, y: 2 }], c: undefined } })).toBe('{"a":{"d":[1,{"y":2,"z":1}]},"b":1}');
+    expect(stableJson(null)).toBe('null');
+    expect(stableJson([undefined])).toBe('[null]');
+  });
+
+  it('canonical form is independent of key order, the form of details and of numeric ids', () => {
+    const a = canonicalEvent(event(), 5);
+    const b = canonicalEvent(event({ id: '7', policy_version: '3', details: '{"scope":["payment.read"],"act":{"sub":"planner-agent"},"rule":"r"}' }), 5);
+    expect(b).toBe(a);
+    expect(JSON.parse(a)).toMatchObject({ v: 1, seq: '5', id: '7', occurred_at: '2026-11-22T04:29:00.104123Z' });
+  });
+
+  it('every recorded column, and the position, changes the hash', () => {
+    const base = eventHash(GENESIS_HASH, 1, event());
+    const variants: Array<Partial<ChainEvent>> = [
+      { id: 8 }, { occurred_at: '2026-11-22T04:29:00.104124Z' }, { type: 'exchange.denied' }, { outcome: 'denied' },
+      { reason: 'x' }, { request_id: 'req-2' }, { client_id: 'other' }, { jti: 'j2' }, { parent_jti: 'p' }, { task_id: 't' },
+      { subject: 'https://idp.example.com|bob' }, { audience: 'https://x' }, { policy_version: 4 }, { policy_version: null },
+      { details: { rule: 'r', scope: ['payment.transfer'], act: { sub: 'planner-agent' } } },
+    ];
+    for (const v of variants) expect(eventHash(GENESIS_HASH, 1, event(v)), JSON.stringify(v)).not.toBe(base);
+    expect(eventHash(GENESIS_HASH, 2, event())).not.toBe(base);
+    expect(eventHash('1'.repeat(64), 1, event())).not.toBe(base);
+  });
+
+  it('hash = sha256(prev_hash || canonical), hex', () => {
+    const canonical = canonicalEvent(event(), 1);
+    const expected = createHash('sha256').update(GENESIS_HASH + canonical).digest('hex');
+    expect(chainHash(GENESIS_HASH, canonical)).toBe(expected);
+    expect(eventHash(GENESIS_HASH, 1, event())).toMatch(/^[0-9a-f]{64}$/);
+  });
+
+  it('a Date occurred_at is read at millisecond precision, as to_char prints it', () => {
+    expect(occurredAtIso(new Date('2026-11-22T04:29:00.104Z'))).toBe('2026-11-22T04:29:00.104000Z');
+    expect(canonicalEvent(event({ occurred_at: new Date('2026-11-22T04:29:00.104Z') }), 1))
+      .toBe(canonicalEvent(event({ occurred_at: '2026-11-22T04:29:00.104000Z' }), 1));
+  });
+
+  it('checkpoints are signed with HMAC-SHA-256 under the derived key and verified in constant time', () => {
+    const c = { seq: 10, hash: 'a'.repeat(64), count: 10 };
+    const signature = signCheckpoint(key, c);
+    expect(signature).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    expect(checkpointMessage(c)).toBe(`writ-audit-checkpoint/v1\n10\n${'a'.repeat(64)}\n10`);
+    expect(verifyCheckpoint(key, { ...c, signature })).toBe(true);
+    expect(verifyCheckpoint(key, { ...c, seq: 11, signature })).toBe(false);
+    expect(verifyCheckpoint(key, { ...c, count: 9, signature })).toBe(false);
+    expect(verifyCheckpoint(key, { ...c, hash: 'b'.repeat(64), signature })).toBe(false);
+    expect(verifyCheckpoint(key, { ...c, signature: signature.slice(1) })).toBe(false);
+    expect(verifyCheckpoint(key, { ...c, signature: '' })).toBe(false);
+    expect(verifyCheckpoint(deriveKeys(Buffer.alloc(32, 8)).auditCheckpoint, { ...c, signature })).toBe(false);
+    // The audit key is its own: not the key that hashes client secrets.
+    expect(signCheckpoint(deriveKeys(Buffer.alloc(32, 7)).clientSecret, c)).not.toBe(signature);
+  });
+
+  it('reads checkpoints from log lines and exports, ignoring everything else', () => {
+    const c = { seq: 3, hash: 'c'.repeat(64), count: 3, signature: 'sig' };
+    const text = [
+      JSON.stringify({ level: 30, msg: 'request', path: '/token' }),
+      JSON.stringify({ level: 30, checkpoint: { id: 1, ...c, created_at: 'x' }, msg: 'audit checkpoint' }),
+      'not json "checkpoint"',
+      JSON.stringify({ checkpoint: { seq: 'x', hash: 1 } }),
+      JSON.stringify({ id: 4, type: 'introspection' }),
+      JSON.stringify({ checkpoint: { ...c, seq: 4, count: 4 } }),
+    ].join('\n');
+    expect(checkpointsFromNdjson(text)).toEqual([c, { ...c, seq: 4, count: 4 }]);
+  });
+});
