@@ -19,7 +19,8 @@ const USAGE = `usage: writ <command>
                              kill switch: revoke every token issued before TIME (default now)
   admin bootstrap [--client-id ID] [--scope S]...
                              create an admin client outside policy (prints its secret once)
-  audit verify|trace|search|export                see writ audit help
+  audit verify|trace|search|export|open           the tamper-evident record; open prints a one-time
+                             login URL for the chain view
   demo [--exit]              start Writ on the embedded database with the example policy and
                              walk a delegation chain through it (--exit: stop afterwards)
 

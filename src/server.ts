@@ -9,7 +9,11 @@ import type { Config } from './config.ts';
 import { LineageCache } from './exchange/lineage-store.ts';
 import { EXCHANGE_PARAMS, REPEATABLE_PARAMS } from './exchange/request.ts';
 import { isStorageError, type ExchangeDeps } from './exchange/service.ts';
+import { authenticateAdmin } from './admin/auth.ts';
 import { adminRoutes } from './admin/routes.ts';
+import { AuditSealer } from './audit/sealer.ts';
+import { adminAuditRoutes } from './http/admin-audit.ts';
+import { chainViewRoutes } from './http/chain-view.ts';
 import { localAdmin } from './http/admin-local.ts';
 import { createApp } from './http/app.ts';
 import { DEFAULT_AUTH_FAILURE_LIMIT, RateLimiter } from './http/rate-limit.ts';
@@ -34,6 +38,7 @@ export interface Writ {
   keys: SigningKeys;
   derived: DerivedKeys;
   auditQueue: BatchedAuditWriter;
+  auditSealer: AuditSealer;
   metrics: Metrics;
   /** Starts listening; resolves with the bound URL. */
   listen(): Promise<string>;
@@ -116,7 +121,23 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
       limiter,
       draining: () => draining,
       authFailureLimit: () => policy.policy.settings.auth_failure_limit ?? DEFAULT_AUTH_FAILURE_LIMIT,
-      routes: [adminRoutes({
+      routes: [adminAuditRoutes({
+        knex: db.knex,
+        authorize: async (ctx, scope) => {
+          const auth = await authenticateAdmin(ctx, { provider, policy: () => policy.policy, localToken: options.localToken ?? (() => undefined) }, scope);
+          if (auth.ok) return true;
+          ctx.status = auth.status;
+          ctx.set('WWW-Authenticate', `Bearer realm="writ", error="${auth.error}"`);
+          ctx.body = { error: auth.error };
+          return false;
+        },
+      }), chainViewRoutes({
+        knex: db.knex,
+        sessionKey: derived.localAdmin,
+        issuer: config.issuer,
+        audit: (event) => recordAudit(db.knex, event),
+        localToken: options.localToken ?? (() => undefined),
+      }), adminRoutes({
         provider,
         knex: db.knex,
         policy: () => policy.policy,
@@ -140,6 +161,8 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
       },
     });
 
+    // Seals committed audit events into the hash chain, off the request path.
+    const auditSealer = new AuditSealer(db.knex, { checkpointKey: derived.auditCheckpoint, logger });
     let server: Server | undefined;
     let metricsServer: Server | undefined;
     let draining = false;
@@ -148,9 +171,10 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
       metrics.auditDropped.set(auditQueue.dropped);
       metrics.policyVersion.set(policy.policy.version);
       metrics.revocationsFresh.set(revocations.isFresh() ? 1 : 0);
+      metrics.sealerLag.set(auditSealer.lag() / 1000);
     };
     const writ: Writ = {
-      config, db, app, provider, policy, revocations, keys, derived, auditQueue, metrics,
+      config, db, app, provider, policy, revocations, keys, derived, auditQueue, auditSealer, metrics,
       listen: async () => {
         if (options.metrics) metricsServer = await serveMetrics(metrics, config.metricsAddr, refreshGauges);
         return new Promise((resolve, reject) => {
@@ -173,9 +197,11 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
         await policy.stop();
         await revocations.stop();
         await auditQueue.close();
+        await auditSealer.stop();
         if (!options.db) await db.close();
       },
     };
+    auditSealer.start();
     return writ;
   } catch (err) {
     if (!options.db) await db.close().catch(() => undefined);

@@ -119,7 +119,7 @@ export function createApp(deps: AppDeps): Koa {
     }
     // One spelling per endpoint: the provider's router would also answer /TOKEN or /token/,
     // and every check keyed on the path (audit, method) must see the canonical one.
-    if (!ctx.path.startsWith('/admin/') && (/[A-Z]/.test(ctx.path) || (ctx.path.length > 1 && ctx.path.endsWith('/')))) {
+    if (!ctx.path.startsWith('/admin/') && !ctx.path.startsWith('/audit/view/api/') && (/[A-Z]/.test(ctx.path) || (ctx.path.length > 1 && ctx.path.endsWith('/')))) {
       ctx.status = 404;
       ctx.body = { error: 'not_found' };
       return;
