@@ -1,0 +1,302 @@
+/**
+ * Load generation for bench/run.ts: closed-loop runs with autocannon, an open-loop (paced)
+ * runner for the fixed-rate target, CPU accounting from /proc, and percentiles.
+ */
+import { readFileSync, readdirSync } from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import autocannon, { type AutocannonRequest } from 'autocannon';
+
+export interface LoadRequest {
+  method: 'GET' | 'POST';
+  path: string;
+  headers: Record<string, string>;
+  /** Bodies used round-robin across all connections (empty for GET). */
+  bodies: string[];
+}
+
+export interface CpuShare {
+  /** Writ or the floor server: % of one core over the run. */
+  server: number;
+  /** Every `postgres` process on the box. */
+  postgres: number;
+  /** This process (the load generator). */
+  driver: number;
+  /** The whole machine, % of all cores busy. */
+  machine: number;
+  /** Everything else on the box (other processes), % of one core: a noisy neighbour shows here. */
+  other: number;
+}
+
+export interface RunResult {
+  scenario: string;
+  server: 'writ' | 'floor';
+  mode: 'closed' | 'open' | 'autocannon-rate';
+  connections: number;
+  /** Offered rate for open-loop and rate-limited runs, req/s. */
+  offered: number | null;
+  duration_s: number;
+  /** Completed requests, whatever their status. */
+  requests: number;
+  /** 2xx responses per second. */
+  rps: number;
+  /** Milliseconds, from when the request was sent (closed loop) or was due (open loop). */
+  latency_ms: { p50: number; p95: number; p99: number; max: number; mean: number };
+  non2xx: number;
+  errors: number;
+  cpu_percent: CpuShare;
+  /**
+   * Server CPU (all its threads) per 2xx response, ms. Far less sensitive to other load on the
+   * box than req/s: a neighbour steals wall time, not the work each request needs.
+   */
+  server_cpu_ms_per_request: number;
+}
+
+export function percentile(sorted: ArrayLike<number>, p: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  const index = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[index]!;
+}
+
+function summarise(latencies: number[]): RunResult['latency_ms'] {
+  const sorted = Float64Array.from(latencies).sort();
+  const round = (n: number): number => Math.round(n * 100) / 100;
+  const mean = sorted.length === 0 ? Number.NaN : sorted.reduce((a, b) => a + b, 0) / sorted.length;
+  return {
+    p50: round(percentile(sorted, 50)),
+    p95: round(percentile(sorted, 95)),
+    p99: round(percentile(sorted, 99)),
+    max: round(sorted.length === 0 ? Number.NaN : sorted[sorted.length - 1]!),
+    mean: round(mean),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU accounting (Linux /proc; zeros elsewhere)
+
+/** % of one core at `rps` successful requests per second → ms of CPU per request. */
+function perRequest(percent: number, rps: number): number {
+  return rps > 0 ? Math.round((percent / 100 / rps) * 1000 * 1000) / 1000 : Number.NaN;
+}
+
+const CLK_TCK = 100;
+
+function processTicks(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return Number(fields[11]) + Number(fields[12]);
+  } catch {
+    return 0;
+  }
+}
+
+function postgresTicks(): number {
+  let total = 0;
+  let entries: string[] = [];
+  try {
+    entries = readdirSync('/proc');
+  } catch {
+    return 0;
+  }
+  for (const entry of entries) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      if (!stat.includes('(postgres)')) continue;
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      total += Number(fields[11]) + Number(fields[12]);
+    } catch {
+      // The process went away.
+    }
+  }
+  return total;
+}
+
+function machineTicks(): { busy: number; total: number } {
+  try {
+    const line = readFileSync('/proc/stat', 'utf8').split('\n')[0]!;
+    const values = line.trim().split(/\s+/).slice(1).map(Number);
+    const idle = (values[3] ?? 0) + (values[4] ?? 0);
+    const total = values.reduce((a, b) => a + b, 0);
+    return { busy: total - idle, total };
+  } catch {
+    return { busy: 0, total: 0 };
+  }
+}
+
+export class CpuMeter {
+  private readonly serverPid: number;
+  private start = { server: 0, postgres: 0, driver: 0, machine: { busy: 0, total: 0 }, at: 0 };
+
+  constructor(serverPid: number) {
+    this.serverPid = serverPid;
+  }
+
+  begin(): void {
+    const usage = process.cpuUsage();
+    this.start = {
+      server: processTicks(this.serverPid),
+      postgres: postgresTicks(),
+      driver: usage.user + usage.system,
+      machine: machineTicks(),
+      at: performance.now(),
+    };
+  }
+
+  end(): CpuShare {
+    const seconds = (performance.now() - this.start.at) / 1000;
+    const usage = process.cpuUsage();
+    const machine = machineTicks();
+    const pct = (ticks: number): number => Math.round((ticks / CLK_TCK / seconds) * 100);
+    const machineTotal = machine.total - this.start.machine.total;
+    const server = pct(processTicks(this.serverPid) - this.start.server);
+    const postgres = pct(postgresTicks() - this.start.postgres);
+    const driver = Math.round(((usage.user + usage.system - this.start.driver) / 1e6 / seconds) * 100);
+    const machinePct = machineTotal > 0 ? ((machine.busy - this.start.machine.busy) / machineTotal) * 100 : 0;
+    return {
+      server,
+      postgres,
+      driver,
+      machine: Math.round(machinePct),
+      other: Math.max(0, Math.round(machinePct * os.cpus().length - server - postgres - driver)),
+    };
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Closed loop (autocannon), optionally rate-limited with autocannon's `overallRate`
+
+export async function closedLoop(options: {
+  url: string;
+  request: LoadRequest;
+  connections: number;
+  duration: number;
+  overallRate?: number;
+  cpu: CpuMeter;
+}): Promise<Omit<RunResult, 'scenario' | 'server'>> {
+  const { request } = options;
+  let next = 0;
+  const bodies = request.bodies;
+  const base: AutocannonRequest = { method: request.method, path: request.path, headers: request.headers };
+  if (bodies.length > 0) {
+    base.body = bodies[0]!;
+    // Round-robin over the pool across every connection, so no two in-flight requests share a token.
+    base.setupRequest = (req) => ({ ...req, body: bodies[next++ % bodies.length]! });
+  }
+  const latencies: number[] = [];
+  options.cpu.begin();
+  const result = await new Promise<import('autocannon').AutocannonResult>((resolve, reject) => {
+    const instance = autocannon({
+      url: options.url,
+      connections: options.connections,
+      duration: options.duration,
+      timeout: 10,
+      requests: [base],
+      ...(options.overallRate ? { overallRate: options.overallRate } : {}),
+    }, (err, res) => (err ? reject(err) : resolve(res)));
+    instance.on('response', (_client, _status, _bytes, responseTime) => {
+      latencies.push(responseTime);
+    });
+  });
+  const cpu = options.cpu.end();
+  return {
+    mode: options.overallRate ? 'autocannon-rate' : 'closed',
+    connections: options.connections,
+    offered: options.overallRate ?? null,
+    duration_s: result.duration,
+    requests: result.requests.total,
+    rps: Math.round(result['2xx'] / result.duration),
+    latency_ms: summarise(latencies),
+    non2xx: result.non2xx,
+    errors: result.errors + result.timeouts,
+    cpu_percent: cpu,
+    server_cpu_ms_per_request: perRequest(cpu.server, result['2xx'] / result.duration),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Open loop: requests are due at a fixed pace whatever the server does, and latency is measured
+// from when each was due (so a stall counts against every request it delayed: no coordinated
+// omission). autocannon's `overallRate` is a per-second budget that each connection spends as
+// fast as it can, i.e. bursts; this runner is what the "p99 at 1,000/s offered" target uses.
+
+export async function openLoop(options: {
+  url: string;
+  request: LoadRequest;
+  rate: number;
+  duration: number;
+  maxSockets: number;
+  cpu: CpuMeter;
+}): Promise<Omit<RunResult, 'scenario' | 'server'>> {
+  const target = new URL(options.url);
+  const agent = new http.Agent({ keepAlive: true, maxSockets: options.maxSockets, maxFreeSockets: options.maxSockets });
+  const total = Math.round(options.rate * options.duration);
+  const interval = 1000 / options.rate;
+  const bodies = options.request.bodies;
+  const latencies: number[] = [];
+  let non2xx = 0;
+  let ok = 0;
+  let errors = 0;
+  let done = 0;
+  let sent = 0;
+  options.cpu.begin();
+  const t0 = performance.now() + 20;
+  await new Promise<void>((resolve) => {
+    const finish = (): void => {
+      done++;
+      if (done === total) resolve();
+    };
+    const fire = (due: number, index: number): void => {
+      const body = bodies.length > 0 ? bodies[index % bodies.length]! : undefined;
+      const req = http.request({
+        agent,
+        host: target.hostname,
+        port: target.port,
+        method: options.request.method,
+        path: options.request.path,
+        headers: { ...options.request.headers, ...(body !== undefined ? { 'content-length': Buffer.byteLength(body) } : {}) },
+      }, (res) => {
+        res.resume();
+        res.once('end', () => {
+          latencies.push(performance.now() - due);
+          if (res.statusCode === undefined || res.statusCode < 200 || res.statusCode >= 300) non2xx++;
+          else ok++;
+          finish();
+        });
+      });
+      req.setTimeout(10_000, () => req.destroy(new Error('timeout')));
+      req.once('error', () => {
+        errors++;
+        finish();
+      });
+      req.end(body);
+    };
+    const tick = (): void => {
+      const now = performance.now();
+      while (sent < total && t0 + sent * interval <= now) {
+        fire(t0 + sent * interval, sent);
+        sent++;
+      }
+      if (sent < total) setTimeout(tick, Math.max(0, t0 + sent * interval - performance.now() - 0.5));
+    };
+    setTimeout(tick, 20);
+  });
+  const elapsed = (performance.now() - t0) / 1000;
+  const cpu = options.cpu.end();
+  agent.destroy();
+  return {
+    mode: 'open',
+    connections: options.maxSockets,
+    offered: options.rate,
+    duration_s: Math.round(elapsed * 100) / 100,
+    requests: latencies.length,
+    rps: Math.round(ok / elapsed),
+    latency_ms: summarise(latencies),
+    non2xx,
+    errors,
+    cpu_percent: cpu,
+    server_cpu_ms_per_request: perRequest(cpu.server, ok / elapsed),
+  };
+}

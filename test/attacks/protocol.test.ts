@@ -1,0 +1,324 @@
+import http from 'node:http';
+import { generateKeyPairSync, sign as cryptoSign, randomBytes } from 'node:crypto';
+import { decodeJwt } from 'jose';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  AT, EXECUTOR_AUD, PAYMENTS, TX, basicAuth, examplePolicyFor, startTestWrit, type TestWrit,
+} from '../support/harness.ts';
+import { expectDenied, lineageCount } from '../support/expect.ts';
+
+/**
+ * Protocol abuse at the token endpoint (RFC 6749 §3.2, RFC 8693 §2.1, RFC 9449; standards X1,
+ * X4, X10, B1, DP1) and at the introspection and revocation endpoints, over HTTP against
+ * PostgreSQL with the DESIGN.md example policy. Every refusal at the token endpoint asserts the
+ * exact status and RFC error, that no token was minted, no-store, and the audit reason.
+ */
+
+type Res = Awaited<ReturnType<TestWrit['post']>>;
+const ENDPOINTS = ['/token', '/token/introspection', '/token/revocation', '/task/revocation'] as const;
+
+describe('protocol abuse over HTTP', () => {
+  let t: TestWrit;
+  beforeAll(async () => {
+    t = await startTestWrit({ name: 'attacks_protocol', applyExample: false });
+    // The example policy, with the failed-authentication limit (default 1/s, burst 10, per
+    // source address) opened up: these tests send many bad credentials from one address on
+    // purpose and must reach the code behind the limiter. The limiter has its own tests
+    // (test/integration/rate-limits.test.ts).
+    await t.apply([{ name: 'example.yaml', text: `${examplePolicyFor(t.idp)}\nsettings:\n  auth_failure_limit: { per_second: 100000, burst: 100000 }\n` }]);
+  });
+  afterAll(async () => {
+    if (!t) return;
+    const granted = await t.writ.db.knex('audit_events').where({ type: 'exchange.granted' }).count<Array<{ count: number }>>('* as count');
+    expect(Number(granted[0]!.count)).toBe(await lineageCount(t));
+    await t.close();
+  });
+
+  const user = (claims: Record<string, unknown> = {}): Promise<string> => t.idp.token(t.issuer, claims);
+  const base = async (): Promise<Record<string, string>> => ({ grant_type: TX, subject_token: await user(), subject_token_type: AT, audience: PAYMENTS });
+  const planner = (): string => basicAuth('planner-agent');
+
+  /** Sends, then asserts the refusal and that the lineage did not grow. */
+  async function refused(send: () => Promise<Res>, error: string, reason: string, status?: number): Promise<Res> {
+    const n = await lineageCount(t);
+    const res = await send();
+    await expectDenied(t, res, error, reason, status);
+    expect(await lineageCount(t)).toBe(n);
+    return res;
+  }
+
+  async function raw(path: string, init: RequestInit): Promise<Res> {
+    const response = await fetch(`${t.url}${path}`, init);
+    const text = await response.text();
+    let body: Record<string, unknown> = {};
+    try {
+      body = text ? JSON.parse(text) as Record<string, unknown> : {};
+    } catch {
+      body = { raw: text };
+    }
+    return { status: response.status, headers: response.headers, body };
+  }
+
+  // -------------------------------------------------------------------------------------------
+  describe('duplicate parameters (RFC 6749 §3.2, RFC 8693 §2.1: only audience and resource repeat)', () => {
+    const single = ['grant_type', 'subject_token', 'subject_token_type', 'actor_token', 'actor_token_type', 'requested_token_type', 'scope', 'task_id'] as const;
+    it.each(single)('%s twice, same value → invalid_request / duplicate_parameter', async (name) => {
+      const form: Record<string, string | string[]> = { ...(await base()), actor_token: await user({ sub: 'bot-7' }), actor_token_type: AT, requested_token_type: AT, scope: 'payment.read', task_id: 't-1' };
+      form[name] = [form[name] as string, form[name] as string];
+      await refused(() => t.post('/token', form, planner()), 'invalid_request', 'duplicate_parameter');
+    });
+    it.each(single.filter((n) => n !== 'grant_type'))('%s twice, different values → invalid_request / duplicate_parameter', async (name) => {
+      const values: Record<string, [string, string]> = {
+        subject_token: [await user(), await user({ sub: 'admin' })],
+        subject_token_type: [AT, 'urn:ietf:params:oauth:token-type:jwt'],
+        actor_token: [await user({ sub: 'bot-7' }), await user({ sub: 'bot-8' })],
+        actor_token_type: [AT, 'urn:ietf:params:oauth:token-type:jwt'],
+        requested_token_type: [AT, 'urn:ietf:params:oauth:token-type:id_token'],
+        scope: ['payment.read', 'payment.transfer'],
+        task_id: ['t-1', 't-2'],
+      };
+      const form: Record<string, string | string[]> = { ...(await base()), ...(name.startsWith('actor') ? { actor_token: values.actor_token![0], actor_token_type: AT } : {}) };
+      form[name] = values[name]!;
+      await refused(() => t.post('/token', form, planner()), 'invalid_request', 'duplicate_parameter');
+    });
+    it('client_id twice (client_secret_post) → invalid_request / duplicate_parameter', async () => {
+      await refused(async () => t.post('/token', { ...(await base()), client_id: ['planner-agent', 'planner-agent'], client_secret: 'planner-secret-0123456789abcdefghijklmnop' }), 'invalid_request', 'duplicate_parameter');
+    });
+    it('audience repeated with one value is one target (granted); two values → invalid_target', async () => {
+      expect((await t.post('/token', { ...(await base()), audience: [PAYMENTS, PAYMENTS] }, planner())).status).toBe(200);
+      await refused(async () => t.post('/token', { ...(await base()), audience: [PAYMENTS, EXECUTOR_AUD] }, planner()), 'invalid_target', 'target_multiple');
+      await refused(async () => t.post('/token', { ...(await base()), resource: [PAYMENTS, `${PAYMENTS}/other`] }, planner()), 'invalid_target', 'target_multiple');
+    });
+    it('two client authentication methods at once → invalid_request', async () => {
+      await refused(async () => t.post('/token', { ...(await base()), client_id: 'planner-agent', client_secret: 'planner-secret-0123456789abcdefghijklmnop' }, planner()), 'invalid_request', 'duplicate_parameter');
+    });
+    it('a body client_id naming another client than the Basic credentials → invalid_request', async () => {
+      await refused(async () => t.post('/token', { ...(await base()), client_id: 'executor-agent' }, planner()), 'invalid_request', 'invalid_parameter');
+    });
+    // SERVER BUG: the form parser (oidc-provider's selective_body: `querystring.parse` with its
+    // default maxKeys of 1000) silently drops every parameter after the 1000th. A second
+    // subject_token and a second scope placed after 1000 junk parameters are never seen, so the
+    // duplicate check is bypassed and the exchange is granted on the first values: a parser
+    // differential with any gateway that reads the whole body (or the last value), and against
+    // DESIGN.md §7 request row / standards X1, X4 ("silently dropped … is 400 invalid_request").
+    // Expected: 400 invalid_request (duplicate_parameter, or a refusal of bodies with more keys
+    // than the parser keeps). Got: 200 with a token.
+    it.fails('a duplicate hidden after 1,000 junk parameters is still a duplicate', async () => {
+      const body = new URLSearchParams(await base());
+      for (let i = 0; i < 1001; i++) body.append(`x${i}`, '1');
+      body.append('subject_token', await user({ sub: 'admin' }));
+      body.append('scope', 'payment.transfer');
+      await refused(() => raw('/token', { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: planner() }, body }), 'invalid_request', 'duplicate_parameter');
+    });
+  });
+
+  // -------------------------------------------------------------------------------------------
+  describe('a missing subject_token never falls back to another grant (X1, X6)', () => {
+    it('absent, empty, or replaced by an actor token → invalid_request / missing_parameter', async () => {
+      const { subject_token: token, ...rest } = await base();
+      await refused(() => t.post('/token', rest, planner()), 'invalid_request', 'missing_parameter');
+      await refused(() => t.post('/token', { ...rest, subject_token: '' }, planner()), 'invalid_request', 'missing_parameter');
+      await refused(() => t.post('/token', { ...rest, actor_token: token!, actor_token_type: AT }, planner()), 'invalid_request', 'missing_parameter');
+      await refused(() => t.post('/token', { ...rest, scope: 'payment.read' }, planner()), 'invalid_request', 'missing_parameter');
+      const { subject_token_type: _type, ...noType } = await base();
+      await refused(() => t.post('/token', noType, planner()), 'invalid_request', 'missing_parameter');
+    });
+    it('without grant_type → invalid_request / missing_parameter', async () => {
+      const { grant_type: _g, ...rest } = await base();
+      await refused(() => t.post('/token', rest, planner()), 'invalid_request', 'missing_parameter');
+      await refused(async () => t.post('/token', { ...(await base()), grant_type: '' }, planner()), 'invalid_request', 'missing_parameter');
+    });
+    it('client_credentials for an agent is refused: no token, audited', async () => {
+      const n = await lineageCount(t);
+      const res = await t.post('/token', { grant_type: 'client_credentials', scope: 'payment.read', audience: PAYMENTS, resource: PAYMENTS }, planner());
+      expect(res.status).toBe(400);
+      // RFC 6749 §5.2 names `unauthorized_client` for a grant type the client may not use;
+      // oidc-provider answers `invalid_request`. Either way: no token, and an audit record.
+      expect(['invalid_request', 'unauthorized_client']).toContain(res.body.error);
+      expect(res.body.access_token).toBeUndefined();
+      expect(res.headers.get('cache-control')).toContain('no-store');
+      expect((await t.auditRows({ request_id: res.headers.get('x-request-id') })).map((r) => r.reason)).toEqual(['invalid_parameter']);
+      expect(await lineageCount(t)).toBe(n);
+    });
+    it.each(['password', 'authorization_code', 'refresh_token', 'implicit', 'urn:ietf:params:oauth:grant-type:jwt-bearer', 'urn:ietf:params:oauth:grant-type:device_code', 'urn:ietf:params:oauth:grant-type:token-exchange ', 'URN:IETF:PARAMS:OAUTH:GRANT-TYPE:TOKEN-EXCHANGE'])(
+      'grant_type %j → unsupported_grant_type', async (grant) => {
+        const token = await user();
+        await refused(() => t.post('/token', {
+          grant_type: grant, subject_token: token, subject_token_type: AT, audience: PAYMENTS,
+          username: 'alice', password: 'alice', code: 'x', refresh_token: 'x', assertion: token, device_code: 'x',
+        }, planner()), 'unsupported_grant_type', 'unsupported_grant_type');
+      },
+    );
+    it('no client authentication at all, even with a valid subject token → 401 invalid_client', async () => {
+      await refused(async () => t.post('/token', await base()), 'invalid_client', 'client_auth_failed');
+    });
+  });
+
+  // -------------------------------------------------------------------------------------------
+  describe('client authentication abuse', () => {
+    it.each<[string, string]>([
+      ['an unknown client', basicAuth('nobody', 'x'.repeat(43))],
+      ['a wrong secret', basicAuth('planner-agent', 'y'.repeat(43))],
+      ['another client’s secret', basicAuth('planner-agent', 'executor-secret-0123456789abcdefghijklmno')],
+      ['a resource server with a wrong secret', basicAuth('payments-api', 'z'.repeat(43))],
+    ])('%s → 401 invalid_client / client_auth_failed', async (_name, auth) => {
+      const res = await refused(async () => t.post('/token', await base(), auth), 'invalid_client', 'client_auth_failed');
+      expect(res.headers.get('www-authenticate')).toContain('Basic');
+    });
+    it('Basic credentials with an empty secret → invalid_request / missing_parameter', async () => {
+      await refused(async () => t.post('/token', await base(), basicAuth('planner-agent', '')), 'invalid_request', 'missing_parameter');
+    });
+    it.each(['Basic !!!', `Basic ${Buffer.from('no-colon').toString('base64')}`, 'Bearer abc', 'Basic', 'Digest username="planner-agent"'])(
+      'a malformed Authorization header %j → invalid_request', async (auth) => {
+        await refused(async () => t.post('/token', await base(), auth), 'invalid_request', 'invalid_parameter');
+      },
+    );
+  });
+
+  // -------------------------------------------------------------------------------------------
+  describe('bodies', () => {
+    it('over 56 KiB (a junk parameter, or a huge subject_token) → invalid_request', async () => {
+      await refused(async () => t.post('/token', { ...(await base()), junk: 'x'.repeat(60 * 1024) }, planner()), 'invalid_request', 'invalid_parameter');
+      await refused(async () => t.post('/token', { ...(await base()), subject_token: `${await user()}${'A'.repeat(60 * 1024)}` }, planner()), 'invalid_request', 'invalid_parameter');
+      await refused(async () => t.post('/token', { ...(await base()), junk: 'x'.repeat(1024 * 1024) }, planner()), 'invalid_request', 'invalid_parameter');
+    });
+    it('a body declared as 10 MiB, or chunked past the cap, is refused without waiting for it', async () => {
+      const send = (headers: Record<string, string>, write: (req: http.ClientRequest) => void) => new Promise<{ status: number; requestId: string }>((resolve, reject) => {
+        const u = new URL(t.url);
+        const req = http.request({ host: u.hostname, port: u.port, method: 'POST', path: '/token', headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: planner(), ...headers } }, (res) => {
+          res.resume();
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, requestId: String(res.headers['x-request-id']) }));
+        });
+        req.on('error', reject);
+        write(req);
+      });
+      const declared = await send({ 'content-length': String(10 * 1024 * 1024) }, (req) => {
+        req.write('grant_type=x');
+        setTimeout(() => req.destroy(), 2000);
+      });
+      expect(declared.status).toBe(400);
+      const chunked = await send({ 'transfer-encoding': 'chunked' }, (req) => {
+        for (let i = 0; i < 70; i++) req.write(`j${i}=${'x'.repeat(1020)}&`);
+        req.end();
+      });
+      expect(chunked.status).toBe(400);
+      for (const { requestId } of [declared, chunked]) {
+        expect((await t.auditRows({ request_id: requestId })).map((r) => r.reason)).toEqual(['invalid_parameter']);
+      }
+    });
+    it.each(['application/x-www-form-urlencoded; charset=bogus', 'application/x-www-form-urlencoded; charset=utf-16le'])('content-type %j: the charset is ignored, the body read as UTF-8 (never a 5xx)', async (type) => {
+      const res = await raw('/token', { method: 'POST', headers: { authorization: planner(), 'content-type': type }, body: new URLSearchParams(await base()).toString() });
+      expect(res.status).toBe(200);
+      expect(decodeJwt(res.body.access_token as string)).toMatchObject({ aud: PAYMENTS, sub: 'alice' });
+    });
+    it.each(['application/json', 'text/plain', 'multipart/form-data; boundary=x', 'application/xml', ''])('content-type %j → invalid_request', async (type) => {
+      const form = await base();
+      const body = type === 'application/json' ? JSON.stringify(form) : new URLSearchParams(form).toString();
+      await refused(() => raw('/token', { method: 'POST', headers: { authorization: planner(), ...(type ? { 'content-type': type } : {}) }, body }), 'invalid_request', 'invalid_parameter');
+    });
+    it('parameters in the query string have no effect (only the form body counts)', async () => {
+      const res = await t.post(`/token?audience=${encodeURIComponent(EXECUTOR_AUD)}&scope=payment.transfer&task_id=from-query`, await base(), planner());
+      expect(res.status).toBe(200);
+      const claims = decodeJwt(res.body.access_token as string);
+      expect(claims).toMatchObject({ aud: PAYMENTS, scope: 'payment.read' });
+      expect(claims.task_id).toBeUndefined();
+      const { subject_token, ...rest } = await base();
+      await refused(() => t.post(`/token?subject_token=${encodeURIComponent(subject_token!)}`, rest, planner()), 'invalid_request', 'missing_parameter');
+    });
+    it('unrecognised parameters are ignored and have no effect (B1)', async () => {
+      const res = await t.post('/token', {
+        ...(await base()), requested_subject: 'admin', subject_issuer: 'https://evil.example.com', sub: 'admin', act: '{"sub":"root"}',
+        may_act: '{"sub":"x"}', client_id_override: 'executor-agent', ttl: '86400', expires_in: '86400', max_depth: '9',
+      }, planner());
+      expect(res.status).toBe(200);
+      expect(res.body.expires_in).toBe(120);
+      expect(decodeJwt(res.body.access_token as string)).toMatchObject({ sub: 'alice', client_id: 'planner-agent', act: { sub: 'planner-agent' } });
+    });
+  });
+
+  // -------------------------------------------------------------------------------------------
+  describe('methods other than POST (B1, I4)', () => {
+    for (const path of ENDPOINTS) {
+      it.each(['GET', 'PUT', 'DELETE', 'PATCH'])(`%s ${path} → 405, Allow: POST, no token`, async (method) => {
+        const query = path === '/token' ? `?${new URLSearchParams({ ...(await base()) })}` : '?token=x&task_id=x';
+        const res = await raw(`${path}${query}`, { method, headers: { authorization: planner() } });
+        expect({ status: res.status, error: res.body.error }).toEqual({ status: 405, error: 'invalid_request' });
+        expect(res.headers.get('allow')).toBe('POST');
+        expect(res.headers.get('cache-control')).toContain('no-store');
+        expect(res.body.access_token).toBeUndefined();
+        expect(res.body.active).toBeUndefined();
+      });
+    }
+  });
+
+  // -------------------------------------------------------------------------------------------
+  describe('DPoP (RFC 9449) is refused, never answered with a bearer token', () => {
+    function dpopProof(): string {
+      const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+      const enc = (o: object) => Buffer.from(JSON.stringify(o)).toString('base64url');
+      const input = `${enc({ typ: 'dpop+jwt', alg: 'ES256', jwk: publicKey.export({ format: 'jwk' }) })}.${enc({ jti: randomBytes(8).toString('hex'), htm: 'POST', htu: `${t.issuer}/token`, iat: Math.floor(Date.now() / 1000) })}`;
+      return `${input}.${cryptoSign('sha256', Buffer.from(input), { key: privateKey, dsaEncoding: 'ieee-p1363' }).toString('base64url')}`;
+    }
+    it.each<[string, () => string]>([
+      ['a well-formed proof', dpopProof],
+      ['garbage', () => 'not-a-jwt'],
+      ['two proofs in one header', () => `${dpopProof()}, ${dpopProof()}`],
+      ['an alg none proof', () => `${Buffer.from('{"typ":"dpop+jwt","alg":"none"}').toString('base64url')}.e30.`],
+    ])('%s → invalid_request / dpop_unsupported', async (_name, proof) => {
+      await refused(async () => t.post('/token', await base(), planner(), { dpop: proof() }), 'invalid_request', 'dpop_unsupported');
+    });
+    it('with a cnf-bound subject token too', async () => {
+      await refused(async () => t.post('/token', { ...(await base()), subject_token: await user({ cnf: { jkt: 'abc' } }) }, planner(), { dpop: dpopProof() }), 'invalid_request', 'dpop_unsupported');
+    });
+  });
+
+  // -------------------------------------------------------------------------------------------
+  describe('introspection and revocation endpoints', () => {
+    it('duplicate or missing token, and no client authentication', async () => {
+      for (const path of ['/token/introspection', '/token/revocation']) {
+        const auth = path === '/token/introspection' ? basicAuth('payments-api') : planner();
+        expect(await t.post(path, { token: ['a', 'b'] }, auth).then((r) => [r.status, r.body.error])).toEqual([400, 'invalid_request']);
+        expect(await t.post(path, {}, auth).then((r) => [r.status, r.body.error])).toEqual([400, 'invalid_request']);
+        expect(await t.post(path, { token: 'a' }).then((r) => [r.status, r.body.error])).toEqual([401, 'invalid_client']);
+      }
+      expect(await t.post('/task/revocation', { task_id: ['a', 'b'] }, planner()).then((r) => [r.status, r.body.error])).toEqual([400, 'invalid_request']);
+      expect(await t.post('/task/revocation', { task_id: 'a' }).then((r) => [r.status, r.body.error])).toEqual([401, 'invalid_client']);
+    });
+    it('a client may not introspect a token addressed elsewhere, nor revoke another client’s token', async () => {
+      const token = (await t.post('/token', await base(), planner())).body.access_token as string;
+      expect((await t.post('/token/introspection', { token }, basicAuth('executor-agent'))).body).toEqual({ active: false });
+      const res = await t.post('/token/revocation', { token }, basicAuth('executor-agent'));
+      expect({ status: res.status, error: res.body.error }).toEqual({ status: 400, error: 'unauthorized_client' });
+      expect((await t.post('/token/introspection', { token }, basicAuth('payments-api'))).body.active).toBe(true);
+    });
+  });
+
+  // -------------------------------------------------------------------------------------------
+  describe('hostile characters', () => {
+    // SERVER BUG: a NUL character (U+0000) in `audience`/`resource` (it survives the URI check:
+    // WHATWG URL percent-encodes it in a path or query) is answered 503 temporarily_unavailable
+    // with Retry-After and no audit record, instead of 400 invalid_target (DESIGN.md §7 target
+    // row). The denial's audit row copies the raw value into a text column, PostgreSQL refuses
+    // NUL bytes, and src/exchange/service.ts `deny` reports storage_unavailable.
+    it.fails('an audience with a NUL character → invalid_target (not 503)', async () => {
+      await refused(async () => t.post('/token', { ...(await base()), audience: `${PAYMENTS}/\u0000` }, planner()), 'invalid_target', 'unknown_audience');
+    });
+    // SERVER BUG: an upstream subject token whose verified claims contain U+0000 or a lone
+    // surrogate anywhere (e.g. a display name) can never be exchanged: the lineage row's
+    // root_claims jsonb (and root_sub text) cannot hold them, and every attempt — grant or denial
+    // — is answered 503 temporarily_unavailable with no audit record. The user sees a permanent
+    // "outage". Expected: a 200 (claims normalised or left out of lineage) or a 400
+    // invalid_request with a reason code (e.g. claim_invalid), audited.
+    it.fails('a NUL or lone surrogate inside an upstream claim is never a 503', async () => {
+      for (const claims of [{ name: 'Al\u0000ice' }, { name: 'Al\ud800ice' }, { sub: 'alice\u0000' }]) {
+        const res = await t.post('/token', { ...(await base()), subject_token: await user(claims) }, planner());
+        expect(res.status).toBeLessThan(500);
+        expect((await t.auditRows({ request_id: res.headers.get('x-request-id') })).length).toBe(1);
+      }
+    });
+    it('a lone surrogate in task_id or audience is refused and audited', async () => {
+      await refused(async () => t.post('/token', { ...(await base()), task_id: 'a\ud800' }, planner()), 'invalid_request', 'task_invalid');
+      await refused(async () => t.post('/token', { ...(await base()), audience: `${PAYMENTS}/\ud800` }, planner()), 'invalid_target', 'unknown_audience');
+    });
+  });
+});
