@@ -1,4 +1,5 @@
 import type { Knex } from 'knex';
+import { storableJson, storableText } from '../store/text.ts';
 
 export type AuditType =
   | 'exchange.granted'
@@ -44,20 +45,23 @@ export interface AuditRow {
   details: string;
 }
 
+/** Request-derived values may hold what PostgreSQL cannot store: they are recorded, made storable. */
+const text = (v: string | null | undefined): string | null => (v === null || v === undefined ? null : storableText(v));
+
 export function toRow(e: AuditEvent): AuditRow {
   return {
     type: e.type,
     outcome: e.outcome,
     reason: e.reason ?? null,
-    request_id: e.requestId ?? null,
-    client_id: e.clientId ?? null,
-    jti: e.jti ?? null,
-    parent_jti: e.parentJti ?? null,
-    task_id: e.taskId ?? null,
-    subject: e.subject ?? null,
-    audience: e.audience ?? null,
+    request_id: text(e.requestId),
+    client_id: text(e.clientId),
+    jti: text(e.jti),
+    parent_jti: text(e.parentJti),
+    task_id: text(e.taskId),
+    subject: text(e.subject),
+    audience: text(e.audience),
     policy_version: e.policyVersion ?? null,
-    details: JSON.stringify(e.details ?? {}),
+    details: JSON.stringify(storableJson(e.details ?? {})),
   };
 }
 

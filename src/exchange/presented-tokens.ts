@@ -35,7 +35,7 @@ export function clientsInAct(act: { sub: string; client_id?: string; act?: unkno
  * An unacceptable subject token is `invalid_request` (RFC 8693 §2.2.2).
  */
 export async function verifySubjectToken(req: ExchangeRequest, ctx: PresentedTokenContext): Promise<VerifiedSubject> {
-  const iss = peekIssuer(req.subjectToken);
+  const iss = peekIssuer(req.subjectToken, { role: 'subject' });
   if (iss === ctx.selfIssuer) {
     if (req.subjectTokenType === 'id_token') {
       throw new ExchangeDenied('token_type_mismatch', 'a Writ token is an access token', 'subject');
@@ -52,7 +52,7 @@ export async function verifySubjectToken(req: ExchangeRequest, ctx: PresentedTok
       rootSubject: lineage.root.sub,
       ruleId: lineage.ruleId,
     });
-    if (revoked) throw new ExchangeDenied(revoked === 'task_revoked' ? 'task_revoked' : 'parent_revoked', 'the subject token or an ancestor is revoked', 'subject');
+    if (revoked) throw new ExchangeDenied(revoked === 'task_revoked' ? 'task_revoked' : 'parent_revoked', 'the subject token, an ancestor or its task is revoked', 'subject');
     return {
       kind: 'writ',
       issuer: claims.iss,
@@ -100,7 +100,7 @@ export async function verifySubjectToken(req: ExchangeRequest, ctx: PresentedTok
 /** The actor token: "never a Writ token", from a trusted upstream issuer (DESIGN.md §7). */
 export async function verifyActorToken(req: ExchangeRequest, ctx: PresentedTokenContext): Promise<VerifiedActor | undefined> {
   if (!req.actorToken || !req.actorTokenType) return undefined;
-  const iss = peekIssuer(req.actorToken);
+  const iss = peekIssuer(req.actorToken, { role: 'actor' });
   if (iss === ctx.selfIssuer) throw new ExchangeDenied('actor_token_writ', 'a Writ token cannot be an actor token', 'actor');
   const issuer = iss === undefined ? undefined : ctx.policy.issuers.get(iss);
   if (!issuer || iss === undefined) throw new ExchangeDenied('issuer_untrusted', 'the actor token issuer is not trusted', 'actor');

@@ -13,6 +13,8 @@ export const REASONS = {
   // client (client_auth_failed and unsupported_grant_type are decided by oidc-provider, before the grant)
   client_auth_failed: 'invalid_client',
   unsupported_grant_type: 'unsupported_grant_type',
+  grant_type_not_allowed: 'unauthorized_client',
+  not_permitted: 'unauthorized_client',
   client_not_agent: 'unauthorized_client',
   client_disabled: 'unauthorized_client',
   // target

@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
 import { toRow, type AuditEvent } from '../audit/event.ts';
+import { storableJson } from '../store/text.ts';
 import type { Lineage } from './types.ts';
 
 /**
@@ -46,7 +47,8 @@ export async function recordGrant(knex: Knex, lineage: Lineage, granted: AuditEv
     scopes: JSON.stringify(lineage.scopes),
     root_issuer: lineage.root.issuer,
     root_sub: lineage.root.sub,
-    root_claims: JSON.stringify(lineage.root.claims),
+    // Claims the upstream issuer vouched for, kept for `root` selectors: odd characters made storable.
+    root_claims: JSON.stringify(storableJson(lineage.root.claims)),
     task_id: lineage.taskId,
     depth: lineage.depth,
     depth_bound: lineage.depthBound,

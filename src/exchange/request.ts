@@ -1,3 +1,4 @@
+import { isPlainText } from '../store/text.ts';
 import { ExchangeDenied } from './reasons.ts';
 import { TOKEN_TYPE_URN, type ExchangeRequest } from './types.ts';
 
@@ -30,7 +31,7 @@ function tokenType(value: string, name: string): ExchangeRequest['subjectTokenTy
 
 /** RFC 3986 §4.3 absolute URI, and RFC 8707 §2 "MUST NOT include a fragment component". */
 function isAbsoluteUriWithoutFragment(value: string): boolean {
-  if (value.includes('#') || /\s/.test(value)) return false;
+  if (value.includes('#') || /\s/.test(value) || !isPlainText(value)) return false;
   if (!/^[A-Za-z][A-Za-z0-9+.-]*:/.test(value)) return false;
   try {
     new URL(value);

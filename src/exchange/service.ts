@@ -127,7 +127,8 @@ export async function exchange(deps: ExchangeDeps, call: ExchangeCall): Promise<
       return { ok: false, error: 'temporarily_unavailable', reason: 'rate_limited', rate };
     }
     const actor = await verifyActorToken(request, ctx);
-    if (request.taskId !== undefined && deps.revocations.isTaskRevoked(request.taskId)) {
+    const root = subject.kind === 'writ' ? subject.lineage.root : { issuer: subject.issuer, sub: subject.sub };
+    if (request.taskId !== undefined && deps.revocations.isTaskRevoked(request.taskId, root)) {
       throw new ExchangeDenied('task_revoked', 'the task has ended');
     }
     const decisionStarted = performance.now();

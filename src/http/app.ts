@@ -9,6 +9,7 @@ import { recordAudit, type AuditEvent } from '../audit/event.ts';
 import { ROUTES } from '../oauth/provider.ts';
 import type { RateLimit } from '../policy/model.ts';
 import { TASK_FLAG } from './handlers.ts';
+import { formGuard } from './form-guard.ts';
 import { setRateLimitHeaders, type RateLimiter } from './rate-limit.ts';
 
 export interface AppDeps {
@@ -52,6 +53,7 @@ function providerRejectionReason(body: { error?: string; error_description?: str
   switch (body?.error) {
     case 'invalid_client': return 'client_auth_failed';
     case 'unsupported_grant_type': return 'unsupported_grant_type';
+    case 'unauthorized_client': return 'grant_type_not_allowed';
     case 'invalid_scope': return 'invalid_parameter';
     case 'invalid_request':
       if (/twice|only be provided using one mechanism/.test(description)) return 'duplicate_parameter';
@@ -139,12 +141,12 @@ export function createApp(deps: AppDeps): Koa {
     await next();
   });
 
-  // Token endpoint refusals made by the provider itself (client authentication, duplicate
-  // or missing parameters) are recorded too: committed before the response when the client
-  // authenticated, through the batched writer when it did not.
+  // Refusals at the OAuth endpoints that Writ's handlers did not record themselves (client
+  // authentication, duplicate or missing parameters, decided by the provider) are recorded too:
+  // committed before the response when the client authenticated, batched when it did not.
   app.use(async (ctx, next) => {
     await next();
-    if (ctx.path !== ROUTES.token || ctx.status < 400) return;
+    if (!AUTHENTICATED.has(ctx.path) || ctx.status < 400 || ctx.status === 503) return;
     const state = ctx.state as Record<string, unknown>;
     if (state.writAudited) return;
     const body = ctx.body as { error?: string; error_description?: string } | undefined;
@@ -159,7 +161,11 @@ export function createApp(deps: AppDeps): Koa {
       reason,
       requestId: state.requestId as string,
       clientId,
-      details: { error: body?.error ?? null, source_ip: ctx.ip, authenticated: clientId !== null, ...(clientId === null && claimed ? { claimed_client_id: claimed } : {}) },
+      details: {
+        endpoint: (ctx.state as Record<string, unknown>)[TASK_FLAG] ? '/task/revocation' : ctx.path,
+        error: body?.error ?? null, source_ip: ctx.ip, authenticated: clientId !== null,
+        ...(clientId === null && claimed ? { claimed_client_id: claimed } : {}),
+      },
     };
     if (clientId === null) {
       deps.auditQueue.enqueue(event);
@@ -179,6 +185,11 @@ export function createApp(deps: AppDeps): Koa {
   app.use(async (ctx, next) => {
     await next();
     const body = ctx.body as { error?: string; error_description?: string } | undefined;
+    // RFC 6749 §5.2: a grant type the client may not use is `unauthorized_client`.
+    if (ctx.status === 400 && body?.error === 'invalid_request' && body.error_description === 'requested grant type is not allowed for this client') {
+      ctx.body = { error: 'unauthorized_client', error_description: 'this client may not use this grant type' };
+      return;
+    }
     if (ctx.status === 400 && body?.error === 'invalid_request' && body.error_description === 'no client authentication mechanism provided') {
       ctx.status = 401;
       ctx.set('WWW-Authenticate', 'Basic realm="writ"');
@@ -216,6 +227,19 @@ export function createApp(deps: AppDeps): Koa {
       if (client) deps.limiter.spend(`auth-fail-client:${client}`, limit);
     }
   });
+
+  app.use(formGuard(AUTHENTICATED, (ctx, why) => {
+    const state = ctx.state as Record<string, unknown>;
+    state.writAudited = true;
+    state.writReason = 'invalid_parameter';
+    deps.auditQueue.enqueue({
+      type: 'token_endpoint.rejected', outcome: 'rejected', reason: 'invalid_parameter', requestId: state.requestId as string,
+      details: { endpoint: ctx.path, detail: why, source_ip: ctx.ip },
+    });
+    ctx.status = 400;
+    ctx.set('Cache-Control', 'no-store');
+    ctx.body = { error: 'invalid_request', error_description: 'the request body is not acceptable' };
+  }));
 
   for (const route of deps.routes) app.use(route);
   app.use(mount(deps.provider));

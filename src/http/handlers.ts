@@ -1,6 +1,7 @@
 import type { Middleware, ParameterizedContext } from 'koa';
 import type { KoaContextWithOIDC } from 'oidc-provider';
 import type { BatchedAuditWriter } from '../audit/batch-writer.ts';
+import { recordAudit } from '../audit/event.ts';
 import { exchange, isStorageError, type ExchangeDeps } from '../exchange/service.ts';
 import { WRIT_KIND } from '../oauth/client-metadata.ts';
 import { oauthError } from '../oauth/provider.ts';
@@ -142,6 +143,13 @@ export function revocationHandler(deps: RevocationDeps & { policy: () => Compile
         : await revokeToken(deps, caller, value, requestId(ctx));
       if (outcome.status === 'revoked') deps.metrics?.revocations.inc({ kind: isTask ? 'task' : 'token' }, outcome.count);
       if (outcome.status === 'refused') {
+        // An authenticated client's refusal is recorded before the answer, like any other.
+        (ctx.state as Record<string, unknown>).writAudited = true;
+        (ctx.state as Record<string, unknown>).writReason = 'not_permitted';
+        await recordAudit(deps.knex, {
+          type: isTask ? 'task.revocation' : 'revocation', outcome: 'rejected', reason: 'not_permitted', requestId: requestId(ctx),
+          clientId: caller.client_id, ...(isTask ? { taskId: value } : {}), details: {},
+        });
         throw oauthError('unauthorized_client', isTask ? 'this client may not end this task' : 'this client may not revoke this token');
       }
     } catch (err) {

@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
 import type { ClientPolicy } from '../policy/model.ts';
-import { revokeTask, revokeTokenCascade } from '../revocation/revoke.ts';
+import { revokeTask, revokeTaskForAgent, revokeTokenCascade } from '../revocation/revoke.ts';
 import type { KeyResolver } from '../tokens/key-resolver.ts';
 import { verifyWritToken } from '../tokens/verify-jwt.ts';
 import { clientsInAct } from '../exchange/presented-tokens.ts';
@@ -58,28 +58,26 @@ export async function revokeToken(deps: RevocationDeps, caller: ClientPolicy, to
   return { status: 'revoked', jti: claims.jti, count: result.revoked.length };
 }
 
-/** `POST /task/revocation`: an agent ends a task it took part in; an admin with writ:revoke, any. */
+/**
+ * `POST /task/revocation`: an agent ends a task for the chains it took part in (DESIGN.md §4,
+ * "its own tasks"); an admin with writ:revoke ends the task everywhere, and no exchange may
+ * continue it.
+ */
 export async function revokeTaskById(deps: RevocationDeps, caller: ClientPolicy, taskId: string, requestId: string): Promise<RevocationOutcome> {
   if (!caller.enabled || caller.kind === 'resource_server') return { status: 'refused' };
-  if (!canRevokeAnything(caller)) {
-    if (caller.kind !== 'agent') return { status: 'refused' };
-    const mine = await deps.knex('token_lineage')
-      .where({ task_id: taskId })
-      .whereRaw('actors @> ?::jsonb', [JSON.stringify([caller.client_id])])
-      .first('jti');
-    if (!mine) return { status: 'refused' };
-  }
-  const count = await revokeTask(deps.knex, {
+  const audit = (n: number) => ({
+    type: 'task.revocation' as const,
+    outcome: 'revoked' as const,
+    requestId,
+    clientId: caller.client_id,
     taskId,
-    revokedBy: caller.client_id,
-    audit: (n) => ({
-      type: 'task.revocation',
-      outcome: 'revoked',
-      requestId,
-      clientId: caller.client_id,
-      taskId,
-      details: { revoked: n },
-    }),
+    details: { revoked: n, scope: canRevokeAnything(caller) ? 'everywhere' : 'chains of this agent' },
   });
-  return { status: 'revoked', jti: '', count };
+  if (canRevokeAnything(caller)) {
+    const count = await revokeTask(deps.knex, { taskId, revokedBy: caller.client_id, audit });
+    return { status: 'revoked', jti: '', count };
+  }
+  if (caller.kind !== 'agent') return { status: 'refused' };
+  const count = await revokeTaskForAgent(deps.knex, { taskId, agent: caller.client_id, audit });
+  return count === undefined ? { status: 'refused' } : { status: 'revoked', jti: '', count };
 }

@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
 import { toRow, type AuditEvent } from '../audit/event.ts';
-import { markSeconds, REVOCATION_CHANNEL, type RevocationEntry } from './state.ts';
+import { markSeconds, REVOCATION_CHANNEL, subjectTaskKey, type RevocationEntry } from './state.ts';
 
 const NOTIFY_LIMIT = 7000;
 
@@ -96,4 +96,38 @@ export async function setRevokeBefore(trx: Knex.Transaction, input: { kind: Kill
       revoked_by: input.revokedBy,
     });
   await notify(trx, [{ kind: input.kind, value: input.value, notBefore: markSeconds(input.notBefore), expiresAt: null }]);
+}
+
+/**
+ * An agent ends a task for the chains it took part in: the tokens carrying the task id whose
+ * root subject is one the agent acted for in that task. Task ids are chosen by clients, so one
+ * agent naming another chain's task id can neither join nor end that chain.
+ */
+export async function revokeTaskForAgent(knex: Knex, input: { taskId: string; agent: string; audit: (count: number) => AuditEvent }): Promise<number | undefined> {
+  return knex.transaction(async (trx) => {
+    const roots = await trx('token_lineage')
+      .distinct('root_issuer', 'root_sub')
+      .where({ task_id: input.taskId })
+      .whereRaw('actors @> ?::jsonb', [JSON.stringify([input.agent])]) as Array<{ root_issuer: string; root_sub: string }>;
+    if (roots.length === 0) return undefined;
+    const { rows } = await trx.raw<{ rows: Array<{ jti: string; exp: number }> }>(`
+      UPDATE token_lineage SET revoked_at = clock_timestamp()
+      WHERE task_id = ? AND revoked_at IS NULL
+        AND (root_issuer, root_sub) IN (SELECT * FROM jsonb_to_recordset(?::jsonb) AS r(root_issuer text, root_sub text))
+      RETURNING jti, extract(epoch FROM exp)::bigint AS exp`, [input.taskId, JSON.stringify(roots)]);
+    // The task is over for these subjects: its tokens, and any later exchange naming it.
+    const marks = roots.map((r) => subjectTaskKey(r.root_issuer, r.root_sub, input.taskId));
+    await trx('revocations').insert(marks.map((value) => ({ kind: 'subject_task', value, revoked_by: input.agent })))
+      .onConflict(['kind', 'value']).ignore();
+    if (rows.length > 0) {
+      await trx('revocations').insert(rows.map((r) => ({ kind: 'jti', value: r.jti, expires_at: new Date(r.exp * 1000), revoked_by: input.agent })))
+        .onConflict(['kind', 'value']).ignore();
+    }
+    await notify(trx, [
+      ...marks.map((value): RevocationEntry => ({ kind: 'subject_task', value, notBefore: null, expiresAt: null })),
+      ...rows.map((r): RevocationEntry => ({ kind: 'jti', value: r.jti, notBefore: null, expiresAt: r.exp })),
+    ]);
+    await trx('audit_events').insert(toRow(input.audit(rows.length)));
+    return rows.length;
+  });
 }

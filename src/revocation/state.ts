@@ -4,7 +4,12 @@ import type { Database } from '../store/db.ts';
 
 export const REVOCATION_CHANNEL = 'writ_revocation';
 
-export type RevocationKind = 'jti' | 'task' | 'client' | 'subject' | 'issuer' | 'rule';
+export type RevocationKind = 'jti' | 'task' | 'subject_task' | 'client' | 'subject' | 'issuer' | 'rule';
+
+/** The key of a task ended for one root subject. */
+export function subjectTaskKey(rootIssuer: string, rootSubject: string, taskId: string): string {
+  return `${rootIssuer}|${rootSubject}|${taskId}`;
+}
 
 export interface RevocationEntry {
   kind: RevocationKind;
@@ -95,7 +100,8 @@ export class RevocationState {
         this.jtis.set(entry.value, entry.expiresAt);
         break;
       case 'task':
-        this.tasks.add(entry.value);
+      case 'subject_task':
+        this.tasks.add(`${entry.kind}\n${entry.value}`);
         break;
       default: {
         const key = `${entry.kind}\n${entry.value}`;
@@ -109,14 +115,16 @@ export class RevocationState {
     return this.jtis.has(jti);
   }
 
-  isTaskRevoked(taskId: string): boolean {
-    return this.tasks.has(taskId);
+  /** Whether the task was ended everywhere, or for this root subject. */
+  isTaskRevoked(taskId: string, root?: { issuer: string; sub: string }): boolean {
+    return this.tasks.has(`task\n${taskId}`)
+      || (root !== undefined && this.tasks.has(`subject_task\n${subjectTaskKey(root.issuer, root.sub, taskId)}`));
   }
 
   /** Why a token is inactive, or null. A mark covers tokens whose `iat` is before its time. */
   check(t: RevocationSubject): 'token_revoked' | 'task_revoked' | null {
+    if (t.taskId !== null && this.isTaskRevoked(t.taskId, { issuer: t.rootIssuer, sub: t.rootSubject })) return 'task_revoked';
     if (this.jtis.has(t.jti)) return 'token_revoked';
-    if (t.taskId !== null && this.tasks.has(t.taskId)) return 'task_revoked';
     if (this.marks.size === 0) return null;
     const covered = (kind: RevocationKind, value: string): boolean => {
       const nb = this.marks.get(`${kind}\n${value}`);

@@ -1,5 +1,6 @@
 import { errors, jwtVerify, type JWTVerifyOptions } from 'jose';
 import { ExchangeDenied, type ReasonCode, type TokenRole } from '../exchange/reasons.ts';
+import { isPlainText } from '../store/text.ts';
 import type { ActClaim, SubIdClaim } from '../exchange/types.ts';
 import type { IssuerPolicy, TokenTypeName } from '../policy/model.ts';
 import { inspectCompactJws, type InspectOptions } from './jws-structure.ts';
@@ -305,6 +306,8 @@ export async function verifyUpstreamToken(token: string, opts: UpstreamVerifyOpt
   if (!nonEmptyString(claims.sub, MAX_UPSTREAM_SUB_LENGTH)) {
     deny('claim_invalid', `"sub" is not a string of 1..${MAX_UPSTREAM_SUB_LENGTH} characters`, role);
   }
+  // The subject names a person through every record Writ keeps: plain text only.
+  if (!isPlainText(claims.sub)) deny('claim_invalid', '"sub" holds control characters or broken UTF-16', role);
 
   // ID-token-only members are out of place in anything else (J10): `nonce` (OIDC Core §2,
   // allowed only when the token is declared an id_token) and the hybrid-flow hashes.

@@ -358,7 +358,7 @@ describe('delegation attacks over HTTP', () => {
     // and PostgreSQL refuses NUL bytes; src/exchange/service.ts `deny` then reports
     // storage_unavailable. See test/attacks/protocol.test.ts for the same defect through
     // `audience` and through upstream claims.
-    it.fails('a task_id with a NUL character → task_invalid (not 503)', async () => {
+    it('a task_id with a NUL character → task_invalid (not 503)', async () => {
       await refused('planner-agent', { subject_token: await user(), audience: EXECUTOR_AUD, task_id: 'task\u0000' }, 'invalid_request', 'task_invalid');
     });
     it('an agent outside a task cannot end it, and the task’s tokens stay active', async () => {
@@ -379,7 +379,7 @@ describe('delegation attacks over HTTP', () => {
     // intruder-agent thus ends planner-agent's task. Expected: a task belongs to the chain(s)
     // that created it (e.g. scope task ids by root subject or first client), so the intruder's
     // revocation touches at most its own tokens.
-    it.fails('an agent that names another chain’s task_id cannot end that chain', async () => {
+    it('an agent that names another chain’s task_id cannot end that chain', async () => {
       const task = `victim-${randomBytes(4).toString('hex')}`;
       const parent = await hop1({ task_id: task });
       const leaf = await granted(await as('executor-agent', { subject_token: parent, audience: PAYMENTS }));
@@ -393,7 +393,7 @@ describe('delegation attacks over HTTP', () => {
     // (standards O2: "Denials by authenticated clients are always audited"); the refusals of
     // POST /token/revocation and POST /task/revocation are answered 400 unauthorized_client and
     // nothing is written (src/http/handlers.ts revocationHandler throws before any audit).
-    it.fails('a refused task revocation is audited', async () => {
+    it('a refused task revocation is audited', async () => {
       const res = await t.post('/task/revocation', { task_id: 'not-mine' }, auth['intruder-agent']);
       expect(res.status).toBe(400);
       expect((await t.auditRows({ request_id: res.headers.get('x-request-id') })).length).toBe(1);

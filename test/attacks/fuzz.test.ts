@@ -308,7 +308,7 @@ describe('fuzzing the token, introspection and revocation endpoints', () => {
   // SERVER BUG (see protocol.test.ts "hostile characters"): U+0000 in a /token parameter that
   // reaches the audit record (task_id, audience/resource) is answered 503. Generated here from
   // plausible exchanges whose task_id, audience or resource carries a NUL; expected < 500.
-  it.fails('plausible exchanges with a NUL in task_id, audience or resource: no 5xx', async () => {
+  it('plausible exchanges with a NUL in task_id, audience or resource: no 5xx', async () => {
     const nulRequest = fc.tuple(fc.constantFrom('task_id', 'audience', 'resource'), fc.string({ maxLength: 10 }), fc.string({ maxLength: 10 }), fc.nat())
       .map(([name, before, after, i]) => {
         const form: Record<string, string> = { grant_type: TX, subject_token: userTokens[i % userTokens.length]!, subject_token_type: AT };
