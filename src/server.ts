@@ -18,6 +18,7 @@ import { localAdmin } from './http/admin-local.ts';
 import { createApp } from './http/app.ts';
 import { DEFAULT_AUTH_FAILURE_LIMIT, RateLimiter } from './http/rate-limit.ts';
 import { introspectionHandler, revocationHandler, tokenExchangeHandler } from './http/handlers.ts';
+import { VerifiedTokenCache } from './http/introspection.ts';
 import { findClientMetadata } from './oauth/client-metadata.ts';
 import { createProvider } from './oauth/provider.ts';
 import { Metrics, serveMetrics } from './metrics.ts';
@@ -105,7 +106,7 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
       secretKey: derived.clientSecret,
       trustProxy: config.trustProxy,
       grant: { params: EXCHANGE_PARAMS, repeatable: REPEATABLE_PARAMS, handler: tokenExchangeHandler({ ...exchangeDeps, metrics, limiter, auditQueue }) },
-      introspect: introspectionHandler({ issuer: config.issuer, writKeys, revocations, lineage, policy: () => policy.policy, auditQueue, metrics, limiter }),
+      introspect: introspectionHandler({ issuer: config.issuer, writKeys, revocations, lineage, policy: () => policy.policy, auditQueue, metrics, limiter, verified: new VerifiedTokenCache() }),
       revoke: revocationHandler({ issuer: config.issuer, writKeys, knex: db.knex, policy: () => policy.policy, metrics, limiter, auditQueue }),
       extraRevocationParams: (ctx) => ((ctx.state as Record<string, unknown>).writTaskRevocation ? ['task_id'] : []),
     });

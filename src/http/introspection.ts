@@ -28,6 +28,39 @@ export interface IntrospectionDeps {
   writKeys: KeyResolver;
   revocations: RevocationState;
   lineage: LineageCache;
+  verified?: VerifiedTokenCache;
+}
+
+/**
+ * Resource servers introspect the same token again and again. The outcome of verifying an exact
+ * token string cannot change while Writ's keys stay the same (they change only at start), so
+ * the verified claims are kept until the token expires; revocation is still checked every time.
+ */
+export class VerifiedTokenCache {
+  private readonly entries = new Map<string, WritTokenClaims>();
+  private readonly max: number;
+
+  constructor(max = 20_000) {
+    this.max = max;
+  }
+
+  get(token: string, now: number): WritTokenClaims | undefined {
+    const claims = this.entries.get(token);
+    if (claims && claims.exp <= now) {
+      this.entries.delete(token);
+      return undefined;
+    }
+    return claims;
+  }
+
+  set(token: string, claims: WritTokenClaims): void {
+    if (this.entries.size >= this.max) {
+      // Oldest first: Map keeps insertion order.
+      const oldest = this.entries.keys().next();
+      if (!oldest.done) this.entries.delete(oldest.value);
+    }
+    this.entries.set(token, claims);
+  }
 }
 
 /** DESIGN.md §4: who may see a token. Anything else is answered exactly `{"active": false}`. */
@@ -45,11 +78,14 @@ export function mayIntrospect(caller: ClientPolicy, claims: Pick<WritTokenClaims
 export type InactiveWhy = 'invalid' | 'foreign' | 'revoked';
 
 export async function introspect(deps: IntrospectionDeps, caller: ClientPolicy, token: string, now: number): Promise<{ body: IntrospectionResponse; claims?: WritTokenClaims; why?: InactiveWhy }> {
-  let claims: WritTokenClaims;
-  try {
-    claims = await verifyWritToken(token, { selfIssuer: deps.issuer, keys: deps.writKeys, now, leeway: 0 });
-  } catch {
-    return { body: { active: false }, why: 'invalid' };
+  let claims = deps.verified?.get(token, now);
+  if (!claims) {
+    try {
+      claims = await verifyWritToken(token, { selfIssuer: deps.issuer, keys: deps.writKeys, now, leeway: 0 });
+    } catch {
+      return { body: { active: false }, why: 'invalid' };
+    }
+    deps.verified?.set(token, claims);
   }
   if (!mayIntrospect(caller, claims)) return { body: { active: false }, claims, why: 'foreign' };
   const lineage = deps.lineage.peek(claims.jti);
