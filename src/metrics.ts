@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
@@ -57,6 +58,7 @@ export class Metrics {
 /** The separate listener of WRIT_METRICS_ADDR: `/metrics` only. */
 export function serveMetrics(metrics: Metrics, addr: { host: string; port: number }, beforeScrape: () => void): Promise<Server> {
   const server = createServer((req, res) => {
+    res.setHeader('X-Request-Id', randomUUID());
     if (req.url !== '/metrics' || req.method !== 'GET') {
       res.writeHead(404).end();
       return;

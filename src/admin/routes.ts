@@ -112,7 +112,8 @@ export function adminRoutes(deps: AdminDeps): Middleware {
   });
 
   router.get('/policy/versions', requires('writ:policy.read'), async (ctx) => {
-    const limit = Math.min(Number(ctx.query.limit ?? 50) || 50, 500);
+    const requested = Number(ctx.query.limit ?? 50);
+    const limit = Number.isInteger(requested) && requested > 0 ? Math.min(requested, 500) : 50;
     const rows = await deps.knex('policy_versions').select('version', 'created_at', 'applied_by', 'message', 'digest').orderBy('version', 'desc').limit(limit);
     ctx.body = { versions: rows };
   });

@@ -85,7 +85,7 @@ export function localAdmin(deps: LocalAdminDeps): Middleware {
       return;
     }
     if (ctx.path === '/admin/v1/local/admin/bootstrap') {
-      const b = body as { client_id?: unknown; scopes?: unknown; by?: unknown };
+      const b = (body && typeof body === 'object' ? body : {}) as { client_id?: unknown; scopes?: unknown; by?: unknown };
       const scopes = Array.isArray(b.scopes) ? b.scopes : ADMIN_SCOPES;
       if (typeof b.client_id !== 'string' || !scopes.every((s) => ADMIN_SCOPES.includes(s as AdminScope))) {
         ctx.status = 400;

@@ -138,6 +138,18 @@ export function revocationHandler(deps: RevocationDeps & { policy: () => Compile
     if (typeof value !== 'string' || value === '') throw oauthError('invalid_request', `missing required parameter '${name}'`);
     if (isTask && !/^[A-Za-z0-9._:-]{1,128}$/.test(value)) throw oauthError('invalid_request', 'task_id is malformed');
     try {
+      // An admin API token (opaque, from client_credentials) can be cut short by its own client
+      // or by an admin holding writ:revoke.
+      if (!isTask && !value.includes('.')) {
+        const adminToken = await oidc.oidc.provider.ClientCredentials.find(value);
+        if (adminToken && (adminToken.clientId === caller.client_id || (caller.kind === 'admin' && caller.scopes.includes('writ:revoke')))) {
+          await adminToken.destroy();
+          await recordAudit(deps.knex, { type: 'revocation', outcome: 'revoked', requestId: requestId(ctx), clientId: caller.client_id, details: { admin_token_of: adminToken.clientId } });
+        }
+        ctx.status = 200;
+        ctx.body = '';
+        return;
+      }
       const outcome = isTask
         ? await revokeTaskById(deps, caller, value, requestId(ctx))
         : await revokeToken(deps, caller, value, requestId(ctx));

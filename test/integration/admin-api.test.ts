@@ -60,6 +60,13 @@ describe('admin API, explain and kill switches', () => {
     expect(t.writ.policy.policy.version).toBe(version);
   });
 
+  it('an admin token can be revoked by its client, and then opens nothing', async () => {
+    const token = await adminToken('ops-reader', readerSecret, 'writ:policy.read');
+    expect((await admin('GET', '/policy', token)).status).toBe(200);
+    expect((await t.post('/token/revocation', { token }, basicAuth('ops-reader', readerSecret))).status).toBe(200);
+    expect((await admin('GET', '/policy', token)).status).toBe(401);
+  });
+
   it('reads policy objects and versions', async () => {
     const token = await adminToken('ops-reader', readerSecret, 'writ:policy.read');
     const current = await admin('GET', '/policy', token);
