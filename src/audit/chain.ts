@@ -1,4 +1,5 @@
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import type { AuditTextColumns } from './event.ts';
 
 /**
  * The audit hash chain, free of I/O.
@@ -17,23 +18,13 @@ export const GENESIS_HASH = '0'.repeat(64);
 export const CHAIN_VERSION = 1;
 
 /** The columns of an audit_events row that the chain covers. */
-export interface ChainEvent {
+export interface ChainEvent extends AuditTextColumns {
   id: number | string | bigint;
   /**
    * ISO 8601 in UTC with microseconds, as PostgreSQL stores it: read it with
    * OCCURRED_AT_SQL. A Date is taken at its millisecond precision.
    */
   occurred_at: string | Date;
-  type: string;
-  outcome: string;
-  reason: string | null;
-  request_id: string | null;
-  client_id: string | null;
-  jti: string | null;
-  parent_jti: string | null;
-  task_id: string | null;
-  subject: string | null;
-  audience: string | null;
   policy_version: number | string | null;
   /** The jsonb column, parsed or as JSON text. */
   details: unknown;

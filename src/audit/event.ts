@@ -30,7 +30,8 @@ export interface AuditEvent {
   details?: Record<string, unknown>;
 }
 
-export interface AuditRow {
+/** The columns every audit event has, as stored, apart from its id, time and details. */
+export interface AuditTextColumns {
   type: string;
   outcome: string;
   reason: string | null;
@@ -41,6 +42,9 @@ export interface AuditRow {
   task_id: string | null;
   subject: string | null;
   audience: string | null;
+}
+
+export interface AuditRow extends AuditTextColumns {
   policy_version: number | null;
   details: string;
 }

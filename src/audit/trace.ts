@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
 import { OCCURRED_AT_SQL } from './chain.ts';
+import type { AuditTextColumns } from './event.ts';
 
 /** One issued token, as its lineage row records it. */
 export interface TraceHop {
@@ -183,19 +184,9 @@ export function formatTraceTree(trace: TokenTrace): string {
 }
 
 /** An audit event as the API, the CLI and the export present it. */
-export interface AuditEventView {
+export interface AuditEventView extends AuditTextColumns {
   id: number;
   occurred_at: string;
-  type: string;
-  outcome: string;
-  reason: string | null;
-  request_id: string | null;
-  client_id: string | null;
-  jti: string | null;
-  parent_jti: string | null;
-  task_id: string | null;
-  subject: string | null;
-  audience: string | null;
   policy_version: number | null;
   details: Record<string, unknown>;
   seq: number | null;

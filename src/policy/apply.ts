@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
 import { loadPolicyFiles, type LoadOptions, type PolicyFile, type PolicyIssue } from './load.ts';
-import { applyPolicy, PolicyApplyError } from './store.ts';
+import { applyPolicy, PolicyApplyError, policyAppliedEvent } from './store.ts';
 
 export type ApplyOutcome =
   | { ok: true; version: number; digest: string; warnings: PolicyIssue[] }
@@ -21,13 +21,7 @@ export async function applyPolicyFiles(knex: Knex, files: PolicyFile[], options:
       appliedBy: options.appliedBy,
       message: options.message,
       secretKey: options.secretKey,
-      audit: (version, digest) => ({
-        type: 'policy.applied',
-        outcome: 'applied',
-        clientId: options.appliedBy,
-        policyVersion: version,
-        details: { digest, message: options.message, secrets_set: [...loaded.secrets.keys()].sort() },
-      }),
+      audit: policyAppliedEvent(options.appliedBy, options.message, { secrets_set: [...loaded.secrets.keys()].sort() }),
     });
     return { ok: true, version: stored.version, digest: stored.digest, warnings: loaded.warnings };
   } catch (err) {

@@ -20,6 +20,17 @@ export class PolicyApplyError extends Error {
   override name = 'PolicyApplyError';
 }
 
+/** The audit event of an apply or rollback, for `applyPolicy`'s `audit`. */
+export function policyAppliedEvent(appliedBy: string, message: string, details: Record<string, unknown>): (version: number, digest: string) => AuditEvent {
+  return (version, digest) => ({
+    type: 'policy.applied',
+    outcome: 'applied',
+    clientId: appliedBy,
+    policyVersion: version,
+    details: { digest, message, ...details },
+  });
+}
+
 /** Stable JSON (sorted keys) so equal documents have equal digests. */
 export function canonicalJson(value: unknown): string {
   if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;

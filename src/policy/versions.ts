@@ -6,7 +6,7 @@ import { loadPolicyFiles, type LoadOptions, type PolicyFile } from './load.ts';
 import type {
   AudiencePolicy, ClientPolicy, IssuerPolicy, PolicyDocument, RootSelector, RulePolicy, SubjectSelector,
 } from './model.ts';
-import { applyPolicy, currentVersion, loadCredentials, PolicyApplyError, type StoredVersion } from './store.ts';
+import { applyPolicy, currentVersion, loadCredentials, PolicyApplyError, policyAppliedEvent, type StoredVersion } from './store.ts';
 import { validatePolicy, type ValidateOptions } from './validate.ts';
 import { verifyClientSecret } from '../tokens/kek.ts';
 
@@ -166,13 +166,7 @@ export async function rollbackTo(knex: Knex, target: number, options: {
         appliedBy: options.appliedBy,
         message: options.message,
         secretKey: options.secretKey,
-        audit: (version, digest) => ({
-          type: 'policy.applied',
-          outcome: 'applied',
-          clientId: options.appliedBy,
-          policyVersion: version,
-          details: { digest, message: options.message, rollback_of: target, secrets_set: [] },
-        }),
+        audit: policyAppliedEvent(options.appliedBy, options.message, { rollback_of: target, secrets_set: [] }),
       });
     } catch (err) {
       if (err instanceof PolicyApplyError) throw new RollbackError(`cannot roll back to version ${target}: ${err.message}`);

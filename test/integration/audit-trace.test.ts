@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -13,25 +12,11 @@ import { AuditQueryError, exportAudit, formatTraceTree, searchAudit, traceToken,
 import { adminAuditRoutes } from '../../src/http/admin-audit.ts';
 import { createLogger } from '../../src/log.ts';
 import { AT, EXECUTOR_AUD, IDP, PAYMENTS, basicAuth, startTestWrit, type TestWrit } from '../support/harness.ts';
+import { runWrit, type CliRun } from '../support/cli.ts';
 
-const ROOT = path.resolve(import.meta.dirname, '../..');
 
-function writCli(args: string[], env: Record<string, string>): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [path.join(ROOT, 'src/main.ts'), ...args], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ...env } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
-    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`writ ${args.join(' ')} timed out\n${stdout}\n${stderr}`));
-    }, 60_000);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
+function writCli(args: string[], env: Record<string, string>): Promise<CliRun> {
+  return runWrit(args, env);
 }
 
 describe('audit trace, search and export (PostgreSQL)', () => {
