@@ -128,7 +128,7 @@ function referencedEnv(files: PolicyFile[]): Record<string, string> {
 /** What an apply answers; a running server's answer may lack the diff. */
 type ApplyResponse = ApplyOutcome & { changes?: PolicyChange[] };
 
-export async function policyApply(ctx: CliContext, dir: string, message: string): Promise<number> {
+export async function policyApply(ctx: CliContext, dir: string, message: string, options: { showDiff?: boolean } = {}): Promise<number> {
   const read = await readPolicyDir(dir);
   if (!read.ok) {
     printIssues(ctx, read.errors);
@@ -172,8 +172,7 @@ export async function policyApply(ctx: CliContext, dir: string, message: string)
     ctx.err(`policy not applied: ${outcome.errors.length} error(s)`);
     return 1;
   }
-  if (outcome.changes) ctx.out(formatDiff(outcome.changes));
-  else ctx.out('(the running writ serve applied the policy but did not report what changed)');
+  if (options.showDiff !== false) ctx.out(outcome.changes ? formatDiff(outcome.changes) : '(the running writ serve applied the policy but did not report what changed)');
   ctx.out(`applied policy version ${outcome.version} (${outcome.digest.slice(0, 12)})`);
   return 0;
 }
