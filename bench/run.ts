@@ -48,6 +48,10 @@ const TARGETS = {
   rate: 1000,
   introspectionPeak: 4000,
   decideP99: 50,
+  /** A flooding client may raise another client's p99 by at most this factor. */
+  floodP99Factor: 1.2,
+  /** The victim's paced rate in the flood runs. */
+  floodVictimRate: 100,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -240,11 +244,15 @@ async function startWrit(dbUrl: string, idp: Idp, profileDir?: string): Promise<
   const policyDir = path.join(dataDir, 'policy');
   mkdirSync(policyDir);
   const example = readFileSync(path.join(ROOT, 'policy/example.yaml'), 'utf8');
-  writeFileSync(path.join(policyDir, 'example.yaml'), inlineIssuerKeys(example, IDP, { keys: [idp.publicJwk as Record<string, unknown>] }));
+  // The example, plus a client that floods: its own limit (policy rate_limit) must protect the others.
+  const withFlooder = inlineIssuerKeys(example, IDP, { keys: [idp.publicJwk as Record<string, unknown>] })
+    .replace('\nclients:\n', '\nclients:\n  - client_id: flood-agent\n    kind: agent\n    auth: client_secret_basic\n    secret: ${FLOOD_SECRET}\n    rate_limit: { per_second: 20, burst: 20 }\n');
+  writeFileSync(path.join(policyDir, 'example.yaml'), withFlooder);
   const secrets = {
     PLANNER_SECRET: randomBytes(32).toString('base64url'),
     EXECUTOR_SECRET: randomBytes(32).toString('base64url'),
     PAYMENTS_API_SECRET: randomBytes(32).toString('base64url'),
+    FLOOD_SECRET: randomBytes(32).toString('base64url'),
   };
   const argv = [
     ...(profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []),
@@ -369,6 +377,14 @@ async function benchWrit(writ: WritProcess, idp: Idp): Promise<void> {
 
   record('writ', 'direct exchange', await openLoop({ url, request: direct, rate: TARGETS.rate, duration, maxSockets: 64, cpu }));
   if (!quick) record('writ', 'direct exchange', await closedLoop({ url, request: direct, connections: 10, duration, overallRate: TARGETS.rate, cpu }));
+
+  // A client flooding the token endpoint at full speed (c=50) while planner-agent exchanges at a
+  // paced rate: the victim's p99 alone, then under the flood.
+  const flooder = { ...direct, headers: { ...direct.headers, authorization: basic('flood-agent', writ.secrets.FLOOD_SECRET!) } };
+  record('writ', 'victim alone', await openLoop({ url, request: direct, rate: TARGETS.floodVictimRate, duration, maxSockets: 16, cpu }));
+  const flood = closedLoop({ url, request: flooder, connections: 50, duration: duration + 1, cpu: new CpuMeter(writ.child.process.pid!) });
+  record('writ', 'victim under flood', await openLoop({ url, request: direct, rate: TARGETS.floodVictimRate, duration, maxSockets: 16, cpu }));
+  record('writ', 'flooding client', await flood);
 }
 
 async function benchFloor(dbUrl: string, idp: Idp, audience: string, subjects: LoadRequest): Promise<void> {
@@ -456,6 +472,16 @@ function evaluateTargets(decideResults: DecideCaseResult[]): TargetResult[] {
   }
   const introspection = peak('writ', 'introspection');
   out.push({ target: `introspection ≥ ${TARGETS.introspectionPeak}/s`, measured: `${introspection}/s`, pass: introspection >= TARGETS.introspectionPeak });
+  const alone = results.find((r) => r.scenario === 'victim alone');
+  const flooded = results.find((r) => r.scenario === 'victim under flood');
+  if (alone && flooded) {
+    const factor = flooded.latency_ms.p99 / Math.max(alone.latency_ms.p99, 0.001);
+    out.push({
+      target: `a flooding client raises another's p99 ≤ ${Math.round((TARGETS.floodP99Factor - 1) * 100)}%`,
+      measured: `p99 ${alone.latency_ms.p99} ms alone, ${flooded.latency_ms.p99} ms under the flood (${factor.toFixed(2)}×) at ${TARGETS.floodVictimRate}/s`,
+      pass: factor <= TARGETS.floodP99Factor,
+    });
+  }
   const worst = Math.max(...decideResults.filter((d) => !d.case.startsWith('denied')).map((d) => d.p99_us));
   out.push({ target: `decide() p99 ≤ ${TARGETS.decideP99} µs`, measured: `${worst} µs`, pass: worst <= TARGETS.decideP99 });
   return out;

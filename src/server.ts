@@ -122,6 +122,7 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
       limiter,
       draining: () => draining,
       authFailureLimit: () => policy.policy.settings.auth_failure_limit ?? DEFAULT_AUTH_FAILURE_LIMIT,
+      clientRateLimit: (clientId) => policy.policy.clients.get(clientId)?.rate_limit,
       routes: [adminAuditRoutes({
         knex: db.knex,
         authorize: async (ctx, scope) => {

@@ -24,6 +24,8 @@ export interface AppDeps {
   routes: Middleware[];
   limiter: RateLimiter;
   authFailureLimit: () => RateLimit;
+  /** A client's own limit (policy `rate_limit`), if it has one. */
+  clientRateLimit: (clientId: string) => RateLimit | undefined;
   /** True once shutdown began: new requests are refused while in-flight ones finish. */
   draining: () => boolean;
 }
@@ -46,6 +48,8 @@ const REQUEST_ID = /^[A-Za-z0-9._:-]{1,64}$/;
 const POST_ONLY = new Set<string>([ROUTES.token, ROUTES.introspection, ROUTES.revocation, '/task/revocation']);
 /** Endpoints where clients authenticate (task revocation runs through the revocation route). */
 const AUTHENTICATED = new Set<string>([ROUTES.token, ROUTES.introspection, ROUTES.revocation]);
+/** The names the per-client limiter keys its buckets by (src/http/handlers.ts `limitClient`). */
+const ENDPOINT_NAMES = new Map<string, string>([[ROUTES.token, 'token'], [ROUTES.introspection, 'introspection'], [ROUTES.revocation, 'revocation']]);
 
 /** Reason codes for refusals the provider makes before Writ's grant runs. */
 function providerRejectionReason(body: { error?: string; error_description?: string } | undefined): string {
@@ -61,6 +65,49 @@ function providerRejectionReason(body: { error?: string; error_description?: str
       if (/missing required parameter|must be provided/.test(description)) return 'missing_parameter';
       return 'invalid_parameter';
     default: return 'invalid_parameter';
+  }
+}
+
+/**
+ * Refusals under a flood are recorded in aggregate (O2): one event per client, source and reason
+ * for each window, with the count, instead of a row per refused request.
+ */
+class RefusalTally {
+  private counts = new Map<string, { reason: string; claimed: string | null; sourceIp: string; endpoint: string; count: number }>();
+  private timer: NodeJS.Timeout | undefined;
+  private readonly queue: BatchedAuditWriter;
+  private readonly windowMs: number;
+
+  constructor(queue: BatchedAuditWriter, windowMs = 5000) {
+    this.queue = queue;
+    this.windowMs = windowMs;
+  }
+
+  /** `claimed` is the client id the request names; it did not authenticate. */
+  add(reason: string, claimed: string | null, sourceIp: string, endpoint: string, requestId: string): void {
+    const key = `${reason}\n${claimed ?? ''}\n${sourceIp}\n${endpoint}`;
+    const entry = this.counts.get(key);
+    if (entry) {
+      entry.count += 1;
+      return;
+    }
+    // The first refusal of a window is recorded at once, with its request id; the rest are counted.
+    this.queue.enqueue({ type: 'token_endpoint.rejected', outcome: 'rejected', reason, requestId, details: { endpoint, source_ip: sourceIp, claimed_client_id: claimed, first_of_window: true } });
+    this.counts.set(key, { reason, claimed, sourceIp, endpoint, count: 0 });
+    this.timer ??= setTimeout(() => this.flush(), this.windowMs);
+    this.timer.unref();
+  }
+
+  flush(): void {
+    this.timer = undefined;
+    for (const e of this.counts.values()) {
+      if (e.count === 0) continue;
+      this.queue.enqueue({
+        type: 'token_endpoint.rejected', outcome: 'rejected', reason: e.reason,
+        details: { endpoint: e.endpoint, source_ip: e.sourceIp, claimed_client_id: e.claimed, more_refused: e.count, window_ms: this.windowMs },
+      });
+    }
+    this.counts.clear();
   }
 }
 
@@ -198,6 +245,7 @@ export function createApp(deps: AppDeps): Koa {
     }
   });
 
+  const tally = new RefusalTally(deps.auditQueue);
   // Failed client authentications are limited per source address and per claimed client id;
   // once a bucket is empty further attempts are refused before any secret is checked.
   app.use(async (ctx, next) => {
@@ -205,20 +253,26 @@ export function createApp(deps: AppDeps): Koa {
     const limit = deps.authFailureLimit();
     const claimed = basicClientId(ctx.get('authorization'));
     const keys = [`auth-fail-ip:${ctx.ip}`, ...(claimed ? [`auth-fail-client:${claimed}`] : [])];
-    for (const key of keys) {
-      const rate = deps.limiter.peek(key, limit);
+    // A client whose own bucket is empty is refused here too, before the provider parses and
+    // authenticates anything: a flooding client must not crowd out the others. Only requests
+    // that authenticate spend from that bucket, so nobody can empty it for someone else.
+    const own = claimed ? deps.clientRateLimit(claimed) : undefined;
+    const ownKey = `${ENDPOINT_NAMES.get(ctx.path)}:${claimed}`;
+    const checks: Array<[string, RateLimit, string]> = [
+      ...keys.map((k): [string, RateLimit, string] => [k, limit, 'auth_rate_limited']),
+      ...(own ? [[ownKey, own, 'rate_limited'] as [string, RateLimit, string]] : []),
+    ];
+    for (const [key, bucketLimit, reason] of checks) {
+      const rate = deps.limiter.peek(key, bucketLimit);
       if (rate.ok) continue;
       const state = ctx.state as Record<string, unknown>;
       state.writAudited = true;
-      state.writReason = 'auth_rate_limited';
-      deps.auditQueue.enqueue({
-        type: 'token_endpoint.rejected', outcome: 'rejected', reason: 'auth_rate_limited', requestId: state.requestId as string,
-        details: { endpoint: ctx.path, source_ip: ctx.ip, ...(claimed ? { claimed_client_id: claimed } : {}) },
-      });
+      state.writReason = reason;
+      tally.add(reason, claimed ?? null, ctx.ip, ctx.path, state.requestId as string);
       setRateLimitHeaders(ctx, rate);
       ctx.status = 429;
       ctx.set('Cache-Control', 'no-store');
-      ctx.body = { error: 'temporarily_unavailable', error_description: 'too many failed authentications: retry after the time given' };
+      ctx.body = { error: 'temporarily_unavailable', error_description: reason === 'rate_limited' ? 'too many requests: retry after the time given' : 'too many failed authentications: retry after the time given' };
       return;
     }
     await next();

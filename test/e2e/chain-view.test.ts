@@ -115,6 +115,7 @@ describe('chain view (headless Chromium)', () => {
       isStorageError,
       limiter: new RateLimiter(),
       authFailureLimit: () => DEFAULT_AUTH_FAILURE_LIMIT,
+      clientRateLimit: () => undefined,
       draining: () => false,
       routes: [chainViewRoutes({
         knex: knex(),
