@@ -60,6 +60,8 @@ describe.each(backends)('tamper-evident audit log on $backend', ({ embedded }) =
 
   beforeAll(async () => {
     t = await startTestWrit({ name: 'auditchain', embedded });
+    // These tests seal by hand, step by step: the server's own background sealer would race them.
+    await t.writ.auditSealer.stop();
     knex = t.writ.db.knex;
     key = t.writ.derived.auditCheckpoint;
     sealer = new AuditSealer(knex, {

@@ -30,6 +30,8 @@ describe('audit trace, search and export (PostgreSQL)', () => {
 
   beforeAll(async () => {
     t = await startTestWrit({ name: 'audittrace' });
+    // Some tests seal by hand and count checkpoints: the server's background sealer would race them.
+    await t.writ.auditSealer.stop();
     knex = t.writ.db.knex;
     const r1 = await t.exchange('planner-agent', { subject_token: await t.idp.token(t.issuer), subject_token_type: AT, audience: EXECUTOR_AUD, task_id: 'task-7' });
     expect(r1.status).toBe(200);
