@@ -27,6 +27,12 @@ function equal(a: string, b: string): boolean {
   return x.length === y.length && timingSafeEqual(x, y);
 }
 
+/** Whether the request carries the CLI's local credential (`writ serve` on the embedded database). */
+export function presentsLocalCredential(ctx: ParameterizedContext, localToken: string | undefined): boolean {
+  const presented = bearer(ctx);
+  return localToken !== undefined && presented !== undefined && equal(presented, localToken);
+}
+
 /**
  * Admin API callers present a token Writ issued through client_credentials to an admin client
  * (RFC 6750 bearer). The scopes that count are the token's, cut down to what the client holds
@@ -40,8 +46,7 @@ export async function authenticateAdmin(
 ): Promise<AdminAuthResult> {
   const presented = bearer(ctx);
   if (!presented) return { ok: false, status: 401, error: 'invalid_token' };
-  const local = deps.localToken();
-  if (local && equal(presented, local)) {
+  if (presentsLocalCredential(ctx, deps.localToken())) {
     return { ok: true, caller: { clientId: 'local-cli', scopes: new Set(ALL_SCOPES) } };
   }
   const token = await deps.provider.ClientCredentials.find(presented);

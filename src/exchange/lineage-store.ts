@@ -42,27 +42,6 @@ export function lineageFromRow(row: LineageRow): Lineage {
   };
 }
 
-export function lineageToRow(l: Lineage): Omit<LineageRow, 'revoked_at'> {
-  return {
-    jti: l.jti,
-    parent_jti: l.parentJti,
-    client_id: l.clientId,
-    audience: l.audience,
-    scopes: l.scopes,
-    root_issuer: l.root.issuer,
-    root_sub: l.root.sub,
-    root_claims: l.root.claims,
-    task_id: l.taskId,
-    depth: l.depth,
-    depth_bound: l.depthBound,
-    actors: l.actors,
-    rule_id: l.ruleId,
-    policy_version: l.policyVersion,
-    iat: new Date(l.iat * 1000),
-    exp: new Date(l.exp * 1000),
-  };
-}
-
 /**
  * Lineage of tokens this instance minted stays in memory until they expire, so a chained
  * exchange usually needs no read before its one write; a miss (a token minted elsewhere, or

@@ -1,7 +1,8 @@
-import { timingSafeEqual } from 'node:crypto';
 import type { Middleware } from 'koa';
 import type { Knex } from 'knex';
+import { presentsLocalCredential } from '../admin/auth.ts';
 import { bootstrapAdmin, ADMIN_SCOPES } from '../admin/bootstrap.ts';
+import { readJsonStream } from './json-body.ts';
 import { applyPolicyFilesWithDiff } from '../policy/versions.ts';
 import type { AdminScope } from '../policy/model.ts';
 import { PolicyApplyError } from '../policy/store.ts';
@@ -16,29 +17,6 @@ export interface LocalAdminDeps {
   secretKey: Buffer;
   /** Makes the new version take effect on this instance before answering. */
   reloadPolicy: () => Promise<void>;
-}
-
-const MAX_BODY = 1024 * 1024;
-
-async function readJson(req: NodeJS.ReadableStream): Promise<unknown> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req) {
-    const buf = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string);
-    size += buf.length;
-    if (size > MAX_BODY) throw new Error('body too large');
-    chunks.push(buf);
-  }
-  return JSON.parse(Buffer.concat(chunks).toString('utf8'));
-}
-
-function bearerMatches(header: string, expected: string | undefined): boolean {
-  if (!expected) return false;
-  const match = /^Bearer ([A-Za-z0-9_-]+)$/.exec(header);
-  if (!match) return false;
-  const a = Buffer.from(match[1]!);
-  const b = Buffer.from(expected);
-  return a.length === b.length && timingSafeEqual(a, b);
 }
 
 interface ApplyBody {
@@ -70,7 +48,7 @@ export function localAdmin(deps: LocalAdminDeps): Middleware {
       ctx.set('Allow', 'POST');
       return;
     }
-    if (!bearerMatches(ctx.get('authorization'), deps.localToken())) {
+    if (!presentsLocalCredential(ctx, deps.localToken())) {
       ctx.status = 401;
       ctx.set('WWW-Authenticate', 'Bearer');
       ctx.body = { error: 'invalid_token' };
@@ -78,7 +56,7 @@ export function localAdmin(deps: LocalAdminDeps): Middleware {
     }
     let body: unknown;
     try {
-      body = await readJson(ctx.req);
+      body = await readJsonStream(ctx.req, 1024 * 1024);
     } catch {
       ctx.status = 400;
       ctx.body = { error: 'invalid_request', error_description: 'expected a JSON body' };

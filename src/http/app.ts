@@ -5,7 +5,7 @@ import type { Middleware } from 'koa';
 import type { Logger } from 'pino';
 import type Provider from 'oidc-provider';
 import type { BatchedAuditWriter } from '../audit/batch-writer.ts';
-import { recordAudit, type AuditEvent } from '../audit/event.ts';
+import type { AuditEvent } from '../audit/event.ts';
 import { ROUTES } from '../oauth/provider.ts';
 import type { RateLimit } from '../policy/model.ts';
 import { TASK_FLAG } from './handlers.ts';
@@ -306,4 +306,3 @@ export function createApp(deps: AppDeps): Koa {
   return app;
 }
 
-export { recordAudit };

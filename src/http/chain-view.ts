@@ -1,4 +1,3 @@
-import { timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { Context, Middleware } from 'koa';
 import type { Knex } from 'knex';
@@ -12,6 +11,8 @@ import {
   verifySession,
 } from '../audit/view-login.ts';
 import { parseSearchQuery } from './admin-audit.ts';
+import { presentsLocalCredential } from '../admin/auth.ts';
+import { readJsonStream } from './json-body.ts';
 
 export interface ChainViewDeps {
   knex: Knex;
@@ -100,28 +101,6 @@ function cookieValues(header: string, name: string): string[] {
   return values;
 }
 
-function bearerMatches(header: string, expected: string | undefined): boolean {
-  if (!expected) return false;
-  const match = /^Bearer ([A-Za-z0-9_-]{1,512})$/.exec(header);
-  if (!match) return false;
-  const a = Buffer.from(match[1]!);
-  const b = Buffer.from(expected);
-  return a.length === b.length && timingSafeEqual(a, b);
-}
-
-async function readSmallJson(req: NodeJS.ReadableStream): Promise<unknown> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req) {
-    const buf = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string);
-    size += buf.length;
-    if (size > MAX_LOCAL_BODY) throw new SyntaxError('body too large');
-    chunks.push(buf);
-  }
-  const text = Buffer.concat(chunks).toString('utf8').trim();
-  return text === '' ? {} : JSON.parse(text);
-}
-
 function json(ctx: Context, status: number, body: unknown): void {
   ctx.status = status;
   ctx.body = body;
@@ -168,13 +147,13 @@ export function chainViewRoutes(deps: ChainViewDeps): Middleware {
 
     if (path === `${PREFIX}/local/login`) {
       if (ctx.method !== 'POST') return methodNotAllowed(ctx, 'POST');
-      if (!bearerMatches(ctx.get('authorization'), deps.localToken?.())) {
+      if (!presentsLocalCredential(ctx, deps.localToken?.())) {
         ctx.set('WWW-Authenticate', 'Bearer');
         return json(ctx, 401, { error: 'invalid_token' });
       }
       let body: unknown;
       try {
-        body = await readSmallJson(ctx.req);
+        body = (await readJsonStream(ctx.req, MAX_LOCAL_BODY)) ?? {};
       } catch {
         return json(ctx, 400, { error: 'invalid_request', error_description: 'the body must be a small JSON object' });
       }

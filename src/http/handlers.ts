@@ -3,7 +3,6 @@ import type { KoaContextWithOIDC } from 'oidc-provider';
 import type { BatchedAuditWriter } from '../audit/batch-writer.ts';
 import { recordAudit } from '../audit/event.ts';
 import { exchange, isStorageError, type ExchangeDeps } from '../exchange/service.ts';
-import { WRIT_KIND } from '../oauth/client-metadata.ts';
 import { oauthError } from '../oauth/provider.ts';
 import type { CompiledPolicy } from '../policy/compiled.ts';
 import type { ClientPolicy } from '../policy/model.ts';
@@ -171,8 +170,4 @@ export function revocationHandler(deps: RevocationDeps & { policy: () => Compile
     ctx.status = 200;
     ctx.body = '';
   };
-}
-
-export function clientKind(ctx: KoaContextWithOIDC): string | undefined {
-  return ctx.oidc.client?.metadata()[WRIT_KIND] as string | undefined;
 }

@@ -76,11 +76,6 @@ export async function currentVersion(knex: Knex): Promise<StoredVersion | undefi
   return row ? fromRow(row) : undefined;
 }
 
-export async function currentVersionNumber(knex: Knex): Promise<number> {
-  const row = await knex('policy_versions').max<{ max: number | null }>('version as max').first();
-  return row?.max ?? 0;
-}
-
 /** Changes whenever anything the compiled policy depends on changes. */
 export async function policyStamp(knex: Knex): Promise<string> {
   const { rows } = await knex.raw<{ rows: Array<{ v: number | null; a: number; c: Date | null }> }>(`
