@@ -2,7 +2,8 @@ import type { Knex } from 'knex';
 import type { CompiledPolicy } from '../policy/compiled.ts';
 import type { RevocationState } from '../revocation/state.ts';
 import type { KeyResolver } from '../tokens/key-resolver.ts';
-import { peekIssuer, verifyUpstreamToken, verifyWritToken } from '../tokens/verify-jwt.ts';
+import { inspectCompactJws, type InspectedJws } from '../tokens/jws-structure.ts';
+import { verifyUpstreamToken, verifyWritToken } from '../tokens/verify-jwt.ts';
 import type { LineageCache } from './lineage-store.ts';
 import { ExchangeDenied } from './reasons.ts';
 import type { ExchangeRequest, VerifiedActor, VerifiedSubject } from './types.ts';
@@ -16,6 +17,11 @@ export interface PresentedTokenContext {
   revocations: RevocationState;
   lineage: LineageCache;
   knex: Knex;
+}
+
+/** The unverified `iss`, only to route the token to the verifier that will check it. */
+function issuerOf(inspected: InspectedJws): string | undefined {
+  return typeof inspected.payload.iss === 'string' ? inspected.payload.iss : undefined;
 }
 
 /** Every client acting in a chain, from the `act` claim: an actor's `client_id`, else its `sub`. */
@@ -35,12 +41,13 @@ export function clientsInAct(act: { sub: string; client_id?: string; act?: unkno
  * An unacceptable subject token is `invalid_request` (RFC 8693 §2.2.2).
  */
 export async function verifySubjectToken(req: ExchangeRequest, ctx: PresentedTokenContext): Promise<VerifiedSubject> {
-  const iss = peekIssuer(req.subjectToken, { role: 'subject' });
+  const inspected = inspectCompactJws(req.subjectToken, { role: 'subject' });
+  const iss = issuerOf(inspected);
   if (iss === ctx.selfIssuer) {
     if (req.subjectTokenType === 'id_token') {
       throw new ExchangeDenied('token_type_mismatch', 'a Writ token is an access token', 'subject');
     }
-    const claims = await verifyWritToken(req.subjectToken, { selfIssuer: ctx.selfIssuer, keys: ctx.writKeys, now: ctx.now, role: 'subject' });
+    const claims = await verifyWritToken(req.subjectToken, { selfIssuer: ctx.selfIssuer, keys: ctx.writKeys, now: ctx.now, role: 'subject', inspected });
     const lineage = await ctx.lineage.get(ctx.knex, claims.jti, ctx.now);
     if (!lineage) throw new ExchangeDenied('token_revoked', 'no lineage for this Writ token', 'subject');
     const revoked = ctx.revocations.check({
@@ -75,6 +82,7 @@ export async function verifySubjectToken(req: ExchangeRequest, ctx: PresentedTok
     keys: ctx.upstreamKeys(iss),
     selfIssuer: ctx.selfIssuer,
     now: ctx.now,
+    inspected,
   });
   // A kill switch on this subject or issuer covers tokens issued before it, upstream ones too.
   const revoked = ctx.revocations.check({
@@ -100,7 +108,8 @@ export async function verifySubjectToken(req: ExchangeRequest, ctx: PresentedTok
 /** The actor token: "never a Writ token", from a trusted upstream issuer (DESIGN.md §7). */
 export async function verifyActorToken(req: ExchangeRequest, ctx: PresentedTokenContext): Promise<VerifiedActor | undefined> {
   if (!req.actorToken || !req.actorTokenType) return undefined;
-  const iss = peekIssuer(req.actorToken, { role: 'actor' });
+  const inspected = inspectCompactJws(req.actorToken, { role: 'actor' });
+  const iss = issuerOf(inspected);
   if (iss === ctx.selfIssuer) throw new ExchangeDenied('actor_token_writ', 'a Writ token cannot be an actor token', 'actor');
   const issuer = iss === undefined ? undefined : ctx.policy.issuers.get(iss);
   if (!issuer || iss === undefined) throw new ExchangeDenied('issuer_untrusted', 'the actor token issuer is not trusted', 'actor');
@@ -111,6 +120,7 @@ export async function verifyActorToken(req: ExchangeRequest, ctx: PresentedToken
     keys: ctx.upstreamKeys(iss),
     selfIssuer: ctx.selfIssuer,
     now: ctx.now,
+    inspected,
   });
   return { issuer: verified.issuer, sub: verified.sub, claims: verified.claims, exp: verified.exp };
 }

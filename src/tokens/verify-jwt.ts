@@ -3,7 +3,7 @@ import { ExchangeDenied, type ReasonCode, type TokenRole } from '../exchange/rea
 import { isPlainText } from '../store/text.ts';
 import type { ActClaim, SubIdClaim } from '../exchange/types.ts';
 import type { IssuerPolicy, TokenTypeName } from '../policy/model.ts';
-import { inspectCompactJws, type InspectOptions } from './jws-structure.ts';
+import { inspectCompactJws, type InspectedJws, type InspectOptions } from './jws-structure.ts';
 import { ASYMMETRIC_JWS_ALGS, type KeyResolver, type VerificationKey } from './jwks-cache.ts';
 
 /**
@@ -44,6 +44,8 @@ export interface UpstreamVerifyOptions {
   maxLifetime?: number;
   /** Structural limits (token length, JSON depth). */
   limits?: Omit<InspectOptions, 'role'>;
+  /** This very token's structure, already checked by `inspectCompactJws` (to route it): not checked twice. */
+  inspected?: InspectedJws;
 }
 
 export interface VerifiedUpstreamToken {
@@ -66,6 +68,8 @@ export interface WritVerifyOptions {
   leeway?: number;
   role?: TokenRole;
   limits?: Omit<InspectOptions, 'role'>;
+  /** This very token's structure, already checked by `inspectCompactJws`: not checked twice. */
+  inspected?: InspectedJws;
 }
 
 /** A token Writ minted (DESIGN.md §5), verified. */
@@ -262,7 +266,7 @@ export async function verifyUpstreamToken(token: string, opts: UpstreamVerifyOpt
   const { role, declaredType, issuer, keys, selfIssuer, now } = opts;
   const leeway = checkClock(now, opts.leeway ?? 60);
   const maxLifetime = opts.maxLifetime ?? DEFAULT_MAX_LIFETIME;
-  const { header } = inspectCompactJws(token, { ...opts.limits, role });
+  const { header } = opts.inspected ?? inspectCompactJws(token, { ...opts.limits, role });
 
   // RFC 8725 §3.1 (J1): "libraries MUST enable the caller to specify a supported set of
   // algorithms and MUST NOT use any other algorithms". The token's `alg` only selects among the
@@ -343,7 +347,7 @@ export async function verifyWritToken(token: string, opts: WritVerifyOptions): P
   const { selfIssuer, keys, now } = opts;
   const role = opts.role ?? 'subject';
   const leeway = checkClock(now, opts.leeway ?? 0);
-  const { header } = inspectCompactJws(token, { ...opts.limits, role });
+  const { header } = opts.inspected ?? inspectCompactJws(token, { ...opts.limits, role });
 
   const alg = header.alg as string;
   if (!WRIT_ALGS.includes(alg)) deny('alg_not_allowed', 'algorithm not used by Writ', role);
