@@ -8,6 +8,8 @@
  *   --duration=S      seconds per measured run (default 8)
  *   --quick           3 s runs, one concurrency (a smoke test of the bench itself)
  *   --skip-floor      Writ only
+ *   --only=LIST       Writ scenarios to run, of direct,chained,introspection,jwks,open,flood
+ *                     (default all; the floor still runs unless --skip-floor)
  *   --wait-quiet=S    first wait up to S seconds for the machine to be idle (< 15 % busy over
  *                     3 s): other processes on a 2-core box distort every figure
  *   --cpu-prof[=direct|chained|introspection|floor]
@@ -62,6 +64,7 @@ const { values: args } = parseArgs({
     duration: { type: 'string' },
     quick: { type: 'boolean' },
     'skip-floor': { type: 'boolean' },
+    only: { type: 'string' },
     'cpu-prof': { type: 'string' },
     'wait-quiet': { type: 'string' },
   },
@@ -77,6 +80,10 @@ if (profileScenario !== undefined && !['direct', 'chained', 'introspection', 'fl
   throw new Error('--cpu-prof takes direct, chained, introspection or floor');
 }
 const concurrencies = quick ? [10] : [10, 50];
+const SCENARIOS = ['direct', 'chained', 'introspection', 'jwks', 'open', 'flood'] as const;
+const only = new Set((args.only ?? SCENARIOS.join(',')).split(',').map((s) => s.trim()).filter(Boolean));
+for (const name of only) if (!(SCENARIOS as readonly string[]).includes(name)) throw new Error(`--only takes ${SCENARIOS.join(',')}`);
+const want = (scenario: typeof SCENARIOS[number]): boolean => only.has(scenario);
 const [nodeMajor] = process.versions.node.split('.').map(Number);
 if ((nodeMajor ?? 0) < 24) throw new Error(`the bench needs Node 24 (got ${process.version}); run it with npm run bench`);
 
@@ -360,23 +367,26 @@ async function benchWrit(writ: WritProcess, idp: Idp): Promise<void> {
   log(`warm-up (${quick ? 1 : 3} s)`);
   await closedLoop({ url, request: direct, connections: 10, duration: quick ? 1 : 3, cpu });
 
-  for (const connections of concurrencies) record('writ', 'direct exchange', await closedLoop({ url, request: direct, connections, duration, cpu }));
-  for (const connections of concurrencies) {
+  if (want('direct')) for (const connections of concurrencies) record('writ', 'direct exchange', await closedLoop({ url, request: direct, connections, duration, cpu }));
+  if (want('chained')) for (const connections of concurrencies) {
     const chained = await requests.chained();
     await preflight(url, chained, granted, 'chained exchange');
     record('writ', 'chained exchange', await closedLoop({ url, request: chained, connections, duration, cpu }));
   }
-  for (const connections of concurrencies) {
+  if (want('introspection')) for (const connections of concurrencies) {
     const introspection = await requests.introspection();
     await preflight(url, introspection, active, 'introspection');
     record('writ', 'introspection', await closedLoop({ url, request: introspection, connections, duration, cpu }));
   }
-  const jwks = await requests.jwks();
-  await preflight(url, jwks, ok, 'jwks');
-  for (const connections of concurrencies) record('writ', 'jwks', await closedLoop({ url, request: jwks, connections, duration, cpu }));
+  if (want('jwks')) {
+    const jwks = await requests.jwks();
+    await preflight(url, jwks, ok, 'jwks');
+    for (const connections of concurrencies) record('writ', 'jwks', await closedLoop({ url, request: jwks, connections, duration, cpu }));
+  }
 
-  record('writ', 'direct exchange', await openLoop({ url, request: direct, rate: TARGETS.rate, duration, maxSockets: 64, cpu }));
-  if (!quick) record('writ', 'direct exchange', await closedLoop({ url, request: direct, connections: 10, duration, overallRate: TARGETS.rate, cpu }));
+  if (want('open')) record('writ', 'direct exchange', await openLoop({ url, request: direct, rate: TARGETS.rate, duration, maxSockets: 64, cpu }));
+  if (want('open') && !quick) record('writ', 'direct exchange', await closedLoop({ url, request: direct, connections: 10, duration, overallRate: TARGETS.rate, cpu }));
+  if (!want('flood')) return;
 
   // A client flooding the token endpoint at full speed (c=50) while planner-agent exchanges at a
   // paced rate: the victim's p99 alone, then under the flood.
