@@ -81,15 +81,26 @@ function perRequest(percent: number, rps: number): number {
 
 const CLK_TCK = 100;
 
-function processTicks(pid: number): number {
+function statFields(pid: number | string): string[] | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return Number(fields[11]) + Number(fields[12]);
+    // The fields after the parenthesised command name: state, ppid, …; utime and stime are 11 and 12.
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   } catch {
-    return 0;
+    return undefined;
   }
+}
+
+/** CPU ticks of a process and its direct children (Writ's worker processes). */
+function processTicks(pid: number): number {
+  const ticks = (fields: string[] | undefined): number => (fields ? Number(fields[11]) + Number(fields[12]) : 0);
+  let total = ticks(statFields(pid));
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const fields = statFields(entry);
+    if (fields && Number(fields[1]) === pid) total += ticks(fields);
+  }
+  return total;
 }
 
 function postgresTicks(): number {

@@ -8,6 +8,7 @@
  *   --duration=S      seconds per measured run (default 8)
  *   --quick           3 s runs, one concurrency (a smoke test of the bench itself)
  *   --skip-floor      Writ only
+ *   --workers=N       WRIT_WORKERS for the Writ under test (default: the machine's core count)
  *   --only=LIST       Writ scenarios to run, of direct,chained,introspection,jwks,open,flood
  *                     (default all; the floor still runs unless --skip-floor)
  *   --wait-quiet=S    first wait up to S seconds for the machine to be idle (< 15 % busy over
@@ -65,6 +66,7 @@ const { values: args } = parseArgs({
     quick: { type: 'boolean' },
     'skip-floor': { type: 'boolean' },
     only: { type: 'string' },
+    workers: { type: 'string' },
     'cpu-prof': { type: 'string' },
     'wait-quiet': { type: 'string' },
   },
@@ -83,6 +85,8 @@ const concurrencies = quick ? [10] : [10, 50];
 const SCENARIOS = ['direct', 'chained', 'introspection', 'jwks', 'open', 'flood'] as const;
 const only = new Set((args.only ?? SCENARIOS.join(',')).split(',').map((s) => s.trim()).filter(Boolean));
 for (const name of only) if (!(SCENARIOS as readonly string[]).includes(name)) throw new Error(`--only takes ${SCENARIOS.join(',')}`);
+const workers = Number(args.workers ?? os.availableParallelism());
+if (!Number.isInteger(workers) || workers < 1) throw new Error('--workers takes a whole number ≥ 1');
 const want = (scenario: typeof SCENARIOS[number]): boolean => only.has(scenario);
 const [nodeMajor] = process.versions.node.split('.').map(Number);
 if ((nodeMajor ?? 0) < 24) throw new Error(`the bench needs Node 24 (got ${process.version}); run it with npm run bench`);
@@ -272,6 +276,7 @@ async function startWrit(dbUrl: string, idp: Idp, profileDir?: string): Promise<
     HOST: '127.0.0.1',
     WRIT_DATA_DIR: dataDir,
     WRIT_KEK: randomBytes(32).toString('base64'),
+    WRIT_WORKERS: String(workers),
     WRIT_METRICS_ADDR: `127.0.0.1:${await freePort()}`,
     LOG_LEVEL: 'warn',
     ...secrets,
@@ -584,7 +589,7 @@ async function main(): Promise<void> {
     const targets = evaluateTargets(decideResults);
     const report = [
       '',
-      `Writ benchmark — ${started.toISOString()} — ${os.cpus().length}× ${os.cpus()[0]?.model ?? 'cpu'}, Node ${process.version}, PostgreSQL ${pgVersion} (same box), ${duration} s per run`,
+      `Writ benchmark — ${started.toISOString()} — ${os.cpus().length}× ${os.cpus()[0]?.model ?? 'cpu'}, Node ${process.version}, PostgreSQL ${pgVersion} (same box), Writ with ${workers} worker process${workers === 1 ? '' : 'es'}, ${duration} s per run`,
       'req/s counts 2xx responses only; latency in ms from send (closed loop) or from when due (open loop); cpu = % of one core for the server process, all postgres processes, this load generator, and everything else on the box (should be ~0: otherwise a neighbour skewed the run)',
       '',
       formatTable(results),
@@ -609,7 +614,7 @@ async function main(): Promise<void> {
       machine: { cpus: os.cpus().length, cpu_model: os.cpus()[0]?.model ?? null, memory_gb: Math.round(os.totalmem() / 2 ** 30), loadavg_before: loadBefore },
       node: process.version,
       postgres: pgVersion,
-      settings: { duration_s: duration, concurrencies, quick, open_loop_rate: TARGETS.rate },
+      settings: { duration_s: duration, concurrencies, quick, open_loop_rate: TARGETS.rate, writ_workers: workers },
       results,
       decide: decideResults,
       targets,

@@ -16,6 +16,8 @@ export interface Config {
   maxTtl: number;
   metricsAddr: { host: string; port: number };
   logLevel: string;
+  /** Worker processes `writ serve` runs on one port (1: Writ serves from its own process). */
+  workers: number;
 }
 
 export class ConfigError extends Error {
@@ -121,6 +123,10 @@ export function loadConfig(env: Env = process.env): Config {
   if (databaseUrl && !/^postgres(ql)?:\/\//.test(databaseUrl)) {
     throw new ConfigError('DATABASE_URL must be a postgres:// or postgresql:// URL');
   }
+  const workers = integer(env, 'WRIT_WORKERS', 1, 1, 64);
+  if (workers > 1 && !databaseUrl) {
+    throw new ConfigError('WRIT_WORKERS above 1 needs DATABASE_URL: the embedded database belongs to a single process');
+  }
   return {
     env: mode,
     databaseUrl,
@@ -133,5 +139,6 @@ export function loadConfig(env: Env = process.env): Config {
     maxTtl: integer(env, 'WRIT_MAX_TTL', 900, 1, 86400),
     metricsAddr: parseAddr(env.WRIT_METRICS_ADDR || '127.0.0.1:9464'),
     logLevel,
+    workers,
   };
 }

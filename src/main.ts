@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import cluster from 'node:cluster';
 import { parseArgs } from 'node:util';
 import { ConfigError } from './config.ts';
 import { cliContext, UsageError } from './cli/context.ts';
@@ -25,7 +26,7 @@ const USAGE = `usage: writ <command>
                              walk a delegation chain through it (--exit: stop afterwards)
 
 Configuration comes from the environment: DATABASE_URL, WRIT_DATA_DIR, WRIT_ISSUER, PORT, HOST,
-WRIT_ENV, WRIT_KEK, WRIT_TRUST_PROXY, WRIT_MAX_TTL, WRIT_METRICS_ADDR, LOG_LEVEL.`;
+WRIT_ENV, WRIT_KEK, WRIT_TRUST_PROXY, WRIT_MAX_TTL, WRIT_METRICS_ADDR, LOG_LEVEL, WRIT_WORKERS.`;
 
 async function run(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -75,4 +76,7 @@ run(process.argv.slice(2)).then(
       process.exitCode = 1;
     }
   },
-);
+).finally(() => {
+  // A worker of `writ serve` is done: its channel to the primary would keep it alive.
+  if (cluster.isWorker) process.disconnect();
+});

@@ -1,6 +1,15 @@
 import { randomUUID } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/** Instance state read at scrape time. */
+export interface GaugeSources {
+  auditQueue(): number;
+  auditDropped(): number;
+  sealerLagSeconds(): number;
+  policyVersion(): number;
+  revocationsFresh(): boolean;
+}
 
 /**
  * Prometheus metrics, one registry per Writ instance. Label values come from policy (clients,
@@ -44,28 +53,65 @@ export class Metrics {
     labelNames: ['kind'] as const,
     registers: [this.registry],
   });
-  readonly auditQueue = new Gauge({ name: 'writ_audit_queue_events', help: 'Events waiting in the batched audit writer.', registers: [this.registry] });
-  readonly auditDropped = new Gauge({ name: 'writ_audit_queue_dropped_total', help: 'Events the batched audit writer could not queue.', registers: [this.registry] });
-  readonly sealerLag = new Gauge({ name: 'writ_audit_sealer_lag_seconds', help: 'Age of the oldest audit event not yet sealed into the hash chain.', registers: [this.registry] });
-  readonly policyVersion = new Gauge({ name: 'writ_policy_version', help: 'Policy version in force on this instance.', registers: [this.registry] });
-  readonly revocationsFresh = new Gauge({ name: 'writ_revocations_fresh', help: '1 while the in-memory revoked set is known to be current.', registers: [this.registry] });
+  private sources: GaugeSources | undefined;
+  // Each gauge reads its value when scraped. The aggregator says how worker processes' values
+  // combine on the primary's /metrics (WRIT_WORKERS > 1).
+  readonly auditQueue = this.gauge('writ_audit_queue_events', 'Events waiting in the batched audit writer.', 'sum', (s) => s.auditQueue());
+  readonly auditDropped = this.gauge('writ_audit_queue_dropped_total', 'Events the batched audit writer could not queue.', 'sum', (s) => s.auditDropped());
+  readonly sealerLag = this.gauge('writ_audit_sealer_lag_seconds', 'Age of the oldest audit event not yet sealed into the hash chain.', 'max', (s) => s.sealerLagSeconds());
+  readonly policyVersion = this.gauge('writ_policy_version', 'Policy version in force on this instance (the oldest among its worker processes).', 'min', (s) => s.policyVersion());
+  readonly revocationsFresh = this.gauge('writ_revocations_fresh', '1 while the in-memory revoked set is known to be current (in every worker process).', 'min', (s) => (s.revocationsFresh() ? 1 : 0));
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'writ_' });
   }
+
+  private gauge(name: string, help: string, aggregator: 'sum' | 'min' | 'max', read: (sources: GaugeSources) => number): Gauge {
+    const sources = (): GaugeSources | undefined => this.sources;
+    return new Gauge({
+      name, help, aggregator, registers: [this.registry],
+      collect(this: Gauge) {
+        const current = sources();
+        if (current) this.set(read(current));
+      },
+    });
+  }
+
+  /** Where the gauges read the instance's state. */
+  bind(sources: GaugeSources): void {
+    this.sources = sources;
+  }
+
+  /** In a worker process: answer the primary's scrapes (prom-client's cluster protocol). */
+  serveToPrimary(): void {
+    AggregatorRegistry.setRegistries([this.registry]);
+    // Constructing one installs the worker's message listener.
+    void new AggregatorRegistry();
+  }
+}
+
+/** What a scrape answers: one instance's registry, or the sum over worker processes. */
+interface Scrapable {
+  contentType: string;
+  metrics(): Promise<string>;
 }
 
 /** The separate listener of WRIT_METRICS_ADDR: `/metrics` only. */
-export function serveMetrics(metrics: Metrics, addr: { host: string; port: number }, beforeScrape: () => void): Promise<Server> {
+export function serveMetrics(source: Metrics | 'workers', addr: { host: string; port: number }): Promise<Server> {
+  const scrapable: Scrapable = source === 'workers'
+    ? (() => {
+        const aggregator = new AggregatorRegistry();
+        return { contentType: aggregator.contentType, metrics: () => aggregator.clusterMetrics() };
+      })()
+    : source.registry;
   const server = createServer((req, res) => {
     res.setHeader('X-Request-Id', randomUUID());
     if (req.url !== '/metrics' || req.method !== 'GET') {
       res.writeHead(404).end();
       return;
     }
-    beforeScrape();
-    metrics.registry.metrics().then(
-      (body) => res.writeHead(200, { 'content-type': metrics.registry.contentType }).end(body),
+    scrapable.metrics().then(
+      (body) => res.writeHead(200, { 'content-type': scrapable.contentType }).end(body),
       () => res.writeHead(500).end(),
     );
   });

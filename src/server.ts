@@ -56,6 +56,12 @@ export interface WritOptions {
   metrics?: boolean;
   /** The local admin credential (`writ serve` on the embedded database). */
   localToken?: () => string | undefined;
+  /**
+   * Set in a worker process of `writ serve` with WRIT_WORKERS > 1: its metrics are scraped
+   * through the primary, and only worker 0 runs the audit sealer (the others would only wait
+   * on its lock).
+   */
+  worker?: { index: number };
 }
 
 export async function createWrit(config: Config, logger: Logger, options: WritOptions = {}): Promise<Writ> {
@@ -168,17 +174,19 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
     let server: Server | undefined;
     let metricsServer: Server | undefined;
     let draining = false;
-    const refreshGauges = (): void => {
-      metrics.auditQueue.set(auditQueue.pending);
-      metrics.auditDropped.set(auditQueue.dropped);
-      metrics.policyVersion.set(policy.policy.version);
-      metrics.revocationsFresh.set(revocations.isFresh() ? 1 : 0);
-      metrics.sealerLag.set(auditSealer.lag() / 1000);
-    };
+    metrics.bind({
+      auditQueue: () => auditQueue.pending,
+      auditDropped: () => auditQueue.dropped,
+      sealerLagSeconds: () => auditSealer.lag() / 1000,
+      policyVersion: () => policy.policy.version,
+      revocationsFresh: () => revocations.isFresh(),
+    });
+    if (options.worker) metrics.serveToPrimary();
+    const runsSealer = (options.worker?.index ?? 0) === 0;
     const writ: Writ = {
       config, db, app, provider, policy, revocations, keys, derived, auditQueue, auditSealer, metrics,
       listen: async () => {
-        if (options.metrics) metricsServer = await serveMetrics(metrics, config.metricsAddr, refreshGauges);
+        if (options.metrics && !options.worker) metricsServer = await serveMetrics(metrics, config.metricsAddr);
         return new Promise((resolve, reject) => {
           server = app.listen(config.port, config.host);
           server.once('error', reject);
@@ -199,11 +207,11 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
         await policy.stop();
         await revocations.stop();
         await auditQueue.close();
-        await auditSealer.stop();
+        if (runsSealer) await auditSealer.stop();
         if (!options.db) await db.close();
       },
     };
-    auditSealer.start();
+    if (runsSealer) auditSealer.start();
     return writ;
   } catch (err) {
     if (!options.db) await db.close().catch(() => undefined);

@@ -1,9 +1,11 @@
+import cluster from 'node:cluster';
 import { createWrit, type Writ } from '../server.ts';
 import { createLogger } from '../log.ts';
 import { migrate, openDatabase } from '../store/db.ts';
 import type { CliContext } from './context.ts';
 import { claimDataDir, releaseDataDir, runningServer, type LocalServer } from './local-server.ts';
 import { policyApply } from './policy.ts';
+import { superviseWorkers, workerIndex } from './workers.ts';
 
 export interface Serving {
   writ: Writ;
@@ -12,7 +14,7 @@ export interface Serving {
 }
 
 /** Starts Writ: migrate, load keys and policy, listen. On the embedded database it claims the data dir. */
-export async function startServing(ctx: CliContext, options: { applyDir?: string; logLevel?: string; metrics?: boolean } = {}): Promise<Serving> {
+export async function startServing(ctx: CliContext, options: { applyDir?: string; logLevel?: string; metrics?: boolean; worker?: { index: number } } = {}): Promise<Serving> {
   const { config } = ctx;
   const embedded = !config.databaseUrl;
   if (embedded) {
@@ -24,12 +26,17 @@ export async function startServing(ctx: CliContext, options: { applyDir?: string
     const code = await policyApply(ctx, options.applyDir, 'applied at start');
     if (code !== 0) throw new Error(`policy in ${options.applyDir} could not be applied`);
   }
-  const logger = createLogger(options.logLevel ?? config.logLevel);
+  const base = createLogger(options.logLevel ?? config.logLevel);
+  const logger = options.worker ? base.child({ worker: options.worker.index }) : base;
   let local: LocalServer | undefined;
-  const writ = await createWrit(config, logger, { localToken: () => local?.token, metrics: options.metrics ?? true });
+  const writ = await createWrit(config, logger, {
+    localToken: () => local?.token,
+    metrics: options.metrics ?? true,
+    ...(options.worker ? { worker: options.worker } : {}),
+  });
   const url = await writ.listen();
   if (embedded) local = claimDataDir(config.dataDir, url);
-  logger.info({ url, issuer: config.issuer, database: writ.db.kind, policyVersion: writ.policy.policy.version }, 'writ serving');
+  logger.info({ url, issuer: config.issuer, database: writ.db.kind, policyVersion: writ.policy.policy.version }, options.worker ? 'worker serving' : 'writ serving');
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> => {
     stopping ??= (async () => {
@@ -42,14 +49,20 @@ export async function startServing(ctx: CliContext, options: { applyDir?: string
 }
 
 export async function serve(ctx: CliContext, options: { applyDir?: string }): Promise<number> {
-  const serving = await startServing(ctx, options);
+  if (cluster.isPrimary && ctx.config.workers > 1) return superviseWorkers(ctx, options);
+  // A worker: the primary has prepared the database and applied any policy already.
+  const worker = cluster.isWorker ? { index: workerIndex() } : undefined;
+  const serving = await startServing(ctx, worker ? { worker } : options);
   await new Promise<void>((resolve) => {
+    const stop = (): void => void serving.stop().then(resolve);
     const onSignal = (signal: NodeJS.Signals): void => {
-      process.stderr.write(`${signal}: finishing in-flight requests\n`);
-      void serving.stop().then(resolve);
+      if (!worker) process.stderr.write(`${signal}: finishing in-flight requests\n`);
+      stop();
     };
     process.once('SIGTERM', onSignal);
     process.once('SIGINT', onSignal);
+    // A worker whose primary is gone has no one to hand it connections or restart it.
+    if (worker) process.once('disconnect', stop);
   });
   return 0;
 }

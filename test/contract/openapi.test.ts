@@ -1191,7 +1191,7 @@ describe('openapi.yaml against a running Writ', () => {
     conformsTo(spec.components.responses.NotFound!, main, 'GET /metrics on the main listener');
 
     // The listener `writ serve` starts on WRIT_METRICS_ADDR, here on a free port.
-    const metricsServer: Server = await serveMetrics(t.writ.metrics, { host: '127.0.0.1', port: 0 }, () => undefined);
+    const metricsServer: Server = await serveMetrics(t.writ.metrics, { host: '127.0.0.1', port: 0 });
     const base = `http://127.0.0.1:${(metricsServer.address() as AddressInfo).port}`;
     try {
       const scrape = expectDocumented('/metrics', 'get', await send('GET', '/metrics', { base }));

@@ -14,7 +14,7 @@ describe('configuration (DESIGN.md §3)', () => {
     const c = loadConfig({ WRIT_DATA_DIR: dir });
     expect(c).toMatchObject({
       env: 'development', databaseUrl: undefined, dataDir: dir, issuer: 'http://localhost:4000', port: 4000, host: '127.0.0.1',
-      trustProxy: false, maxTtl: 900, metricsAddr: { host: '127.0.0.1', port: 9464 }, logLevel: 'info',
+      trustProxy: false, maxTtl: 900, metricsAddr: { host: '127.0.0.1', port: 9464 }, logLevel: 'info', workers: 1,
     });
     // The development KEK is generated once into the data dir, private to its owner, and reused.
     expect(c.kek).toHaveLength(32);
@@ -28,6 +28,14 @@ describe('configuration (DESIGN.md §3)', () => {
     expect(loadConfig({ WRIT_DATA_DIR: dataDir(), WRIT_KEK: kek.toString('base64url') }).kek.equals(kek)).toBe(true);
     expect(() => loadConfig({ WRIT_DATA_DIR: dataDir(), WRIT_KEK: randomBytes(16).toString('base64') })).toThrow(/32 bytes/);
     expect(() => loadConfig({ WRIT_DATA_DIR: dataDir(), WRIT_KEK: 'not base64!' })).toThrow(ConfigError);
+  });
+
+  it('runs worker processes only on PostgreSQL', () => {
+    const pg = 'postgres://127.0.0.1/writ';
+    expect(loadConfig({ WRIT_DATA_DIR: dataDir(), DATABASE_URL: pg, WRIT_WORKERS: '4' }).workers).toBe(4);
+    expect(() => loadConfig({ WRIT_DATA_DIR: dataDir(), WRIT_WORKERS: '2' })).toThrow(/needs DATABASE_URL/);
+    expect(() => loadConfig({ WRIT_DATA_DIR: dataDir(), DATABASE_URL: pg, WRIT_WORKERS: '0' })).toThrow(/between 1 and 64/);
+    expect(() => loadConfig({ WRIT_DATA_DIR: dataDir(), DATABASE_URL: pg, WRIT_WORKERS: 'auto' })).toThrow(/whole number/);
   });
 
   it('production requires WRIT_KEK and an https issuer', () => {
