@@ -11,6 +11,7 @@ import type { RateLimit } from '../policy/model.ts';
 import { TASK_FLAG } from './handlers.ts';
 import { formGuard } from './form-guard.ts';
 import { setRateLimitHeaders, type RateLimiter } from './rate-limit.ts';
+import { RefusalHold } from './refusal-hold.ts';
 
 export interface AppDeps {
   provider: Provider;
@@ -246,6 +247,7 @@ export function createApp(deps: AppDeps): Koa {
   });
 
   const tally = new RefusalTally(deps.auditQueue);
+  const hold = new RefusalHold();
   // Failed client authentications are limited per source address and per claimed client id;
   // once a bucket is empty further attempts are refused before any secret is checked.
   app.use(async (ctx, next) => {
@@ -269,6 +271,10 @@ export function createApp(deps: AppDeps): Koa {
       state.writAudited = true;
       state.writReason = reason;
       tally.add(reason, claimed ?? null, ctx.ip, ctx.path, state.requestId as string);
+      // A caller back before its Retry-After gets this refusal only then (src/http/refusal-hold.ts).
+      const plan = deps.draining() ? 0 : hold.plan(`${key}\n${ctx.ip}`, rate.retryAfter);
+      if (plan === 'close') ctx.set('Connection', 'close');
+      else if (plan > 0) await hold.hold(plan);
       setRateLimitHeaders(ctx, rate);
       ctx.status = 429;
       ctx.set('Cache-Control', 'no-store');

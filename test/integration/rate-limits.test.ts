@@ -30,6 +30,18 @@ describe('rate limits', () => {
     expect(Number(limited.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
     expect(limited.headers.get('ratelimit-remaining')).toBe('0');
     expect((await t.auditRows({ request_id: limited.headers.get('x-request-id') })).map((r) => r.reason)).toEqual(['rate_limited']);
+    // Asking again at once, ignoring Retry-After: the refusal comes only when it was told to retry.
+    const wait = Number(limited.headers.get('retry-after'));
+    const early = performance.now();
+    const again = await exchange('planner-agent', 'user-early');
+    expect(again.status).toBe(429);
+    expect(again.body.access_token).toBeUndefined();
+    expect(performance.now() - early).toBeGreaterThanOrEqual(wait * 1000 - 400);
+    // Having waited as told, a client is answered at once.
+    await new Promise((r) => setTimeout(r, 1000));
+    const patient = performance.now();
+    expect((await exchange('planner-agent', 'user-patient')).status).toBe(200);
+    expect(performance.now() - patient).toBeLessThan(1000);
     // The executor has no limit of its own.
     const hop = await t.post('/token', { grant_type: TX, subject_token: await t.idp.token(t.issuer, { sub: 'zed' }), subject_token_type: AT, audience: PAYMENTS }, basicAuth('executor-agent'));
     expect(hop.status).not.toBe(429);
