@@ -42,9 +42,11 @@ export interface SealOnceOptions {
 
 interface Head {
   seq: number;
+  /** The sealed event's id. */
   id: number;
   hash: string;
-  occurredMs: number;
+  /** The sealed event's occurred_at; null when that event is gone. */
+  occurredMs: number | null;
 }
 
 interface CandidateRow extends ChainEvent {
@@ -68,13 +70,16 @@ const TWO_31 = 2 ** 31;
  * Chains committed audit events in the background, shortly after they commit; never on the
  * request path, so exchanges do not queue behind the chain.
  *
+ * The chain lives in audit_chain (migration 006): sealing appends one narrow row per event,
+ * a whole pass in one INSERT, and never touches audit_events, which is immutable.
+ *
  * Order. The chain follows id order, and never skips an id that may still commit: rows
  * commit out of id order, and a row with a lower id turning up below the sealed head is
  * exactly what an inserted (forged) row looks like, so it must never happen legitimately.
  * Each transaction inserting audit rows holds, until it ends, a shared advisory lock keyed by
- * its first (lowest) id (the insert trigger of migration 002). A pass
+ * its first (lowest) id (the insert trigger of migrations 002 and 006). A pass
  *   1. reads those in-flight markers and the clock (t1), then the id sequence;
- *   2. reads unsealed rows above the head in id order, in a fresh snapshot;
+ *   2. reads the events above the head's event id in id order, in a fresh snapshot;
  *   3. seals the prefix of them below the lowest in-flight id and older than t1 - graceMs,
  *      stopping at the first row that is not (so no gap is ever left behind the head).
  * A transaction whose marker was not seen in 1 either had finished (its rows are in the
@@ -83,8 +88,9 @@ const TWO_31 = 2 ** 31;
  * than graceMs after its id was taken (the two happen within one row insert) could be missed.
  *
  * Rows that cannot be legitimate are not sealed (which would launder them into the chain):
- * backdated rows (see backdateToleranceMs) and rows below the head. `audit verify` names them.
- * If the head is behind the last checkpoint (the tail was deleted), sealing stops and says so.
+ * backdated rows (see backdateToleranceMs), rows below the head, and rows sharing an id.
+ * `audit verify` names them. If the head is behind the last checkpoint (the tail was
+ * deleted), does not match it, or its event is gone, sealing stops and says so.
  *
  * Passes take a transaction-level advisory lock, so several instances may run a sealer.
  */
@@ -195,9 +201,10 @@ export class AuditSealer {
   /** The oldest committed event still waiting above the head (anomalies left aside). */
   private async measureLag(trx: Knex.Transaction, headId: number, skipped: number[]): Promise<void> {
     const oldest = await trx.raw<{ rows: Array<{ ms: string | number | null }> }>(`
-      SELECT extract(epoch FROM min(occurred_at)) * 1000 AS ms FROM audit_events
-      WHERE seq IS NULL AND id > ? AND id NOT IN (SELECT CAST(jsonb_array_elements_text(CAST(? AS jsonb)) AS bigint))`,
-    [headId, JSON.stringify(skipped)]);
+      SELECT extract(epoch FROM min(e.occurred_at)) * 1000 AS ms FROM audit_events e
+      WHERE e.id > ? AND NOT (e.id = ANY(CAST(? AS bigint[])))
+        AND NOT EXISTS (SELECT 1 FROM audit_chain c WHERE c.event_id = e.id AND c.event_id > ?)`,
+    [headId, skipped, headId]);
     const ms = oldest.rows[0]?.ms;
     this.oldestUnsealedMs = ms === null || ms === undefined ? undefined : Number(ms);
   }
@@ -252,21 +259,33 @@ export class AuditSealer {
         await this.measureLag(trx, head.id, []);
         return 0;
       }
+      // Without the head's event there is no date to tell a backdated row by.
+      if (head && head.occurredMs === null) {
+        this.reportOnce(`headless:${head.seq}`, () => this.logger.error(
+          { seq: head.seq, id: head.id }, 'audit chain head\'s event is missing (deleted?): sealing stopped; run `writ audit verify`'));
+        await this.measureLag(trx, head.id, []);
+        return 0;
+      }
 
-      // 3. Unsealed rows above the head, in id order, in a snapshot taken after step 1.
-      const candidates = await trx.raw<{ rows: CandidateRow[] }>(`
-        SELECT id, ${OCCURRED_AT_SQL} AS occurred_at, extract(epoch FROM occurred_at) * 1000 AS occurred_ms,
-          type, outcome, reason, request_id, client_id, jti, parent_jti, task_id, subject, audience, policy_version, details
-        FROM audit_events WHERE seq IS NULL AND id > ? ORDER BY id LIMIT ?`, [head?.id ?? 0, this.batchSize]);
+      // 3. Events above the head, in id order, in a snapshot taken after step 1.
+      const candidates = await readCandidates(trx, head?.id ?? 0, this.batchSize);
+      const shared = sharedIds(candidates);
       let tip: Head | undefined = head;
-      const seals: Array<{ id: number; seq: number; prev_hash: string; hash: string }> = [];
+      const seals: Seal[] = [];
       const skipped: number[] = [];
-      for (const row of candidates.rows) {
+      for (const row of candidates) {
         const id = Number(row.id);
         const occurredMs = Number(row.occurred_ms);
         if (id >= watermark) break;
         if (occurredMs >= t1 - graceMs) break;
-        if (tip && occurredMs < tip.occurredMs - this.backdateToleranceMs) {
+        if (shared.has(id)) {
+          skipped.push(id);
+          this.anomalies += 1;
+          this.reportOnce(`shared:${id}`, () => this.logger.error(
+            { id }, 'audit events share an id (forged insert?): left unsealed; run `writ audit verify`'));
+          continue;
+        }
+        if (tip && tip.occurredMs !== null && occurredMs < tip.occurredMs - this.backdateToleranceMs) {
           skipped.push(id);
           this.anomalies += 1;
           this.reportOnce(`backdated:${id}`, () => this.logger.error(
@@ -277,21 +296,10 @@ export class AuditSealer {
         const seq = (tip?.seq ?? 0) + 1;
         const prevHash = tip?.hash ?? GENESIS_HASH;
         const hash = eventHash(prevHash, seq, row);
-        seals.push({ id, seq, prev_hash: prevHash, hash });
+        seals.push({ id, seq, prevHash, hash });
         tip = { seq, id, hash, occurredMs };
       }
-
-      if (seals.length > 0) {
-        const updated = await trx.raw<{ rowCount?: number; rows: unknown[] }>(`
-          UPDATE audit_events AS a
-          SET seq = v.seq, prev_hash = v.prev_hash, hash = v.hash, sealed_at = clock_timestamp()
-          FROM jsonb_to_recordset(CAST(? AS jsonb)) AS v(id bigint, seq bigint, prev_hash text, hash text)
-          WHERE a.id = v.id AND a.seq IS NULL
-          RETURNING a.id`, [JSON.stringify(seals)]);
-        if (updated.rows.length !== seals.length) {
-          throw new Error(`audit sealer: expected to seal ${seals.length} events, sealed ${updated.rows.length}`);
-        }
-      }
+      await insertSeals(trx, seals);
 
       // 4. A signed checkpoint at the head when enough has been sealed since the last one.
       if (tip && tip.seq > (lastCheckpoint?.seq ?? 0)) {
@@ -321,10 +329,59 @@ export class AuditSealer {
   }
 }
 
+interface Seal {
+  id: number;
+  seq: number;
+  prevHash: string;
+  hash: string;
+}
+
+/** The highest chain row, with its event's occurred_at (null when that event is gone). */
 async function readHead(knex: Knex): Promise<Head | undefined> {
-  const result = await knex.raw<{ rows: Array<{ seq: string | number; id: string | number; hash: string; occurred_ms: string | number }> }>(`
-    SELECT seq, id, hash, extract(epoch FROM occurred_at) * 1000 AS occurred_ms
-    FROM audit_events WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1`);
+  // Were a forged event to share the head's id, the earliest date is the one that can only
+  // make the backdate test laxer, never hold back a legitimate row.
+  const result = await knex.raw<{ rows: Array<{ seq: string | number; event_id: string | number; hash: string; occurred_ms: string | number | null }> }>(`
+    SELECT c.seq, c.event_id, c.hash,
+      (SELECT extract(epoch FROM min(e.occurred_at)) * 1000 FROM audit_events e WHERE e.id = c.event_id) AS occurred_ms
+    FROM audit_chain c ORDER BY c.seq DESC LIMIT 1`);
   const row = result.rows[0];
-  return row ? { seq: Number(row.seq), id: Number(row.id), hash: row.hash, occurredMs: Number(row.occurred_ms) } : undefined;
+  if (!row) return undefined;
+  const occurredMs = row.occurred_ms === null ? null : Number(row.occurred_ms);
+  return { seq: Number(row.seq), id: Number(row.event_id), hash: row.hash, occurredMs };
+}
+
+/**
+ * Unsealed events above the head's event id, in id order: a range scan of each partition's
+ * primary key (id, occurred_at). Above the head nothing is sealed unless the chain was
+ * tampered with out of id order; the anti-join keeps such an event from being sealed twice.
+ * Its bound on c.event_id keeps it to the chain rows above the head too (none, normally):
+ * PostgreSQL would otherwise hash the whole of audit_chain on every pass.
+ */
+async function readCandidates(knex: Knex, headId: number, limit: number): Promise<CandidateRow[]> {
+  const result = await knex.raw<{ rows: CandidateRow[] }>(`
+    SELECT e.id, ${OCCURRED_AT_SQL} AS occurred_at, extract(epoch FROM e.occurred_at) * 1000 AS occurred_ms,
+      e.type, e.outcome, e.reason, e.request_id, e.client_id, e.jti, e.parent_jti, e.task_id, e.subject, e.audience,
+      e.policy_version, e.details
+    FROM audit_events e
+    WHERE e.id > ? AND NOT EXISTS (SELECT 1 FROM audit_chain c WHERE c.event_id = e.id AND c.event_id > ?)
+    ORDER BY e.id, e.occurred_at LIMIT ?`, [headId, headId, limit]);
+  return result.rows;
+}
+
+/** Ids held by more than one row: the id sequence never gives one twice, so one is forged. */
+function sharedIds(rows: CandidateRow[]): Set<number> {
+  const shared = new Set<number>();
+  for (let i = 1; i < rows.length; i += 1) {
+    if (Number(rows[i]!.id) === Number(rows[i - 1]!.id)) shared.add(Number(rows[i]!.id));
+  }
+  return shared;
+}
+
+/** The whole pass in one statement: narrow rows appended, no row of audit_events touched. */
+async function insertSeals(knex: Knex, seals: Seal[]): Promise<void> {
+  if (seals.length === 0) return;
+  await knex.raw(`
+    INSERT INTO audit_chain (seq, event_id, prev_hash, hash)
+    SELECT * FROM unnest(CAST(? AS bigint[]), CAST(? AS bigint[]), CAST(? AS text[]), CAST(? AS text[]))`,
+  [seals.map((s) => s.seq), seals.map((s) => s.id), seals.map((s) => s.prevHash), seals.map((s) => s.hash)]);
 }

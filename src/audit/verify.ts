@@ -2,11 +2,11 @@ import type { Knex } from 'knex';
 import { GENESIS_HASH, OCCURRED_AT_SQL, eventHash, verifyCheckpoint, type ChainEvent, type SignedCheckpoint } from './chain.ts';
 
 export type ProblemKind =
-  /** A sealed event's content (or its hash) differs from what was sealed. */
+  /** A sealed event's content differs from what was sealed (at the head, where nothing links to it, this also covers its chain row's hash). */
   | 'altered'
-  /** Sealed events are missing from the middle or the start of the chain (a seq gap). */
+  /** Sealed events are missing: from the middle or the start of the chain (a seq gap), or from audit_events while their chain rows remain. */
   | 'deleted'
-  /** An event that was not written where it sits: it breaks the chain, duplicates a seq, or is unsealed but older than the sealed head. */
+  /** An event that was not written where it sits: it breaks the chain, shares a sealed event's id, or is unsealed but below the sealed head or older than it. */
   | 'inserted'
   /** The chain ends before a signed checkpoint: its tail was deleted. */
   | 'truncated'
@@ -15,18 +15,25 @@ export type ProblemKind =
   /** A checkpoint whose signature does not verify (forged, altered, or signed under another key). */
   | 'bad_checkpoint'
   /** Committed events not sealed yet. A warning: the sealer runs shortly after commit, and only while a server runs. */
-  | 'unsealed_tail';
+  | 'unsealed_tail'
+  /** Chain rows deleted while their events remain: the events still recompute the chain across the gap. */
+  | 'seal_deleted'
+  /** A chain row's hash or prev_hash was changed while its event still recomputes the chain. */
+  | 'seal_altered';
 
 export interface VerifyProblem {
   kind: ProblemKind;
   severity: 'error' | 'warning';
   message: string;
-  /** The event concerned (for deleted: the event after the gap). */
+  /**
+   * The event concerned. For deleted: the event after the seq gap, or the first deleted event
+   * when the chain rows remain; for seal_deleted: the first event whose chain row is gone.
+   */
   id?: number;
   seq?: number;
-  /** For deleted/truncated/unsealed_tail: how many events. */
+  /** For deleted/seal_deleted/truncated/unsealed_tail: how many events. */
   count?: number;
-  /** For deleted: the event before the gap. */
+  /** For deleted/seal_deleted: the event before the gap. */
   afterId?: number;
   checkpointId?: number;
   /** For unsealed_tail: age of the oldest, ms. */
@@ -55,18 +62,26 @@ export interface VerifyOptions {
   maxListed?: number;
 }
 
-interface SealedRow extends ChainEvent {
-  id: number;
+/** An audit_events row as the chain covers it. */
+interface EventRow extends ChainEvent {
+  id: number | string;
   occurred_at: string;
-  seq: number | string;
-  prev_hash: string | null;
-  hash: string | null;
 }
 
+/** One audit_chain row with the events bearing its event_id: none if deleted, several if one was forged. */
+interface ChainEntry {
+  seq: number;
+  eventId: number;
+  prevHash: string;
+  hash: string;
+  events: EventRow[];
+}
+
+/** A chain row as the walk saw it: its stored hash, and the hash its event recomputes to. */
 interface Link {
   seq: number;
   id: number;
-  hash: string | null;
+  hash: string;
   computed: string;
 }
 
@@ -75,21 +90,232 @@ interface Checkpoint extends SignedCheckpoint {
   valid: boolean;
 }
 
-const EVENT_SELECT = `id, ${OCCURRED_AT_SQL} AS occurred_at, type, outcome, reason, request_id, client_id, jti, parent_jti,
-  task_id, subject, audience, policy_version, details, seq, prev_hash, hash`;
+const GENESIS: Link = { seq: 0, id: Number.MIN_SAFE_INTEGER, hash: GENESIS_HASH, computed: GENESIS_HASH };
+
+const EVENT_COLUMNS = `e.id, ${OCCURRED_AT_SQL} AS occurred_at, e.type, e.outcome, e.reason, e.request_id, e.client_id, e.jti,
+  e.parent_jti, e.task_id, e.subject, e.audience, e.policy_version, e.details`;
+
+/** `seq n`, or `seq n..m` for a run of `count` positions from `seq`. */
+function span(seq: number, count: number): string {
+  return count === 1 ? `seq ${seq}` : `seq ${seq}..${seq + count - 1}`;
+}
 
 /**
- * Walks the whole chain in seq order against the signed checkpoints (DESIGN.md §8) and names
- * what does not hold. Read-only; run it on a quiet database or live (the unsealed tail is then
- * whatever committed in the last moments).
+ * Walks audit_chain in seq order, each row joined to its event, and names what does not hold.
+ * Chain rows come one at a time (step); a gap makes it look for the events left between its
+ * ends, the only query besides the walk's own.
+ */
+class ChainWalk {
+  private readonly knex: Knex;
+  private readonly validBySeq: Map<number, Checkpoint[]>;
+  private readonly maxRelinked: number;
+  readonly errors: VerifyProblem[] = [];
+  /** Events whose chain rows were deleted, found in a gap: not also reported as inserted. */
+  readonly relinked: number[] = [];
+  prev: Link = GENESIS;
+  private prevPrev: Link | undefined;
+  first: Link | undefined;
+  count = 0;
+  /** occurred_at of the last chain row whose event is there. */
+  headOccurredAt: string | undefined;
+  /** An altered row is only known to be its chain row's hash once the next row links to the recomputed one. */
+  private altered: { problem: VerifyProblem; seq: number } | undefined;
+  /** The last run of events gone while their chain rows remain, extended while it continues. */
+  private gone: { problem: VerifyProblem; id: number; seq: number; count: number } | undefined;
+
+  constructor(knex: Knex, validBySeq: Map<number, Checkpoint[]>, maxRelinked: number) {
+    this.knex = knex;
+    this.validBySeq = validBySeq;
+    this.maxRelinked = maxRelinked;
+  }
+
+  async step(entry: ChainEntry): Promise<void> {
+    // Of several events with its id, the chain row vouches for the one that recomputes its hash.
+    const hashes = entry.events.map((e) => eventHash(entry.prevHash, entry.seq, e));
+    const at = Math.max(0, hashes.indexOf(entry.hash));
+    const event = entry.events[at];
+    const link: Link = {
+      seq: entry.seq, id: entry.eventId, hash: entry.hash,
+      // Without its event a row cannot be recomputed: its stored hash is taken, so the chain goes on.
+      computed: hashes[at] ?? entry.hash,
+    };
+    this.count += 1;
+    this.first ??= link;
+    for (const other of entry.events) {
+      if (other === event) continue;
+      this.error({ kind: 'inserted', id: link.id, seq: link.seq,
+        message: `an event dated ${other.occurred_at} shares the id of event ${link.id} (seq ${link.seq}): inserted` });
+    }
+    const named = entry.seq > this.prev.seq + 1 ? await this.gap(entry) : this.linkTo(entry, link, event);
+    if (!event) this.eventGone(link);
+    else if (link.computed !== link.hash && !named) {
+      const problem = this.error({ kind: 'altered', id: link.id, seq: link.seq,
+        message: `event ${link.id} at seq ${link.seq} was altered after sealing (its hash does not match its content)` });
+      this.altered = { problem, seq: link.seq };
+    }
+    this.compareCheckpoints(link);
+    this.prevPrev = this.prev;
+    this.prev = link;
+    if (event) this.headOccurredAt = event.occurred_at;
+  }
+
+  private error(p: Omit<VerifyProblem, 'severity'>): VerifyProblem {
+    const problem: VerifyProblem = { ...p, severity: 'error' };
+    this.errors.push(problem);
+    return problem;
+  }
+
+  /** The row right after prev: does it link to it? Returns whether `link` itself was named. */
+  private linkTo(entry: ChainEntry, link: Link, event: EventRow | undefined): boolean {
+    const p = this.prev;
+    if (entry.prevHash === p.hash || entry.prevHash === p.computed) {
+      if (entry.prevHash !== p.hash) this.sealAltered(p);
+      if (p.seq > 0 && link.id <= p.id) {
+        if (this.prevPrev && this.prevPrev.seq > 0 && this.prevPrev.id < link.id) {
+          this.error({ kind: 'inserted', id: p.id, seq: p.seq, message: `event ${p.id} at seq ${p.seq} is out of id order: inserted into the chain` });
+          return false;
+        }
+        this.error({ kind: 'inserted', id: link.id, seq: link.seq, message: `event ${link.id} at seq ${link.seq} is out of id order: inserted into the chain` });
+        return true;
+      }
+      return false;
+    }
+    const pp = this.prevPrev;
+    if (pp && pp.seq === p.seq - 1 && (entry.prevHash === pp.hash || entry.prevHash === pp.computed)) {
+      this.error({ kind: 'inserted', id: p.id, seq: p.seq,
+        message: `event ${p.id} at seq ${p.seq} was inserted into the chain: event ${link.id} (seq ${link.seq}) links past it to seq ${pp.seq}` });
+      return false;
+    }
+    if (event && eventHash(p.hash, link.seq, event) === link.hash) {
+      this.error({ kind: 'seal_altered', id: link.id, seq: link.seq,
+        message: `the chain row of event ${link.id} at seq ${link.seq} was altered: its prev_hash is not the hash of seq ${p.seq}, though the event links to it` });
+      return true;
+    }
+    this.error({ kind: 'inserted', id: link.id, seq: link.seq,
+      message: p.seq === 0
+        ? `event ${link.id} at seq 1 does not start the chain (its prev_hash is not the genesis hash)`
+        : `event ${link.id} at seq ${link.seq} does not link to event ${p.id} before it: it was inserted (or event ${p.id} was altered and re-hashed)` });
+    return true;
+  }
+
+  /** The `altered` reported at `link` was its chain row's hash: the event recomputes to what the chain holds. */
+  private sealAltered(link: Link): void {
+    if (this.altered?.seq !== link.seq) return;
+    Object.assign(this.altered.problem, {
+      kind: 'seal_altered',
+      message: `the chain row of event ${link.id} at seq ${link.seq} was altered: its hash is not the one its event recomputes to and the chain goes on from`,
+    });
+    this.altered = undefined;
+  }
+
+  /** Chain rows missing before `entry`: deleted alone if their events remain and still link, else with them. */
+  private async gap(entry: ChainEntry): Promise<boolean> {
+    const p = this.prev;
+    const missing = entry.seq - p.seq - 1;
+    const after = p.seq > 0 ? { afterId: p.id } : {};
+    const orphans = missing <= this.maxRelinked ? await this.unsealedBetween(p.id, entry.eventId, missing + 1) : [];
+    if (orphans.length === missing && relink(p, orphans) === entry.prevHash) {
+      const ids = orphans.map((o) => Number(o.id));
+      this.relinked.push(...ids);
+      this.error({ kind: 'seal_deleted', seq: p.seq + 1, count: missing, id: ids[0]!, ...after,
+        message: missing === 1
+          ? `the chain row of event ${ids[0]} (seq ${p.seq + 1}) was deleted; the event remains`
+          : `the chain rows of events ${ids[0]}..${ids.at(-1)} (${span(p.seq + 1, missing)}) were deleted; the events remain` });
+      return false;
+    }
+    this.error({ kind: 'deleted', seq: p.seq + 1, count: missing, id: entry.eventId, ...after,
+      message: p.seq === 0
+        ? `${missing === 1 ? 'event at seq 1' : `events at ${span(1, missing)}`} deleted (the chain starts at seq ${entry.seq}, event ${entry.eventId})`
+        : `${missing === 1 ? 'event at' : 'events at'} ${span(p.seq + 1, missing)} deleted (between events ${p.id} and ${entry.eventId})` });
+    return false;
+  }
+
+  private async unsealedBetween(lowId: number, highId: number, limit: number): Promise<EventRow[]> {
+    const result = await this.knex.raw<{ rows: EventRow[] }>(`
+      SELECT ${EVENT_COLUMNS} FROM audit_events e
+      WHERE e.id > ? AND e.id < ? AND NOT EXISTS (SELECT 1 FROM audit_chain c WHERE c.event_id = e.id AND c.event_id > ? AND c.event_id < ?)
+      ORDER BY e.id, e.occurred_at LIMIT ?`, [lowId, highId, lowId, highId, limit]);
+    return result.rows;
+  }
+
+  /** A chain row whose event is gone; consecutive ones make one problem. */
+  private eventGone(link: Link): void {
+    const run = this.gone;
+    if (run && run.seq + run.count === link.seq) {
+      run.count += 1;
+      Object.assign(run.problem, { count: run.count, message: `events ${run.id}..${link.id} at ${span(run.seq, run.count)} deleted; their chain rows remain` });
+      return;
+    }
+    const problem = this.error({ kind: 'deleted', seq: link.seq, count: 1, id: link.id,
+      message: `event ${link.id} at seq ${link.seq} deleted; its chain row remains` });
+    this.gone = { problem, id: link.id, seq: link.seq, count: 1 };
+  }
+
+  private compareCheckpoints(link: Link): void {
+    for (const c of this.validBySeq.get(link.seq) ?? []) {
+      // A checkpoint matching what the event recomputes to shows the row's hash was what changed.
+      if (c.hash === link.computed && link.computed !== link.hash) this.sealAltered(link);
+      if (c.hash === link.hash || c.hash === link.computed) continue;
+      this.error({ kind: 'rewritten', seq: link.seq, id: link.id, ...(c.id !== null ? { checkpointId: c.id } : {}),
+        message: `the chain at seq ${link.seq} (event ${link.id}) does not match its signed checkpoint: events up to it were changed and the chain recomputed` });
+    }
+  }
+}
+
+/** The hash at the end of `events` chained on from `from`. */
+function relink(from: Link, events: EventRow[]): string {
+  let hash = from.hash;
+  events.forEach((e, i) => {
+    hash = eventHash(hash, from.seq + 1 + i, e);
+  });
+  return hash;
+}
+
+/** Chain rows after `afterSeq`, each with the events bearing its event_id. */
+async function readChain(knex: Knex, afterSeq: number, limit: number): Promise<ChainEntry[]> {
+  const chain = await knex.raw<{ rows: Array<{ seq: number | string; event_id: number | string; prev_hash: string; hash: string }> }>(
+    'SELECT seq, event_id, prev_hash, hash FROM audit_chain WHERE seq > ? ORDER BY seq LIMIT ?', [afterSeq, limit]);
+  const entries: ChainEntry[] = chain.rows.map((r) => ({ seq: Number(r.seq), eventId: Number(r.event_id), prevHash: r.prev_hash, hash: r.hash, events: [] }));
+  const byId = new Map(entries.map((e) => [e.eventId, e]));
+  for (const event of await readEvents(knex, [...byId.keys()])) byId.get(Number(event.id))?.events.push(event);
+  return entries;
+}
+
+/**
+ * The events with these ids, by id then occurred_at. The chain is in id order, so a batch's ids
+ * lie in a narrow range: one range scan of each partition's primary key reads them (a join
+ * would have PostgreSQL hash the whole table for every batch). Ids spread wider (a chain
+ * tampered out of order) are read one by one.
+ */
+async function readEvents(knex: Knex, ids: number[]): Promise<EventRow[]> {
+  if (ids.length === 0) return [];
+  const low = Math.min(...ids);
+  const high = Math.max(...ids);
+  const narrow = high - low <= 4 * ids.length + 100;
+  const result = await knex.raw<{ rows: EventRow[] }>(`
+    SELECT ${EVENT_COLUMNS} FROM audit_events e
+    WHERE ${narrow ? 'e.id BETWEEN ? AND ?' : 'e.id = ANY(CAST(? AS bigint[]))'}
+    ORDER BY e.id, e.occurred_at`, narrow ? [low, high] : [ids]);
+  return result.rows;
+}
+
+type TailRow = { n: number | string; oldest_id: number | string | null; age_ms: number | string | null };
+
+/**
+ * Checks the chain (audit_chain joined to audit_events, in seq order) against the signed
+ * checkpoints (DESIGN.md §8) and names what does not hold. Read-only; run it on a quiet
+ * database or live (the unsealed tail is then whatever committed in the last moments).
  *
  * What each tampering looks like:
  * - content of a sealed event changed: its hash no longer recomputes → altered;
- * - a sealed event deleted: a seq gap → deleted (the tail: the last checkpoint's seq is
- *   missing → truncated);
- * - a forged event: inserted plainly it is unsealed, and if backdated or below the head the
- *   sealer leaves it so → inserted; spliced into the chain it breaks the link of the event
- *   after it, or of itself → inserted;
+ * - a sealed event deleted with its chain row: a seq gap → deleted (the tail: the last
+ *   checkpoint's seq is missing → truncated); without it: a chain row with no event → deleted;
+ * - a chain row deleted, its event left: a seq gap the event still recomputes → seal_deleted;
+ * - a chain row's hash or prev_hash changed: the event recomputes what the next row (or the
+ *   checkpoint) links to, or links to the row before → seal_altered;
+ * - a forged event: inserted plainly it is unsealed, and if backdated, below the head or
+ *   sharing an id the sealer leaves it so → inserted; spliced into the chain it breaks the
+ *   link of the event after it, or of itself → inserted;
  * - any of these with every later hash recomputed: the chain holds but no longer matches the
  *   next signed checkpoint → rewritten. (Changes after the last checkpoint, recomputed, are
  *   only caught by the next one: checkpoints are frequent for that reason.)
@@ -98,7 +324,6 @@ export async function verifyAuditChain(knex: Knex, checkpointKey: Buffer, option
   const batchSize = options.batchSize ?? 2000;
   const tolerance = options.backdateToleranceMs ?? 300_000;
   const maxListed = options.maxListed ?? 100;
-  const errors: VerifyProblem[] = [];
   const warnings: VerifyProblem[] = [];
 
   // Checkpoints: signatures first; only valid ones vouch for anything.
@@ -131,89 +356,19 @@ export async function verifyAuditChain(knex: Knex, checkpointKey: Buffer, option
   }
 
   // The chain, in seq order.
-  let prev: Link | undefined;
-  let prevPrev: Link | undefined;
-  let first: Link | undefined;
-  let count = 0;
-  let cursor: { seq: number; id: number } | undefined;
-  let headOccurredAt: string | undefined;
-  for (;;) {
-    const batch = await knex.raw<{ rows: SealedRow[] }>(`
-      SELECT ${EVENT_SELECT} FROM audit_events
-      WHERE seq IS NOT NULL${cursor ? ' AND seq >= ? AND NOT (seq = ? AND id <= ?)' : ''}
-      ORDER BY seq, id LIMIT ?`, cursor ? [cursor.seq, cursor.seq, cursor.id, batchSize] : [batchSize]);
-    for (const row of batch.rows) {
-      const seq = Number(row.seq);
-      const id = Number(row.id);
-      const computed = eventHash(row.prev_hash ?? '', seq, row);
-      const link: Link = { seq, id, hash: row.hash, computed };
-      const selfOk = row.hash === computed;
-      let named = false;
-      const inserted = (who: Link, message: string): void => {
-        errors.push({ kind: 'inserted', severity: 'error', id: who.id, seq: who.seq, message });
-        if (who === link) named = true;
-      };
-      count += 1;
-      if (!prev) {
-        first = link;
-        if (seq === 1) {
-          if (row.prev_hash !== GENESIS_HASH) inserted(link, `event ${id} at seq 1 does not start the chain (its prev_hash is not the genesis hash)`);
-        } else {
-          // Retention (dropping old partitions, not built yet) will have to leave a signed
-          // marker that verify accepts here; until then a chain starts at seq 1.
-          errors.push({
-            kind: 'deleted', severity: 'error', seq: 1, count: seq - 1, id,
-            message: seq === 2
-              ? `event at seq 1 deleted (the chain starts at seq 2, event ${id})`
-              : `events at seq 1..${seq - 1} deleted (the chain starts at seq ${seq}, event ${id})`,
-          });
-        }
-      } else if (seq === prev.seq) {
-        inserted(link, `event ${id} duplicates seq ${seq} (held by event ${prev.id})`);
-      } else if (seq > prev.seq + 1) {
-        errors.push({
-          kind: 'deleted', severity: 'error', seq: prev.seq + 1, count: seq - prev.seq - 1, afterId: prev.id, id,
-          message: seq - prev.seq - 1 === 1
-            ? `event at seq ${prev.seq + 1} deleted (between events ${prev.id} and ${id})`
-            : `events at seq ${prev.seq + 1}..${seq - 1} deleted (between events ${prev.id} and ${id})`,
-        });
-      } else {
-        const linked = row.prev_hash !== null && (row.prev_hash === prev.hash || row.prev_hash === prev.computed);
-        if (!linked) {
-          if (prevPrev && prevPrev.seq === prev.seq - 1 && row.prev_hash !== null && (row.prev_hash === prevPrev.hash || row.prev_hash === prevPrev.computed)) {
-            inserted(prev, `event ${prev.id} at seq ${prev.seq} was inserted into the chain: event ${id} (seq ${seq}) links past it to seq ${prevPrev.seq}`);
-          } else {
-            inserted(link, `event ${id} at seq ${seq} does not link to event ${prev.id} before it: it was inserted (or event ${prev.id} was altered and re-hashed)`);
-          }
-        } else if (id <= prev.id) {
-          if (prevPrev && prevPrev.id < id) inserted(prev, `event ${prev.id} at seq ${prev.seq} is out of id order: inserted into the chain`);
-          else inserted(link, `event ${id} at seq ${seq} is out of id order: inserted into the chain`);
-        }
-      }
-      if (!selfOk && !named) {
-        errors.push({ kind: 'altered', severity: 'error', id, seq, message: `event ${id} at seq ${seq} was altered after sealing (its hash does not match its content)` });
-      }
-      for (const c of validBySeq.get(seq) ?? []) {
-        if (c.hash !== row.hash) {
-          errors.push({
-            kind: 'rewritten', severity: 'error', seq, id, ...(c.id !== null ? { checkpointId: c.id } : {}),
-            message: `the chain at seq ${seq} (event ${id}) does not match its signed checkpoint: events up to it were changed and the chain recomputed`,
-          });
-        }
-      }
-      if (seq !== prev?.seq) {
-        prevPrev = prev;
-        prev = link;
-      }
-      headOccurredAt = row.occurred_at;
-      cursor = { seq, id };
-    }
-    if (batch.rows.length < batchSize) break;
+  const walk = new ChainWalk(knex, validBySeq, batchSize);
+  for (let after = 0; ;) {
+    const entries = await readChain(knex, after, batchSize);
+    for (const entry of entries) await walk.step(entry);
+    if (entries.length < batchSize) break;
+    after = entries.at(-1)!.seq;
   }
+  const errors = walk.errors;
+  const head = walk.count > 0 ? walk.prev : undefined;
 
   // A signed checkpoint beyond the end of the chain: its tail is gone.
   const lastValid = [...checkpoints, ...external].filter((c) => c.valid).reduce<Checkpoint | undefined>((a, c) => (!a || c.seq > a.seq ? c : a), undefined);
-  const lastSeq = prev?.seq ?? 0;
+  const lastSeq = head?.seq ?? 0;
   if (lastValid && lastValid.seq > lastSeq) {
     errors.push({
       kind: 'truncated', severity: 'error', seq: lastSeq + 1, count: lastValid.seq - lastSeq,
@@ -222,33 +377,9 @@ export async function verifyAuditChain(knex: Knex, checkpointKey: Buffer, option
     });
   }
 
-  // Unsealed events: the tail waiting for the sealer, and anything that cannot be one.
-  let unsealed = { count: 0, oldestId: null as number | null, oldestAgeMs: null as number | null };
-  if (prev && headOccurredAt) {
-    const anomalies = await knex.raw<{ rows: Array<{ id: number | string; occurred_at: string }> }>(`
-      SELECT id, ${OCCURRED_AT_SQL} AS occurred_at FROM audit_events
-      WHERE seq IS NULL AND (id < ? OR occurred_at < CAST(? AS timestamptz) - make_interval(secs => ?))
-      ORDER BY id LIMIT ?`, [prev.id, headOccurredAt, tolerance / 1000, maxListed]);
-    for (const a of anomalies.rows) {
-      const id = Number(a.id);
-      errors.push({
-        kind: 'inserted', severity: 'error', id,
-        message: id < prev.id
-          ? `event ${id} is unsealed but below the sealed head (event ${prev.id}): inserted after the chain moved past it`
-          : `event ${id} is unsealed and dated ${a.occurred_at}, before the sealed head: backdated insert`,
-      });
-    }
-    const tail = await knex.raw<{ rows: Array<{ n: number | string; oldest_id: number | string | null; age_ms: number | string | null }> }>(`
-      SELECT count(*) AS n, min(id) AS oldest_id, extract(epoch FROM clock_timestamp() - min(occurred_at)) * 1000 AS age_ms
-      FROM audit_events WHERE seq IS NULL AND id > ? AND occurred_at >= CAST(? AS timestamptz) - make_interval(secs => ?)`,
-    [prev.id, headOccurredAt, tolerance / 1000]);
-    unsealed = tailOf(tail.rows[0]);
-  } else {
-    const tail = await knex.raw<{ rows: Array<{ n: number | string; oldest_id: number | string | null; age_ms: number | string | null }> }>(`
-      SELECT count(*) AS n, min(id) AS oldest_id, extract(epoch FROM clock_timestamp() - min(occurred_at)) * 1000 AS age_ms
-      FROM audit_events WHERE seq IS NULL`);
-    unsealed = tailOf(tail.rows[0]);
-  }
+  // Events without a chain row: anything that cannot be waiting for the sealer, then the tail that is.
+  if (head) errors.push(...await unsealedAnomalies(knex, head, walk, tolerance, maxListed));
+  const unsealed = head ? await unsealedAbove(knex, head, walk, tolerance) : await allUnsealed(knex);
   if (unsealed.count > 0) {
     warnings.push({
       kind: 'unsealed_tail', severity: 'warning', count: unsealed.count, id: unsealed.oldestId!, ageMs: unsealed.oldestAgeMs!,
@@ -260,7 +391,7 @@ export async function verifyAuditChain(knex: Knex, checkpointKey: Buffer, option
   const problems = [...all, ...warnings];
   return {
     ok: all.length === 0,
-    sealed: { count, firstSeq: first?.seq ?? null, lastSeq: prev?.seq ?? null, headId: prev?.id ?? null, headHash: prev?.hash ?? null },
+    sealed: { count: walk.count, firstSeq: walk.first?.seq ?? null, lastSeq: head?.seq ?? null, headId: head?.id ?? null, headHash: head?.hash ?? null },
     checkpoints: { total: checkpoints.length, valid: checkpoints.filter((c) => c.valid).length, lastSeq: lastValid?.seq ?? null, external: external.length },
     unsealed,
     problems,
@@ -268,7 +399,56 @@ export async function verifyAuditChain(knex: Knex, checkpointKey: Buffer, option
   };
 }
 
-function tailOf(row: { n: number | string; oldest_id: number | string | null; age_ms: number | string | null } | undefined): VerifyReport['unsealed'] {
+/** A date condition (and its bindings) true of an event too old to have come after the head. */
+function backdatedSql(walk: ChainWalk, toleranceMs: number): { sql: string; bindings: Array<string | number> } {
+  // Without any event left in the chain there is nothing to date the head by.
+  if (walk.headOccurredAt === undefined) return { sql: 'false', bindings: [] };
+  return { sql: 'e.occurred_at < CAST(? AS timestamptz) - make_interval(secs => ?)', bindings: [walk.headOccurredAt, toleranceMs / 1000] };
+}
+
+/**
+ * Unsealed events that cannot be waiting for the sealer: below the head or backdated (those
+ * whose chain rows were deleted, recognised in a gap, are already named). A full scan, the
+ * only one verify makes.
+ */
+async function unsealedAnomalies(knex: Knex, head: Link, walk: ChainWalk, toleranceMs: number, maxListed: number): Promise<VerifyProblem[]> {
+  const backdated = backdatedSql(walk, toleranceMs);
+  const result = await knex.raw<{ rows: Array<{ id: number | string; occurred_at: string }> }>(`
+    SELECT e.id, ${OCCURRED_AT_SQL} AS occurred_at FROM audit_events e
+    WHERE NOT EXISTS (SELECT 1 FROM audit_chain c WHERE c.event_id = e.id)
+      AND NOT (e.id = ANY(CAST(? AS bigint[]))) AND (e.id < ? OR ${backdated.sql})
+    ORDER BY e.id LIMIT ?`, [walk.relinked, head.id, ...backdated.bindings, maxListed]);
+  return result.rows.map((a) => {
+    const id = Number(a.id);
+    return {
+      kind: 'inserted', severity: 'error', id,
+      message: id < head.id
+        ? `event ${id} is unsealed but below the sealed head (event ${head.id}): inserted after the chain moved past it`
+        : `event ${id} is unsealed and dated ${a.occurred_at}, before the sealed head: backdated insert`,
+    };
+  });
+}
+
+/** The tail the sealer has yet to reach: unsealed events above the head, not backdated. */
+async function unsealedAbove(knex: Knex, head: Link, walk: ChainWalk, toleranceMs: number): Promise<VerifyReport['unsealed']> {
+  const backdated = backdatedSql(walk, toleranceMs);
+  // The bound on c.event_id keeps the anti-join to the chain rows above the head (none, normally).
+  const tail = await knex.raw<{ rows: TailRow[] }>(`
+    SELECT count(*) AS n, min(e.id) AS oldest_id, extract(epoch FROM clock_timestamp() - min(e.occurred_at)) * 1000 AS age_ms
+    FROM audit_events e WHERE e.id > ? AND NOT (${backdated.sql})
+      AND NOT EXISTS (SELECT 1 FROM audit_chain c WHERE c.event_id = e.id AND c.event_id > ?)`, [head.id, ...backdated.bindings, head.id]);
+  return tailOf(tail.rows[0]);
+}
+
+/** With no chain at all, every event is the unsealed tail. */
+async function allUnsealed(knex: Knex): Promise<VerifyReport['unsealed']> {
+  const tail = await knex.raw<{ rows: TailRow[] }>(`
+    SELECT count(*) AS n, min(e.id) AS oldest_id, extract(epoch FROM clock_timestamp() - min(e.occurred_at)) * 1000 AS age_ms
+    FROM audit_events e`);
+  return tailOf(tail.rows[0]);
+}
+
+function tailOf(row: TailRow | undefined): VerifyReport['unsealed'] {
   const n = Number(row?.n ?? 0);
   return {
     count: n,

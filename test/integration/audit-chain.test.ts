@@ -1,14 +1,17 @@
 import { randomBytes } from 'node:crypto';
 import { rmSync } from 'node:fs';
+import { readdir } from 'node:fs/promises';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { Knex } from 'knex';
 import knexFactory from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { inject } from 'vitest';
 import * as core from '../../migrations/20261122_001_core.ts';
-import { eventHash, verifyCheckpoint, OCCURRED_AT_SQL, type ChainEvent } from '../../src/audit/chain.ts';
+import { GENESIS_HASH, eventHash, signCheckpoint, verifyCheckpoint, OCCURRED_AT_SQL, type ChainEvent } from '../../src/audit/chain.ts';
 import { recordAudit } from '../../src/audit/event.ts';
 import { AuditSealer } from '../../src/audit/sealer.ts';
+import { searchAudit } from '../../src/audit/trace.ts';
 import { verifyAuditChain, type VerifyReport } from '../../src/audit/verify.ts';
 import { createLogger } from '../../src/log.ts';
 import { migrate, openDatabase, type Database } from '../../src/store/db.ts';
@@ -35,10 +38,26 @@ async function tampered<T>(knex: Knex, fn: (trx: Knex.Transaction) => Promise<T>
   }
 }
 
-async function sealedRows(knex: Knex): Promise<Array<ChainEvent & { id: number; seq: number; hash: string; prev_hash: string; occurred_at: string }>> {
-  const result = await knex.raw(`SELECT id, ${OCCURRED_AT_SQL} AS occurred_at, type, outcome, reason, request_id, client_id, jti, parent_jti,
-    task_id, subject, audience, policy_version, details, seq, prev_hash, hash FROM audit_events WHERE seq IS NOT NULL ORDER BY seq`) as { rows: Array<Record<string, unknown>> };
+type SealedRow = ChainEvent & { id: number; seq: number; hash: string; prev_hash: string; occurred_at: string };
+
+/** Sealed events with their chain rows, in chain order. */
+async function sealedRows(knex: Knex): Promise<SealedRow[]> {
+  const result = await knex.raw(`SELECT e.id, ${OCCURRED_AT_SQL} AS occurred_at, e.type, e.outcome, e.reason, e.request_id, e.client_id, e.jti,
+    e.parent_jti, e.task_id, e.subject, e.audience, e.policy_version, e.details, c.seq, c.prev_hash, c.hash
+    FROM audit_chain c JOIN audit_events e ON e.id = c.event_id ORDER BY c.seq`) as { rows: Array<Record<string, unknown>> };
   return result.rows.map((r) => ({ ...r, id: Number(r.id), seq: Number(r.seq) })) as never;
+}
+
+const UNSEALED = 'NOT EXISTS (SELECT 1 FROM audit_chain c WHERE c.event_id = audit_events.id)';
+
+async function unsealedCount(knex: Knex): Promise<number> {
+  return Number((await knex('audit_events').whereRaw(UNSEALED).count<Array<{ count: string }>>('* as count'))[0]!.count);
+}
+
+/** As a superuser with the triggers off: sealed events and their chain rows, where `where` holds for the chain row. */
+async function deleteSealed(trx: Knex.Transaction, where: string, bindings: readonly number[]): Promise<void> {
+  await trx.raw(`DELETE FROM audit_events WHERE id IN (SELECT event_id FROM audit_chain WHERE ${where})`, bindings);
+  await trx.raw(`DELETE FROM audit_chain WHERE ${where}`, bindings);
 }
 
 function kinds(report: VerifyReport): string[] {
@@ -108,6 +127,9 @@ describe.each(backends)('tamper-evident audit log on $backend', ({ embedded }) =
     expect(JSON.stringify(rows)).not.toContain(hop1);
     // The chain follows id order.
     expect(rows.map((r) => r.id)).toEqual([...rows.map((r) => r.id)].sort((a, b) => a - b));
+    // Each event as the API and the export show it carries its place in the chain.
+    const page = await searchAudit(knex, { limit: 500 });
+    expect(page.events.map((e) => [e.id, e.seq, e.prev_hash, e.hash])).toEqual(rows.map((r) => [r.id, r.seq, r.prev_hash, r.hash]).reverse());
 
     // Each checkpoint also goes to the log stream, signed.
     const logged = logLines.map((l) => JSON.parse(l) as { checkpoint?: { seq: number; hash: string; count: number; signature: string } }).filter((l) => l.checkpoint);
@@ -117,22 +139,32 @@ describe.each(backends)('tamper-evident audit log on $backend', ({ embedded }) =
   });
 
   it('refuses the application any change or deletion of audit rows', async () => {
-    const refused = /append-only|only the sealer/;
-    await expect(knex('audit_events').where({ seq: 1 }).update({ details: JSON.stringify({ forged: true }) })).rejects.toThrow(refused);
-    await expect(knex('audit_events').where({ seq: 1 }).update({ seq: 99 })).rejects.toThrow(refused);
-    await expect(knex('audit_events').where({ seq: 2 }).delete()).rejects.toThrow(refused);
+    const refused = /append-only/;
+    const [first, second] = await sealedRows(knex);
+    await expect(knex('audit_events').where({ id: first!.id }).update({ details: JSON.stringify({ forged: true }) })).rejects.toThrow(refused);
+    await expect(knex('audit_events').where({ id: first!.id }).update({ type: 'key.generated' })).rejects.toThrow(refused);
+    await expect(knex('audit_events').whereRaw('false').update({ type: 'key.generated' })).rejects.toThrow(refused);
+    await expect(knex('audit_events').where({ id: second!.id }).delete()).rejects.toThrow(refused);
     await expect(knex('audit_events').whereRaw('false').delete()).rejects.toThrow(refused);
     await expect(knex.raw('TRUNCATE audit_events')).rejects.toThrow(refused);
-    const partition = (await knex.raw(`SELECT tableoid::regclass::text AS p FROM audit_events WHERE seq = 1`) as { rows: Array<{ p: string }> }).rows[0]!.p;
+    const partition = (await knex.raw('SELECT tableoid::regclass::text AS p FROM audit_events WHERE id = ?', [first!.id]) as { rows: Array<{ p: string }> }).rows[0]!.p;
     expect(partition).toMatch(/^audit_events_y\d{4}m\d{2}$/);
+    await expect(knex.raw(`UPDATE ${partition} SET outcome = outcome`)).rejects.toThrow(refused);
     await expect(knex.raw(`DELETE FROM ${partition}`)).rejects.toThrow(refused);
     await expect(knex.raw(`TRUNCATE ${partition}`)).rejects.toThrow(refused);
-    // Unsealed rows cannot be changed either, nor sealed halfway, nor inserted pre-sealed.
+    // Unsealed rows cannot be changed either.
     await recordAudit(knex, { type: 'key.generated', outcome: 'ok', details: { kid: 'k1' } });
-    const fresh = await knex('audit_events').whereNull('seq').first<{ id: number }>('id');
+    const fresh = await knex('audit_events').whereRaw(UNSEALED).first<{ id: number }>('id');
     await expect(knex('audit_events').where({ id: fresh!.id }).update({ details: JSON.stringify({ kid: 'k2' }) })).rejects.toThrow(refused);
-    await expect(knex('audit_events').where({ id: fresh!.id }).update({ seq: 1000 })).rejects.toThrow(refused);
-    await expect(knex('audit_events').insert({ type: 'key.generated', outcome: 'ok', details: '{}', seq: 5000, hash: 'x', prev_hash: 'y', sealed_at: new Date() })).rejects.toThrow(refused);
+    // The chain only grows: its rows cannot be changed or deleted, nor a seq or an event sealed twice.
+    await expect(knex('audit_chain').where({ seq: first!.seq }).update({ hash: 'x' })).rejects.toThrow(refused);
+    await expect(knex('audit_chain').where({ seq: first!.seq }).update({ event_id: fresh!.id })).rejects.toThrow(refused);
+    await expect(knex('audit_chain').whereRaw('false').update({ hash: 'x' })).rejects.toThrow(refused);
+    await expect(knex('audit_chain').where({ seq: second!.seq }).delete()).rejects.toThrow(refused);
+    await expect(knex('audit_chain').whereRaw('false').delete()).rejects.toThrow(refused);
+    await expect(knex.raw('TRUNCATE audit_chain')).rejects.toThrow(refused);
+    await expect(knex('audit_chain').insert({ seq: first!.seq, event_id: fresh!.id, prev_hash: 'x', hash: 'y' })).rejects.toThrow(/duplicate key/);
+    await expect(knex('audit_chain').insert({ seq: 1_000_000, event_id: first!.id, prev_hash: 'x', hash: 'y' })).rejects.toThrow(/duplicate key/);
     await expect(knex('audit_checkpoints').update({ signature: 'x' })).rejects.toThrow(refused);
     await expect(knex('audit_checkpoints').delete()).rejects.toThrow(refused);
     await expect(knex.raw('TRUNCATE audit_checkpoints')).rejects.toThrow(refused);
@@ -143,7 +175,7 @@ describe.each(backends)('tamper-evident audit log on $backend', ({ embedded }) =
   it('names an altered event', async () => {
     const target = (await sealedRows(knex))[3]!;
     const report = await tampered(knex, async (trx) => {
-      await trx.raw(`UPDATE audit_events SET details = details || '{"forged": true}'::jsonb WHERE seq = ?`, [target.seq]);
+      await trx.raw(`UPDATE audit_events SET details = details || '{"forged": true}'::jsonb WHERE id = ?`, [target.id]);
       return verifyAuditChain(trx, key);
     });
     expect(report.ok).toBe(false);
@@ -151,26 +183,97 @@ describe.each(backends)('tamper-evident audit log on $backend', ({ embedded }) =
     expect(report.first).toBe(report.problems[0]);
   });
 
+  it('names a chain row whose hash or prev_hash was altered', async () => {
+    const rows = await sealedRows(knex);
+    const target = rows[3]!;
+    const hash = await tampered(knex, async (trx) => {
+      await trx.raw('UPDATE audit_chain SET hash = ? WHERE seq = ?', ['a'.repeat(64), target.seq]);
+      return verifyAuditChain(trx, key);
+    });
+    expect(hash.problems).toEqual([expect.objectContaining({ kind: 'seal_altered', id: target.id, seq: target.seq })]);
+    const prev = await tampered(knex, async (trx) => {
+      await trx.raw('UPDATE audit_chain SET prev_hash = ? WHERE seq = ?', ['b'.repeat(64), target.seq]);
+      return verifyAuditChain(trx, key);
+    });
+    expect(prev.problems).toEqual([expect.objectContaining({ kind: 'seal_altered', id: target.id, seq: target.seq })]);
+    // At the head nothing links to the row; its signed checkpoint tells the row from the event.
+    const head = rows.at(-1)!;
+    const atHead = await tampered(knex, async (trx) => {
+      await trx.raw('UPDATE audit_chain SET hash = ? WHERE seq = ?', ['c'.repeat(64), head.seq]);
+      return verifyAuditChain(trx, key);
+    });
+    expect(atHead.problems).toEqual([expect.objectContaining({ kind: 'seal_altered', id: head.id, seq: head.seq })]);
+  });
+
   it('names a deleted event', async () => {
     const rows = await sealedRows(knex);
     const target = rows[4]!;
     const report = await tampered(knex, async (trx) => {
-      await trx.raw('DELETE FROM audit_events WHERE seq = ?', [target.seq]);
+      await deleteSealed(trx, 'seq = ?', [target.seq]);
       return verifyAuditChain(trx, key);
     });
     expect(report.problems).toEqual([expect.objectContaining({ kind: 'deleted', seq: target.seq, count: 1, afterId: rows[3]!.id, id: rows[5]!.id })]);
   });
 
+  it('names a deleted event whose chain row was kept, and the sealer stops at a head without its event', async () => {
+    const rows = await sealedRows(knex);
+    const report = await tampered(knex, async (trx) => {
+      await trx.raw('DELETE FROM audit_events WHERE id IN (?, ?)', [rows[4]!.id, rows[5]!.id]);
+      return verifyAuditChain(trx, key);
+    });
+    expect(report.problems).toEqual([expect.objectContaining({ kind: 'deleted', seq: rows[4]!.seq, count: 2, id: rows[4]!.id })]);
+
+    const head = rows.at(-1)!;
+    const lines: string[] = [];
+    const { r, sealedNow } = await tampered(knex, async (trx) => {
+      await trx.raw('DELETE FROM audit_events WHERE id = ?', [head.id]);
+      await trx.raw('SET LOCAL session_replication_role = origin');
+      await recordAudit(trx, { type: 'key.generated', outcome: 'ok' });
+      const inTrx = new AuditSealer(trx, { checkpointKey: key, logger: captureLogger(lines), graceMs: 0 });
+      return { sealedNow: await inTrx.sealOnce({ graceMs: 0 }), r: await verifyAuditChain(trx, key) };
+    });
+    expect(sealedNow).toBe(0);
+    expect(lines.some((l) => l.includes('event is missing'))).toBe(true);
+    expect(r.problems).toEqual([
+      expect.objectContaining({ kind: 'deleted', seq: head.seq, count: 1, id: head.id }),
+      expect.objectContaining({ kind: 'unsealed_tail', count: 1 }),
+    ]);
+  });
+
+  it('names an event whose chain row was deleted', async () => {
+    const rows = await sealedRows(knex);
+    const report = await tampered(knex, async (trx) => {
+      await trx.raw('DELETE FROM audit_chain WHERE seq IN (?, ?)', [rows[4]!.seq, rows[5]!.seq]);
+      return verifyAuditChain(trx, key);
+    });
+    expect(report.problems).toEqual([expect.objectContaining({ kind: 'seal_deleted', seq: rows[4]!.seq, count: 2, id: rows[4]!.id, afterId: rows[3]!.id })]);
+    const firstRow = await tampered(knex, async (trx) => {
+      await trx.raw('DELETE FROM audit_chain WHERE seq = 1');
+      return verifyAuditChain(trx, key);
+    });
+    expect(firstRow.problems).toEqual([expect.objectContaining({ kind: 'seal_deleted', seq: 1, count: 1, id: rows[0]!.id })]);
+    // The event changed as well: it no longer bridges the gap, so it is a deletion and an unsealed event below the head.
+    const altered = await tampered(knex, async (trx) => {
+      await trx.raw('DELETE FROM audit_chain WHERE seq = ?', [rows[4]!.seq]);
+      await trx.raw(`UPDATE audit_events SET outcome = 'forged' WHERE id = ?`, [rows[4]!.id]);
+      return verifyAuditChain(trx, key);
+    });
+    expect(altered.problems).toEqual([
+      expect.objectContaining({ kind: 'deleted', seq: rows[4]!.seq, count: 1, afterId: rows[3]!.id, id: rows[5]!.id }),
+      expect.objectContaining({ kind: 'inserted', id: rows[4]!.id }),
+    ]);
+  });
+
   it('names the deletion of the first event', async () => {
     const rows = await sealedRows(knex);
     const report = await tampered(knex, async (trx) => {
-      await trx.raw('DELETE FROM audit_events WHERE seq = 1');
+      await deleteSealed(trx, 'seq = 1', []);
       return verifyAuditChain(trx, key);
     });
     expect(report.problems).toEqual([expect.objectContaining({ kind: 'deleted', seq: 1, count: 1, id: rows[1]!.id })]);
   });
 
-  it('names an inserted event: backdated or reusing an id below the head, which the sealer will not seal', async () => {
+  it('names an inserted event: backdated, below the head, or reusing a sealed id, which the sealer will not seal', async () => {
     const rows = await sealedRows(knex);
     const report = await tampered(knex, async (trx) => {
       const [backdated] = await trx('audit_events').insert({
@@ -180,15 +283,40 @@ describe.each(backends)('tamper-evident audit log on $backend', ({ embedded }) =
       const [reused] = await trx('audit_events').insert({
         id: rows[2]!.id, type: 'exchange.granted', outcome: 'granted', client_id: 'planner-agent', details: '{}',
       }).returning('id') as Array<{ id: number }>;
+      // Every id below the head is taken; one below them all is as good.
+      const [below] = await trx('audit_events').insert({
+        id: 0, type: 'exchange.granted', outcome: 'granted', client_id: 'planner-agent', details: '{}',
+      }).returning('id') as Array<{ id: number }>;
       const lines: string[] = [];
       const inTrx = new AuditSealer(trx, { checkpointKey: key, logger: captureLogger(lines), graceMs: 0 });
       expect(await inTrx.sealOnce({ graceMs: 0 })).toBe(0);
       const r = await verifyAuditChain(trx, key);
-      return { r, ids: [Number(reused!.id), Number(backdated!.id)] };
+      return { r, ids: [Number(reused!.id), Number(below!.id), Number(backdated!.id)] };
     }, { bypassTriggers: false });
     expect(report.r.problems.filter((p) => p.severity === 'error')).toEqual([
-      expect.objectContaining({ kind: 'inserted', id: report.ids[0] }),
+      expect.objectContaining({ kind: 'inserted', id: report.ids[0], seq: rows[2]!.seq }),
       expect.objectContaining({ kind: 'inserted', id: report.ids[1] }),
+      expect.objectContaining({ kind: 'inserted', id: report.ids[2] }),
+    ]);
+  });
+
+  it('leaves events sharing an id unsealed, and names them once the chain moves past', async () => {
+    const lines: string[] = [];
+    const { sealedNow, r, id } = await tampered(knex, async (trx) => {
+      const [{ id: shared }] = await trx('audit_events').insert({ type: 'key.generated', outcome: 'ok', details: '{}' }).returning('id') as [{ id: number }];
+      // Dated a moment earlier: the primary key is (id, occurred_at).
+      await trx.raw(`INSERT INTO audit_events (id, occurred_at, type, outcome, details)
+        SELECT id, occurred_at - interval '1 millisecond', type, outcome, '{"forged": true}' FROM audit_events WHERE id = ?`, [shared]);
+      await recordAudit(trx, { type: 'key.generated', outcome: 'ok' });
+      await trx.raw('SET LOCAL session_replication_role = origin');
+      const inTrx = new AuditSealer(trx, { checkpointKey: key, logger: captureLogger(lines), graceMs: 0 });
+      return { sealedNow: await inTrx.sealOnce({ graceMs: 0 }), r: await verifyAuditChain(trx, key), id: Number(shared) };
+    });
+    expect(sealedNow).toBe(1);
+    expect(lines.some((l) => l.includes('share an id'))).toBe(true);
+    expect(r.problems).toEqual([
+      expect.objectContaining({ kind: 'inserted', id }),
+      expect.objectContaining({ kind: 'inserted', id }),
     ]);
   });
 
@@ -196,7 +324,9 @@ describe.each(backends)('tamper-evident audit log on $backend', ({ embedded }) =
     const rows = await sealedRows(knex);
     const before = rows[1]!;
     const report = await tampered(knex, async (trx) => {
-      await trx.raw('UPDATE audit_events SET seq = seq + 1 WHERE seq > ?', [before.seq]);
+      // Shifted in two steps: the primary key is checked row by row.
+      await trx.raw('UPDATE audit_chain SET seq = seq + 1000000 WHERE seq > ?', [before.seq]);
+      await trx.raw('UPDATE audit_chain SET seq = seq - 999999 WHERE seq > 1000000');
       const forged = {
         occurred_at: before.occurred_at, type: 'exchange.granted', outcome: 'granted', reason: null, request_id: 'forged',
         client_id: 'planner-agent', jti: 'forged-jti', parent_jti: null, task_id: null, subject: before.subject,
@@ -205,7 +335,7 @@ describe.each(backends)('tamper-evident audit log on $backend', ({ embedded }) =
       const [{ id }] = await trx('audit_events').insert({ ...forged, details: JSON.stringify(forged.details) }).returning('id') as [{ id: number }];
       const seq = before.seq + 1;
       const hash = eventHash(before.hash, seq, { ...forged, id: Number(id) });
-      await trx('audit_events').where({ id }).update({ seq, prev_hash: before.hash, hash, sealed_at: new Date() });
+      await trx('audit_chain').insert({ seq, event_id: id, prev_hash: before.hash, hash });
       return { r: await verifyAuditChain(trx, key), id: Number(id), seq };
     });
     expect(report.r.first).toMatchObject({ kind: 'inserted', id: report.id, seq: report.seq });
@@ -215,9 +345,8 @@ describe.each(backends)('tamper-evident audit log on $backend', ({ embedded }) =
     const rows = await sealedRows(knex);
     const head = rows.at(-1)!;
     const report = await tampered(knex, async (trx) => {
-      const [{ id }] = await trx('audit_events').insert({
-        type: 'revocation', outcome: 'revoked', details: '{}', seq: head.seq + 1, prev_hash: 'f'.repeat(64), hash: 'e'.repeat(64), sealed_at: new Date(),
-      }).returning('id') as [{ id: number }];
+      const [{ id }] = await trx('audit_events').insert({ type: 'revocation', outcome: 'revoked', details: '{}' }).returning('id') as [{ id: number }];
+      await trx('audit_chain').insert({ seq: head.seq + 1, event_id: id, prev_hash: 'f'.repeat(64), hash: 'e'.repeat(64) });
       return { r: await verifyAuditChain(trx, key), id: Number(id) };
     });
     expect(report.r.problems).toEqual([expect.objectContaining({ kind: 'inserted', id: report.id, seq: head.seq + 1 })]);
@@ -227,10 +356,22 @@ describe.each(backends)('tamper-evident audit log on $backend', ({ embedded }) =
     const rows = await sealedRows(knex);
     const head = rows.at(-1)!;
     const report = await tampered(knex, async (trx) => {
-      await trx.raw('DELETE FROM audit_events WHERE seq > ?', [head.seq - 2]);
+      await deleteSealed(trx, 'seq > ?', [head.seq - 2]);
       return verifyAuditChain(trx, key);
     });
     expect(report.problems).toEqual([expect.objectContaining({ kind: 'truncated', seq: head.seq - 1, count: 2 })]);
+    // Only the chain rows: the events are back to an unsealed tail, and the sealer will not reseal them past the checkpoint.
+    const rowsOnly = await tampered(knex, async (trx) => {
+      await trx.raw('DELETE FROM audit_chain WHERE seq > ?', [head.seq - 2]);
+      await trx.raw('SET LOCAL session_replication_role = origin');
+      const inTrx = new AuditSealer(trx, { checkpointKey: key, logger: captureLogger([]), graceMs: 0 });
+      expect(await inTrx.sealOnce({ graceMs: 0 })).toBe(0);
+      return verifyAuditChain(trx, key);
+    });
+    expect(rowsOnly.problems).toEqual([
+      expect.objectContaining({ kind: 'truncated', seq: head.seq - 1, count: 2 }),
+      expect.objectContaining({ kind: 'unsealed_tail', count: 2, id: rows.at(-2)!.id }),
+    ]);
   });
 
   it('catches a tail deleted with its checkpoints through the checkpoints in the log stream', async () => {
@@ -239,7 +380,7 @@ describe.each(backends)('tamper-evident audit log on $backend', ({ embedded }) =
     expect(checkpoints.length).toBeGreaterThanOrEqual(2);
     const keep = Number(checkpoints[0]!.seq);
     const { withoutLog, withLog } = await tampered(knex, async (trx) => {
-      await trx.raw('DELETE FROM audit_events WHERE seq > ?', [keep]);
+      await deleteSealed(trx, 'seq > ?', [keep]);
       await trx.raw('DELETE FROM audit_checkpoints WHERE seq > ?', [keep]);
       const { checkpointsFromNdjson } = await import('../../src/audit/chain.ts');
       return {
@@ -258,7 +399,8 @@ describe.each(backends)('tamper-evident audit log on $backend', ({ embedded }) =
       for (const row of rows.slice(2)) {
         const details = row === rows[2] ? { ...(row.details as object), forged: true } : row.details;
         const hash = eventHash(prev, row.seq, { ...row, details });
-        await trx('audit_events').where({ id: row.id }).update({ details: JSON.stringify(details), prev_hash: prev, hash });
+        if (row === rows[2]) await trx('audit_events').where({ id: row.id }).update({ details: JSON.stringify(details) });
+        await trx('audit_chain').where({ seq: row.seq }).update({ prev_hash: prev, hash });
         prev = hash;
       }
       return verifyAuditChain(trx, key);
@@ -308,7 +450,7 @@ describe.each(backends)('tamper-evident audit log on $backend', ({ embedded }) =
       await slow;
       expect(results.filter((s) => s === 200)).toHaveLength(40);
       await t.writ.auditQueue.flush();
-      await expect.poll(async () => Number((await knex('audit_events').whereNull('seq').count<Array<{ count: string }>>('* as count'))[0]!.count), { timeout: 15_000, interval: 50 }).toBe(0);
+      await expect.poll(() => unsealedCount(knex), { timeout: 15_000, interval: 50 }).toBe(0);
       expect(background.lag()).toBe(0);
     } finally {
       await background.stop();
@@ -330,14 +472,14 @@ describe.each(backends)('tamper-evident audit log on $backend', ({ embedded }) =
       open.push(held);
       const [{ id: heldId }] = await held('audit_events').insert({ type: 'key.generated', outcome: 'ok', details: '{}' }).returning('id') as [{ id: number }];
       await recordAudit(knex, { type: 'key.generated', outcome: 'ok', details: { after: true } });
-      const later = await knex('audit_events').whereNull('seq').orderBy('id', 'desc').first<{ id: number }>('id');
+      const later = await knex('audit_events').whereRaw(UNSEALED).orderBy('id', 'desc').first<{ id: number }>('id');
       expect(Number(later!.id)).toBeGreaterThan(Number(heldId));
       expect(await sealer.sealOnce({ graceMs: 0 })).toBe(0);
-      expect((await knex('audit_events').where({ id: later!.id }).first('seq')).seq).toBeNull();
+      expect(await knex('audit_chain').where({ event_id: later!.id }).first()).toBeUndefined();
       await held.commit();
       expect(await sealer.sealOnce({ graceMs: 0 })).toBe(2);
-      const sealed = await knex('audit_events').whereIn('id', [heldId, later!.id]).orderBy('seq') as Array<{ id: number }>;
-      expect(sealed.map((r) => Number(r.id))).toEqual([Number(heldId), Number(later!.id)]);
+      const sealed = await knex('audit_chain').whereIn('event_id', [heldId, later!.id]).orderBy('seq') as Array<{ event_id: number }>;
+      expect(sealed.map((r) => Number(r.event_id))).toEqual([Number(heldId), Number(later!.id)]);
 
       // An aborted one leaves a gap in ids, not in the chain.
       const aborted = await other.transaction();
@@ -376,7 +518,7 @@ describe.each(backends)('tamper-evident audit log on $backend', ({ embedded }) =
       const inTrx = new AuditSealer(trx, { checkpointKey: key, logger: captureLogger(lines), graceMs: 0 });
       await inTrx.sealOnce({ forceCheckpoint: true });
       const head = (await sealedRows(trx)).at(-1)!;
-      await trx.raw('DELETE FROM audit_events WHERE seq = ?', [head.seq]);
+      await deleteSealed(trx, 'seq = ?', [head.seq]);
       await trx.raw('SET LOCAL session_replication_role = origin');
       await recordAudit(trx, { type: 'key.generated', outcome: 'ok' });
       return inTrx.sealOnce({ graceMs: 0 });
@@ -386,13 +528,39 @@ describe.each(backends)('tamper-evident audit log on $backend', ({ embedded }) =
   });
 });
 
-describe.each(backends)('migration 002 on $backend', ({ embedded }) => {
+const MIGRATIONS_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../migrations');
+
+/** The migrations in migrations/ up to and including `last`, as `migrate` would run them. */
+function migrationsUpTo(last: string): Knex.MigrationSource<string> {
+  return {
+    getMigrations: async () => (await readdir(MIGRATIONS_DIR)).filter((f) => /^\d.*\.ts$/.test(f) && f <= last).sort(),
+    getMigrationName: (name) => name,
+    getMigration: async (name) => import(path.join(MIGRATIONS_DIR, name)) as Promise<Knex.Migration>,
+  };
+}
+
+/** Seals every event as the sealer did before migration 006: UPDATE-ing the chain columns of each row. */
+async function sealInPlace(knex: Knex, key: Buffer): Promise<{ seq: number; hash: string }> {
+  const { rows } = await knex.raw(`SELECT id, ${OCCURRED_AT_SQL} AS occurred_at, type, outcome, reason, request_id, client_id, jti, parent_jti,
+    task_id, subject, audience, policy_version, details FROM audit_events ORDER BY id`) as { rows: Array<ChainEvent & { id: number }> };
+  let prev = GENESIS_HASH;
+  for (const [i, row] of rows.entries()) {
+    const hash = eventHash(prev, i + 1, row);
+    await knex('audit_events').where({ id: row.id }).update({ seq: i + 1, prev_hash: prev, hash, sealed_at: new Date() });
+    prev = hash;
+  }
+  const fields = { seq: rows.length, hash: prev, count: rows.length };
+  await knex('audit_checkpoints').insert({ ...fields, signature: signCheckpoint(key, fields) });
+  return fields;
+}
+
+describe.each(backends)('migrations 002 and 006 on $backend', ({ embedded }) => {
   const dirs: string[] = [];
   afterAll(() => {
     for (const d of dirs) rmSync(d, { recursive: true, force: true });
   });
 
-  it('partitions the existing events, keeps their ids, and the sealer then chains them', async () => {
+  it('partitions the existing events and keeps their ids; the chain sealed in place moves to audit_chain and back', async () => {
     const dataDir = path.join('/tmp', `writ-test-${inject('runId')}-mig-${randomBytes(3).toString('hex')}`);
     dirs.push(dataDir);
     const databaseUrl = embedded ? undefined : await createTestDatabase('auditmig');
@@ -411,7 +579,8 @@ describe.each(backends)('migration 002 on $backend', ({ embedded }) => {
         { type: 'introspection', outcome: 'active', jti: 'j1', details: '{}' },
       ]);
       await db.knex('audit_events').insert({ type: 'introspection', outcome: 'inactive', details: '{}' });
-      expect(await migrate(db)).toContain('20261122_002_audit_chain.ts');
+      const [, before006] = await db.knex.migrate.latest({ migrationSource: migrationsUpTo('20261122_005_subject_task_revocations.ts') }) as [number, string[]];
+      expect(before006).toContain('20261122_002_audit_chain.ts');
 
       const rows = await db.knex.raw('SELECT id, type, tableoid::regclass::text AS part FROM audit_events ORDER BY id') as { rows: Array<{ id: number; type: string; part: string }> };
       expect(rows.rows.map((r) => [Number(r.id), r.type])).toEqual([[1, 'policy.applied'], [2, 'exchange.granted'], [3, 'introspection'], [4, 'introspection']]);
@@ -422,15 +591,51 @@ describe.each(backends)('migration 002 on $backend', ({ embedded }) => {
         WHERE i.inhparent = 'audit_events'::regclass ORDER BY 1`) as { rows: Array<{ relname: string }> };
       expect(partitions.rows.length).toBe(8);
 
-      await recordAudit(db.knex, { type: 'key.generated', outcome: 'ok' });
-      expect(Number((await db.knex('audit_events').max<Array<{ max: number }>>('id as max'))[0]!.max)).toBe(5);
+      // Sealed in place, as the sealer of 002 did; then one more event, left unsealed.
       const key = deriveKeys(Buffer.alloc(32, 3)).auditCheckpoint;
+      const checkpoint = await sealInPlace(db.knex, key);
+      expect(checkpoint.seq).toBe(4);
+      await recordAudit(db.knex, { type: 'key.generated', outcome: 'ok' });
+      const inPlace = await chainColumns(db.knex);
+
+      expect(await migrate(db)).toEqual(['20261122_006_audit_chain_table.ts']);
+      const chain = await db.knex('audit_chain').orderBy('seq') as Array<{ seq: number; event_id: number; prev_hash: string; hash: string }>;
+      expect(chain.map((c) => [Number(c.seq), Number(c.event_id), c.prev_hash, c.hash])).toEqual(inPlace.filter((r) => r[1] !== null).map((r) => [r[1], r[0], r[2], r[3]]));
+      const columns = await db.knex.raw(`SELECT column_name FROM information_schema.columns WHERE table_name = 'audit_events' AND column_name IN ('seq', 'prev_hash', 'hash', 'sealed_at')`) as { rows: unknown[] };
+      expect(columns.rows).toEqual([]);
+      const before = await verifyAuditChain(db.knex, key);
+      expect(before.problems).toEqual([expect.objectContaining({ kind: 'unsealed_tail', count: 1, id: 5 })]);
+      expect(before.sealed).toMatchObject({ count: 4, lastSeq: 4, headId: 4, headHash: checkpoint.hash });
+
+      // The chain goes on from where the old layout left it.
+      expect(Number((await db.knex('audit_events').max<Array<{ max: number }>>('id as max'))[0]!.max)).toBe(5);
       const sealer = new AuditSealer(db.knex, { checkpointKey: key, logger: createLogger('silent'), graceMs: 0 });
       expect(await sealer.ensurePartitions()).toBe(0);
-      expect(await sealer.sealOnce({ forceCheckpoint: true })).toBe(5);
+      expect(await sealer.sealOnce({ forceCheckpoint: true })).toBe(1);
+      const after = await verifyAuditChain(db.knex, key);
+      expect(after.problems).toEqual([]);
+      expect(after.sealed).toMatchObject({ count: 5, firstSeq: 1, lastSeq: 5, headId: 5 });
+
+      // Down: the chain columns are filled from audit_chain, and sealed rows are frozen again.
+      await db.knex.migrate.down({ migrationSource: migrationsUpTo('20261122_006_audit_chain_table.ts') });
+      const restored = await chainColumns(db.knex);
+      expect(restored.map((r) => r.slice(0, 2))).toEqual([[1, 1], [2, 2], [3, 3], [4, 4], [5, 5]]);
+      expect(restored.slice(0, 4)).toEqual(inPlace.slice(0, 4));
+      expect(await db.knex.raw(`SELECT to_regclass('audit_chain') AS t`) as { rows: Array<{ t: string | null }> }).toMatchObject({ rows: [{ t: null }] });
+      await expect(db.knex('audit_events').where({ id: 1 }).update({ outcome: 'forged' })).rejects.toThrow(/append-only/);
+      await expect(db.knex('audit_events').insert({ type: 'key.generated', outcome: 'ok', details: '{}', seq: 99 })).rejects.toThrow(/only the sealer/);
+
+      // And up again.
+      expect(await migrate(db)).toEqual(['20261122_006_audit_chain_table.ts']);
       expect((await verifyAuditChain(db.knex, key)).problems).toEqual([]);
     } finally {
       await db.close();
     }
   }, 60_000);
 });
+
+/** [id, seq, prev_hash, hash] of every event, by id, in the layout of 002. */
+async function chainColumns(knex: Knex): Promise<Array<[number, number | null, string | null, string | null]>> {
+  const { rows } = await knex.raw('SELECT id, seq, prev_hash, hash FROM audit_events ORDER BY id') as { rows: Array<{ id: number; seq: number | null; prev_hash: string | null; hash: string | null }> };
+  return rows.map((r) => [Number(r.id), r.seq === null ? null : Number(r.seq), r.prev_hash, r.hash]);
+}

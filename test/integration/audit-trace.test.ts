@@ -99,6 +99,8 @@ describe('audit trace, search and export (PostgreSQL)', () => {
     expect(all.next_cursor).toBeNull();
     expect(all.events.length).toBeGreaterThanOrEqual(6);
     expect(all.events.every((e) => e.subject === alice)).toBe(true);
+    // Nothing of this has been sealed yet (the background sealer is stopped): no place in the chain.
+    expect(all.events.every((e) => e.seq === null && e.prev_hash === null && e.hash === null)).toBe(true);
     expect(all.events.map((e) => e.id)).toEqual([...all.events.map((e) => e.id)].sort((a, b) => b - a));
     expect((await searchAudit(knex, { subject: `${IDP}|bob` })).events.map((e) => [e.type, e.client_id])).toEqual([['exchange.granted', 'planner-agent']]);
 
@@ -158,6 +160,10 @@ describe('audit trace, search and export (PostgreSQL)', () => {
       expect(c.hash).toBe(events.find((e) => e.seq === c.seq)!.hash);
     }
     expect(JSON.stringify(parsed)).not.toContain(hop1);
+    // Search shows each event's place in the chain as the export does.
+    const viewed = (await searchAudit(knex, { subject: alice, limit: 500 })).events;
+    expect(viewed.length).toBeGreaterThanOrEqual(6);
+    for (const e of viewed) expect(e).toEqual(events.find((x) => x.id === e.id));
     // A later start: only newer events, with the checkpoint anchoring the first of them.
     const from = events[5]!;
     const tail: string[] = [];
