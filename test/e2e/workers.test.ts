@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { AT, PAYMENTS, SECRETS, TX, TestIdp, basicAuth, createTestDatabase, examplePolicyFor, freePort } from '../support/harness.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
@@ -37,6 +37,17 @@ async function until<T>(what: string, probe: () => Promise<T | undefined>, timeo
 }
 
 describe('writ serve with WRIT_WORKERS=2', () => {
+  // Whatever happens to the test (a timeout skips its finally), no server process outlives it.
+  const started: number[] = [];
+  afterAll(() => {
+    for (const pid of started) {
+      for (const child of childrenOf(pid)) {
+        try { process.kill(child, 'SIGKILL'); } catch { /* gone */ }
+      }
+      try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+    }
+  });
+
   it('serves from two worker processes on one port, shares revocations and metrics, replaces a dead worker and drains on SIGTERM', async () => {
     const idp = await TestIdp.create();
     const port = await freePort();
@@ -52,6 +63,7 @@ describe('writ serve with WRIT_WORKERS=2', () => {
       WRIT_METRICS_ADDR: `127.0.0.1:${metricsPort}`, WRIT_WORKERS: '2',
     };
     const server = spawn(process.execPath, [MAIN, 'serve', '--apply', policyDir], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    started.push(server.pid!);
     let output = '';
     server.stdout!.on('data', (d: Buffer) => { output += d; });
     server.stderr!.on('data', (d: Buffer) => { output += d; });
@@ -72,7 +84,7 @@ describe('writ serve with WRIT_WORKERS=2', () => {
     });
     const introspect = (token: string) => post('/token/introspection', basicAuth('payments-api'), { token });
     try {
-      await until('ready', async () => ((await fetch(`${url}/readyz`)).status === 200 && output.includes('"writ serving"') ? true : undefined), 30_000);
+      await until('ready', async () => ((await fetch(`${url}/readyz`, { signal: AbortSignal.timeout(5_000) })).status === 200 && output.includes('"writ serving"') ? true : undefined), 30_000);
       const workers = childrenOf(server.pid!);
       expect(workers).toHaveLength(2);
       // The primary prepared the database once: one set of signing keys, the policy applied once.
@@ -91,7 +103,7 @@ describe('writ serve with WRIT_WORKERS=2', () => {
       }, 2_000);
 
       // The primary's /metrics sums both workers' counters.
-      const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+      const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`, { signal: AbortSignal.timeout(10_000) })).text();
       expect(metrics).toMatch(/writ_exchanges_total\{outcome="granted"[^}]*\} 12\b/);
       expect(metrics).toMatch(/writ_policy_version 1\b/);
 
