@@ -163,7 +163,8 @@ export class CpuMeter {
     const pct = (ticks: number): number => Math.round((ticks / CLK_TCK / seconds) * 100);
     const machineTotal = machine.total - this.start.machine.total;
     const server = pct(processTicks(this.serverPid) - this.start.server);
-    const postgres = pct(postgresTicks() - this.start.postgres);
+    // A backend that exits during the run takes its ticks with it: never below zero.
+    const postgres = Math.max(0, pct(postgresTicks() - this.start.postgres));
     const driver = Math.round(((usage.user + usage.system - this.start.driver) / 1e6 / seconds) * 100);
     const machinePct = machineTotal > 0 ? ((machine.busy - this.start.machine.busy) / machineTotal) * 100 : 0;
     return {

@@ -369,8 +369,11 @@ async function benchWrit(writ: WritProcess, idp: Idp): Promise<void> {
 
   const direct = await requests.direct();
   await preflight(url, direct, granted, 'direct exchange');
-  log(`warm-up (${quick ? 1 : 3} s)`);
-  await closedLoop({ url, request: direct, connections: 10, duration: quick ? 1 : 3, cpu });
+  // Every worker process has to reach steady state (JIT, pools, the database's plans) before
+  // anything is measured: 3 s of warm-up per worker, at the higher concurrency.
+  const warmUp = quick ? 1 : 3 * workers;
+  log(`warm-up (${warmUp} s)`);
+  await closedLoop({ url, request: direct, connections: quick ? 10 : 50, duration: warmUp, cpu });
 
   if (want('direct')) for (const connections of concurrencies) record('writ', 'direct exchange', await closedLoop({ url, request: direct, connections, duration, cpu }));
   if (want('chained')) for (const connections of concurrencies) {
@@ -396,9 +399,11 @@ async function benchWrit(writ: WritProcess, idp: Idp): Promise<void> {
   // A client flooding the token endpoint at full speed (c=50) while planner-agent exchanges at a
   // paced rate: the victim's p99 alone, then under the flood.
   const flooder = { ...direct, headers: { ...direct.headers, authorization: basic('flood-agent', writ.secrets.FLOOD_SECRET!) } };
-  record('writ', 'victim alone', await openLoop({ url, request: direct, rate: TARGETS.floodVictimRate, duration, maxSockets: 16, cpu }));
-  const flood = closedLoop({ url, request: flooder, connections: 50, duration: duration + 1, cpu: new CpuMeter(writ.child.process.pid!) });
-  record('writ', 'victim under flood', await openLoop({ url, request: direct, rate: TARGETS.floodVictimRate, duration, maxSockets: 16, cpu }));
+  // A p99 needs samples: at least 1,500 per run (15 s at 100/s) unless --quick.
+  const victimDuration = quick ? duration : Math.max(duration, 15);
+  record('writ', 'victim alone', await openLoop({ url, request: direct, rate: TARGETS.floodVictimRate, duration: victimDuration, maxSockets: 16, cpu }));
+  const flood = closedLoop({ url, request: flooder, connections: 50, duration: victimDuration + 1, cpu: new CpuMeter(writ.child.process.pid!) });
+  record('writ', 'victim under flood', await openLoop({ url, request: direct, rate: TARGETS.floodVictimRate, duration: victimDuration, maxSockets: 16, cpu }));
   record('writ', 'flooding client', await flood);
 }
 
