@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
 import type { Adapter, AdapterPayload } from 'oidc-provider';
+import { isPlainText } from '../store/text.ts';
 
 /**
  * oidc-provider's storage for the few records it keeps itself (client-assertion `jti` replay
@@ -30,6 +31,9 @@ export class KnexAdapter implements Adapter {
   }
 
   private async findBy(column: string, value: string): Promise<AdapterPayload | undefined> {
+    // What the provider stores is named by plain text; anything else (a NUL a client sent as a
+    // token, say) names nothing, and PostgreSQL would refuse the comparison outright.
+    if (!isPlainText(value)) return undefined;
     const row = await this.knex()('oidc_payloads')
       .where({ model: this.model, [column]: value })
       .andWhere((q) => q.whereNull('expires_at').orWhere('expires_at', '>', new Date()))

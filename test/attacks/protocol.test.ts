@@ -295,26 +295,31 @@ describe('protocol abuse over HTTP', () => {
 
   // -------------------------------------------------------------------------------------------
   describe('hostile characters', () => {
-    // SERVER BUG: a NUL character (U+0000) in `audience`/`resource` (it survives the URI check:
-    // WHATWG URL percent-encodes it in a path or query) is answered 503 temporarily_unavailable
-    // with Retry-After and no audit record, instead of 400 invalid_target (DESIGN.md §7 target
-    // row). The denial's audit row copies the raw value into a text column, PostgreSQL refuses
-    // NUL bytes, and src/exchange/service.ts `deny` reports storage_unavailable.
+    // Regression: a NUL (U+0000) in `audience`/`resource` survives the URI check (WHATWG URL
+    // percent-encodes it in a path or query) and once turned the denial's audit write, which
+    // PostgreSQL refused, into a 503 without a record.
     it('an audience with a NUL character → invalid_target (not 503)', async () => {
       await refused(async () => t.post('/token', { ...(await base()), audience: `${PAYMENTS}/\u0000` }, planner()), 'invalid_target', 'target_invalid');
     });
-    // SERVER BUG: an upstream subject token whose verified claims contain U+0000 or a lone
-    // surrogate anywhere (e.g. a display name) can never be exchanged: the lineage row's
-    // root_claims jsonb (and root_sub text) cannot hold them, and every attempt — grant or denial
-    // — is answered 503 temporarily_unavailable with no audit record. The user sees a permanent
-    // "outage". Expected: a 200 (claims normalised or left out of lineage) or a 400
-    // invalid_request with a reason code (e.g. claim_invalid), audited.
+    // Regression: verified upstream claims holding U+0000 or a lone surrogate (a display name,
+    // say) once made every exchange of that token a 503, since the lineage row's jsonb and text
+    // columns cannot hold them.
     it('a NUL or lone surrogate inside an upstream claim is never a 503', async () => {
       for (const claims of [{ name: 'Al\u0000ice' }, { name: 'Al\ud800ice' }, { sub: 'alice\u0000' }]) {
         const res = await t.post('/token', { ...(await base()), subject_token: await user(claims) }, planner());
         expect(res.status).toBeLessThan(500);
         expect((await t.auditRows({ request_id: res.headers.get('x-request-id') })).length).toBe(1);
       }
+    });
+    it('a token holding NUL or a lone surrogate is simply unknown to introspection and revocation', async () => {
+      // Found by fuzzing: the revocation endpoint looked such a value up as an admin API token
+      // and PostgreSQL refused the comparison (500).
+      for (const token of ['\u0000', 'a\u0000b', '\ud800', 'x.\u0000.y']) {
+        const revoked = await t.post('/token/revocation', { token }, basicAuth('executor-agent'));
+        expect({ status: revoked.status, body: revoked.body }).toEqual({ status: 200, body: {} });
+        expect((await t.post('/token/introspection', { token }, basicAuth('payments-api'))).body).toEqual({ active: false });
+      }
+      expect((await t.post('/task/revocation', { task_id: '\u0000' }, planner())).body.error).toBe('invalid_request');
     });
     it('a lone surrogate in task_id or audience is refused and audited', async () => {
       await refused(async () => t.post('/token', { ...(await base()), task_id: 'a\ud800' }, planner()), 'invalid_request', 'task_invalid');
