@@ -12,6 +12,7 @@ import { currentVersion } from '../policy/store.ts';
 import { KILL_SWITCH_KINDS, killSwitch } from '../revocation/kill-switch.ts';
 import type { KillSwitchKind } from '../revocation/revoke.ts';
 import { BodyError, readJsonBody } from '../http/json-body.ts';
+import { isPlainText } from '../store/text.ts';
 import { authenticateAdmin, type AdminCaller } from './auth.ts';
 import { ExplainInputError, explain, parseExplainRequest } from './explain.ts';
 
@@ -217,6 +218,8 @@ export function adminRoutes(deps: AdminDeps): Middleware {
     const { kind, value, before } = body ?? {};
     if (typeof kind !== 'string' || !KILL_SWITCH_KINDS.includes(kind as KillSwitchKind)) return problem(ctx as Ctx, 400, 'invalid_request', `kind must be one of ${KILL_SWITCH_KINDS.join(', ')}`);
     if (typeof value !== 'string' || value === '' || value.length > 2048) return problem(ctx as Ctx, 400, 'invalid_request', 'value is required');
+    // Client ids, rule ids, issuers and subjects are plain text; nothing else can be marked.
+    if (!isPlainText(value)) return problem(ctx as Ctx, 400, 'invalid_request', 'value holds control characters or broken UTF-16');
     const notBefore = before === undefined ? new Date() : new Date(String(before));
     if (Number.isNaN(notBefore.getTime())) return problem(ctx as Ctx, 400, 'invalid_request', 'before must be an ISO 8601 time');
     const state = ctx.state as { requestId?: string; admin?: AdminCaller };

@@ -37,6 +37,9 @@ export function parseSearchQuery(query: Record<string, string | string[] | undef
     if (!SEARCH_PARAMS.has(name)) throw new AuditQueryError(`unknown parameter ${name}`);
     if (Array.isArray(raw)) throw new AuditQueryError(`${name} given more than once`);
     if (raw === '') throw new AuditQueryError(`${name} is empty`);
+    // No record holds U+0000 (PostgreSQL text cannot): such a value matches nothing and must
+    // not reach the query, where it would be an error instead of a refusal.
+    if (raw.includes('\u0000')) throw new AuditQueryError(`${name} holds a NUL character`);
     switch (name) {
       case 'subject': q.subject = raw; break;
       case 'actor': q.actor = raw; break;

@@ -156,6 +156,28 @@ describe('admin API, explain and kill switches', () => {
     expect(await t.introspect('executor-agent', byRule.body.access_token as string)).toEqual({ active: false });
   });
 
+  it('answers a NUL or a lone surrogate anywhere in its input with a 4xx, never a 5xx', async () => {
+    const token = await adminToken('ops-admin', adminSecret, 'writ:policy.read writ:policy.write writ:revoke writ:audit.read');
+    const answers: Array<[string, number]> = [];
+    // In URLs: a NUL, a lone surrogate's UTF-8 form and a byte that is no UTF-8 at all.
+    for (const q of ['%00', 'a%ED%A0%80', '%FF']) {
+      for (const name of ['subject', 'actor', 'audience', 'task_id', 'type', 'cursor']) {
+        answers.push([`events ${name}=${q}`, (await admin('GET', `/audit/events?${name}=${q}`, token)).status]);
+      }
+      answers.push([`trace ${q}`, (await admin('GET', `/audit/trace/${q}`, token)).status]);
+      answers.push([`object ${q}`, (await admin('GET', `/policy/objects/clients/${q}`, token)).status]);
+      answers.push([`disable ${q}`, (await admin('POST', `/clients/${q}/disable`, token)).status]);
+    }
+    // In JSON bodies.
+    for (const v of ['\u0000', 'a\ud800']) {
+      for (const kind of ['client', 'subject', 'issuer', 'rule']) {
+        answers.push([`kill ${kind} ${JSON.stringify(v)}`, (await admin('POST', '/revocations', token, { kind, value: v })).status]);
+      }
+      answers.push([`explain ${JSON.stringify(v)}`, (await admin('POST', '/explain', token, { client_id: v, subject: { issuer: v, sub: v }, audience: v })).status]);
+    }
+    expect(answers.filter(([, status]) => status >= 500)).toEqual([]);
+  });
+
   it('disabling a client refuses its exchanges and ends its tokens', async () => {
     const token = await adminToken('ops-admin', adminSecret, 'writ:policy.write');
     const held = await t.exchange('planner-agent', { subject_token: await userToken(), subject_token_type: AT, audience: EXECUTOR_AUD });
