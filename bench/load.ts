@@ -117,7 +117,9 @@ function postgresTicks(): number {
       const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
       if (!stat.includes('(postgres)')) continue;
       const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      total += Number(fields[11]) + Number(fields[12]);
+      // utime + stime, and cutime + cstime: a backend that exits hands its ticks to the
+      // postmaster's child counters, so the sum does not drop when connections close.
+      total += Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14]);
     } catch {
       // The process went away.
     }
@@ -163,8 +165,7 @@ export class CpuMeter {
     const pct = (ticks: number): number => Math.round((ticks / CLK_TCK / seconds) * 100);
     const machineTotal = machine.total - this.start.machine.total;
     const server = pct(processTicks(this.serverPid) - this.start.server);
-    // A backend that exits during the run takes its ticks with it: never below zero.
-    const postgres = Math.max(0, pct(postgresTicks() - this.start.postgres));
+    const postgres = pct(postgresTicks() - this.start.postgres);
     const driver = Math.round(((usage.user + usage.system - this.start.driver) / 1e6 / seconds) * 100);
     const machinePct = machineTotal > 0 ? ((machine.busy - this.start.machine.busy) / machineTotal) * 100 : 0;
     return {
