@@ -41,7 +41,8 @@ export const WRIT_AUDIT_INFLIGHT_LOCK = 1465008449;
 
 const EVENT_COLUMNS = 'id, occurred_at, type, outcome, reason, request_id, client_id, jti, parent_jti, task_id, subject, audience, policy_version, details';
 
-const FUNCTIONS = [
+/** This migration's functions (CREATE OR REPLACE); migration 006's `down` restores them. */
+export const FUNCTIONS_002 = [
   // Refuses whatever it is attached to (DELETE, TRUNCATE, UPDATE of checkpoints).
   `CREATE OR REPLACE FUNCTION writ_append_only() RETURNS trigger LANGUAGE plpgsql AS $fn$
   BEGIN
@@ -112,7 +113,7 @@ const FUNCTIONS = [
 export async function up(knex: Knex): Promise<void> {
   // Copying a large table may take longer than the pool's statement timeout.
   await knex.raw('SET LOCAL statement_timeout = 0');
-  for (const sql of FUNCTIONS) await knex.raw(sql);
+  for (const sql of FUNCTIONS_002) await knex.raw(sql);
 
   await knex.raw('ALTER TABLE audit_events RENAME TO audit_events_unpartitioned');
   await knex.raw('ALTER TABLE audit_events_unpartitioned RENAME CONSTRAINT audit_events_pkey TO audit_events_unpartitioned_pkey');

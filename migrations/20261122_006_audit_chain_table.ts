@@ -1,5 +1,5 @@
 import type { Knex } from 'knex';
-import { WRIT_AUDIT_INFLIGHT_LOCK } from './20261122_002_audit_chain.ts';
+import { FUNCTIONS_002, WRIT_AUDIT_INFLIGHT_LOCK } from './20261122_002_audit_chain.ts';
 
 /**
  * The audit hash chain moves out of audit_events into its own insert-only table (DESIGN.md §8),
@@ -52,41 +52,6 @@ const FUNCTIONS = [
     IF coalesce(current_setting('writ.audit_inflight', true), '') = '' THEN
       PERFORM pg_advisory_xact_lock_shared(${WRIT_AUDIT_INFLIGHT_LOCK}, (NEW.id % 2147483648)::int);
       PERFORM set_config('writ.audit_inflight', NEW.id::text, true);
-    END IF;
-    RETURN NEW;
-  END
-  $fn$`,
-];
-
-/** Migration 002's functions, for `down`. */
-const FUNCTIONS_002 = [
-  `CREATE OR REPLACE FUNCTION writ_audit_before_insert() RETURNS trigger LANGUAGE plpgsql AS $fn$
-  BEGIN
-    IF NEW.seq IS NOT NULL OR NEW.prev_hash IS NOT NULL OR NEW.hash IS NOT NULL OR NEW.sealed_at IS NOT NULL THEN
-      RAISE EXCEPTION 'audit_events: only the sealer sets seq, prev_hash, hash and sealed_at' USING ERRCODE = '42501';
-    END IF;
-    -- Mark this transaction's first (lowest) id as in flight until it commits or aborts.
-    IF coalesce(current_setting('writ.audit_inflight', true), '') = '' THEN
-      PERFORM pg_advisory_xact_lock_shared(${WRIT_AUDIT_INFLIGHT_LOCK}, (NEW.id % 2147483648)::int);
-      PERFORM set_config('writ.audit_inflight', NEW.id::text, true);
-    END IF;
-    RETURN NEW;
-  END
-  $fn$`,
-
-  `CREATE OR REPLACE FUNCTION writ_audit_before_update() RETURNS trigger LANGUAGE plpgsql AS $fn$
-  BEGIN
-    IF OLD.seq IS NOT NULL OR OLD.prev_hash IS NOT NULL OR OLD.hash IS NOT NULL OR OLD.sealed_at IS NOT NULL THEN
-      RAISE EXCEPTION 'audit_events is append-only: event % is sealed', OLD.id USING ERRCODE = '42501';
-    END IF;
-    IF NEW.seq IS NULL OR NEW.prev_hash IS NULL OR NEW.hash IS NULL OR NEW.sealed_at IS NULL THEN
-      RAISE EXCEPTION 'audit_events is append-only: the only update is sealing (seq, prev_hash, hash, sealed_at together)' USING ERRCODE = '42501';
-    END IF;
-    IF (to_jsonb(NEW) - ARRAY['seq', 'prev_hash', 'hash', 'sealed_at']) IS DISTINCT FROM (to_jsonb(OLD) - ARRAY['seq', 'prev_hash', 'hash', 'sealed_at']) THEN
-      RAISE EXCEPTION 'audit_events is append-only: event % may not be changed', OLD.id USING ERRCODE = '42501';
-    END IF;
-    IF EXISTS (SELECT 1 FROM audit_events WHERE seq = NEW.seq) THEN
-      RAISE EXCEPTION 'audit_events: seq % is already sealed', NEW.seq USING ERRCODE = '23505';
     END IF;
     RETURN NEW;
   END
