@@ -53,6 +53,12 @@ export class Metrics {
     labelNames: ['kind'] as const,
     registers: [this.registry],
   });
+  readonly jwksFetches = new Counter({
+    name: 'writ_jwks_fetches_total',
+    help: 'Fetches of upstream issuers\' JWKS by issuer (from policy) and outcome (ok|failed). Failures while keys are cached are served from the last good set until it is an hour old.',
+    labelNames: ['issuer', 'outcome'] as const,
+    registers: [this.registry],
+  });
   private sources: GaugeSources | undefined;
   // Each gauge reads its value when scraped. The aggregator says how worker processes' values
   // combine on the primary's /metrics (WRIT_WORKERS > 1).

@@ -75,7 +75,13 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
     const derived = deriveKeys(config.kek);
     const keys = await ensureSigningKeys(db.knex, derived.keyEncryption);
     const policy = new PolicyState(db, logger, options.pollMs ? { pollMs: options.pollMs } : {});
-    const upstream = new UpstreamKeys();
+    const metrics = new Metrics();
+    const upstream = new UpstreamKeys({
+      onFetch: (issuer, outcome) => {
+        metrics.jwksFetches.inc({ issuer, outcome: outcome.ok ? 'ok' : 'failed' });
+        if (!outcome.ok) logger.warn({ issuer, error: outcome.error }, 'upstream JWKS fetch failed');
+      },
+    });
     policy.onChange((p) => upstream.sync(p));
     await policy.start();
     const revocations = new RevocationState(db, logger);
@@ -83,7 +89,6 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
     const auditQueue = new BatchedAuditWriter(db.knex, logger);
     const lineage = new LineageCache();
     const writKeys = writKeyResolver(() => keys);
-    const metrics = new Metrics();
     const limiter = new RateLimiter();
 
     const exchangeDeps: ExchangeDeps = {

@@ -62,6 +62,8 @@ export interface RemoteJwksOptions {
   timeoutMs?: number;
   /** Response body cap in bytes. Default 64 KiB. */
   maxBodyBytes?: number;
+  /** Told of every fetch's outcome (metrics, logs): an issuer's keys going stale must be visible. */
+  onFetch?: (outcome: { ok: true } | { ok: false; error: string }) => void;
 }
 
 interface KeyEntry {
@@ -253,6 +255,7 @@ export class RemoteJwks implements KeyResolver {
   private readonly retryAfterErrorMs: number;
   private readonly timeoutMs: number;
   private readonly maxBodyBytes: number;
+  private readonly onFetch: RemoteJwksOptions['onFetch'];
 
   private entries: KeyEntry[] | undefined;
   /** When the current entries were fetched (ms); -Infinity before the first success. */
@@ -271,6 +274,7 @@ export class RemoteJwks implements KeyResolver {
     this.retryAfterErrorMs = options.retryAfterErrorMs ?? 5_000;
     this.timeoutMs = options.timeoutMs ?? 5_000;
     this.maxBodyBytes = options.maxBodyBytes ?? 64 * 1024;
+    this.onFetch = options.onFetch;
   }
 
   /** A fixed key set from policy (`jwks: {keys}`); never fetches anything. */
@@ -334,11 +338,13 @@ export class RemoteJwks implements KeyResolver {
         this.install(entries);
         this.lastAttemptFailed = false;
         this.lastError = undefined;
+        this.onFetch?.({ ok: true });
         return true;
       },
       (err: unknown) => {
         this.lastAttemptFailed = true;
         this.lastError = describeFetchError(err);
+        this.onFetch?.({ ok: false, error: this.lastError });
         return false;
       },
     ).finally(() => {

@@ -28,12 +28,20 @@ function sourceOf(issuer: IssuerPolicy): string {
  */
 export class UpstreamKeys {
   private readonly sets = new Map<string, { source: string; jwks: KeyResolver }>();
+  private readonly onFetch: ((issuer: string, outcome: { ok: true } | { ok: false; error: string }) => void) | undefined;
+
+  constructor(options: { onFetch?: (issuer: string, outcome: { ok: true } | { ok: false; error: string }) => void } = {}) {
+    this.onFetch = options.onFetch;
+  }
 
   sync(policy: CompiledPolicy): void {
     for (const [iss, issuer] of policy.issuers) {
       const source = sourceOf(issuer);
       if (this.sets.get(iss)?.source === source) continue;
-      const jwks: KeyResolver = issuer.jwks_uri ? new RemoteJwks(issuer.jwks_uri) : RemoteJwks.fromInline(issuer.jwks ?? { keys: [] });
+      const report = this.onFetch;
+      const jwks: KeyResolver = issuer.jwks_uri
+        ? new RemoteJwks(issuer.jwks_uri, report ? { onFetch: (outcome) => report(iss, outcome) } : {})
+        : RemoteJwks.fromInline(issuer.jwks ?? { keys: [] });
       this.sets.set(iss, { source, jwks });
     }
     for (const iss of this.sets.keys()) if (!policy.issuers.has(iss)) this.sets.delete(iss);

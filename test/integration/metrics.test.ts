@@ -3,7 +3,7 @@ import { createLogger } from '../../src/log.ts';
 import { createWrit, type Writ } from '../../src/server.ts';
 import { loadConfig } from '../../src/config.ts';
 import { applyPolicyFiles } from '../../src/policy/apply.ts';
-import { AT, EXECUTOR_AUD, PAYMENTS, SECRETS, TX, TestIdp, basicAuth, createTestDatabase, examplePolicyFor, freePort } from '../support/harness.ts';
+import { AT, EXAMPLE_POLICY, EXECUTOR_AUD, PAYMENTS, SECRETS, TX, TestIdp, basicAuth, createTestDatabase, examplePolicyFor, freePort } from '../support/harness.ts';
 
 describe('Prometheus metrics on their own listener', () => {
   let writ: Writ;
@@ -60,5 +60,18 @@ describe('Prometheus metrics on their own listener', () => {
     // The metrics listener serves nothing else, and the main listener does not serve metrics.
     expect((await fetch(metricsUrl.replace('/metrics', '/token'))).status).toBe(404);
     expect((await fetch(`${url}/metrics`)).status).toBe(404);
+  });
+  it('counts upstream JWKS fetches by issuer and outcome, failures included', async () => {
+    // The example's IdP, its keys now at a JWKS address where nothing listens.
+    const dead = await freePort();
+    const text = EXAMPLE_POLICY.replace('https://idp.example.com/.well-known/jwks.json', `http://127.0.0.1:${dead}/jwks.json`);
+    expect((await applyPolicyFiles(writ.db.knex, [{ name: 'example.yaml', text }], {
+      env: SECRETS, selfIssuer: issuer, maxTtl: 900, appliedBy: 'test', message: 'dead jwks', secretKey: writ.derived.clientSecret,
+    })).ok).toBe(true);
+    await writ.policy.reload();
+    const refused = await post('/token', { grant_type: TX, subject_token: await idp.token(issuer), subject_token_type: AT, audience: EXECUTOR_AUD }, basicAuth('planner-agent'));
+    expect(refused.status).toBe(503);
+    const text2 = await (await fetch(metricsUrl)).text();
+    expect(text2).toContain('writ_jwks_fetches_total{issuer="https://idp.example.com",outcome="failed"} 1');
   });
 });

@@ -343,7 +343,8 @@ describe('RemoteJwks: failures', () => {
   });
 
   it('serves the last good keys through an outage for up to an hour', async () => {
-    const jwks = remote();
+    const fetches: string[] = [];
+    const jwks = remote({ onFetch: (o) => fetches.push(o.ok ? 'ok' : o.error) });
     await expectVerifies(jwks, es1);
     upstream.mode = 'status500';
     clock += 11 * 60_000; // stale: a refresh is attempted and fails
@@ -362,6 +363,8 @@ describe('RemoteJwks: failures', () => {
     clock += 10_000;
     await expectVerifies(jwks, es1);
     expect(jwks.lastFetchError).toBeUndefined();
+    // Every attempt was reported (metrics and a warning in Writ).
+    expect(fetches).toEqual(['ok', 'HTTP 500', 'HTTP 500', 'ok']);
   });
 
   it('honours a configured stale-if-error window', async () => {
