@@ -52,7 +52,10 @@ async function verify(ctx: CliContext, args: string[]): Promise<number> {
 }
 
 async function trace(ctx: CliContext, args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { json: { type: 'boolean' } } });
+  // A jti is 24 base64url characters, so one in 32 begins with '-': parseArgs would take it for an
+  // option, so the only option is matched by hand and everything else is the jti.
+  const json = args.includes('--json');
+  const positionals = args.filter((a) => a !== '--json' && a !== '--');
   if (positionals.length !== 1) throw new UsageError('audit trace needs exactly one jti');
   const jti = positionals[0]!;
   const found = await withDatabase(ctx, 'trace', async (db) => ({ trace: await traceToken(db.knex, jti) }));
@@ -61,7 +64,7 @@ async function trace(ctx: CliContext, args: string[]): Promise<number> {
     ctx.err(`no token with jti ${jti} was issued by this Writ`);
     return 1;
   }
-  ctx.out(values.json ? JSON.stringify(found.trace, null, 2) : formatTraceTree(found.trace));
+  ctx.out(json ? JSON.stringify(found.trace, null, 2) : formatTraceTree(found.trace));
   return 0;
 }
 

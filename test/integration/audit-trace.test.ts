@@ -248,6 +248,11 @@ describe('audit trace, search and export (PostgreSQL)', () => {
       const missing = await writCli(['audit', 'trace', 'nope'], env);
       expect(missing.code).toBe(1);
       expect(missing.stderr).toContain('no token with jti nope');
+      // One jti in 32 begins with '-'; it is still a jti, not an option.
+      const dashed = await writCli(['audit', 'trace', '-mZ3x9'], env);
+      expect(dashed.stderr).toContain('no token with jti -mZ3x9');
+      expect(dashed.code).toBe(1);
+      expect((await writCli(['audit', 'trace', '--json', '--', '-mZ3x9'], env)).stderr).toContain('no token with jti -mZ3x9');
 
       const search = await writCli(['audit', 'search', '--subject', alice, '--limit', '2'], env);
       expect(search.code).toBe(0);
