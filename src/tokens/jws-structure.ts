@@ -1,5 +1,5 @@
 import { ExchangeDenied, type ReasonCode, type TokenRole } from '../exchange/reasons.ts';
-import { DEFAULT_MAX_JSON_DEPTH, StrictJsonError, parseStrictJson } from './strict-json.ts';
+import { DEFAULT_MAX_JSON_DEPTH, StrictJsonError, parseStrictJsonText } from './strict-json.ts';
 
 /**
  * Structural checks on an incoming JWT, run before any key lookup or cryptography, so that
@@ -22,6 +22,12 @@ export interface InspectOptions extends JwsLimits {
 export interface InspectedJws {
   header: Record<string, unknown>;
   payload: Record<string, unknown>;
+  /**
+   * A member name in the header or the payload was written with an escape. `JSON.parse` may
+   * misread such a name (strict-json.ts), and jose parses the token again with it, so the
+   * verifier must check that jose read the claims Writ read.
+   */
+  escapedNames: boolean;
 }
 
 export const DEFAULT_MAX_TOKEN_LENGTH = 8192;
@@ -72,7 +78,7 @@ function decodeSegment(segment: string, what: string, role: TokenRole | undefine
 
 function decodeJsonObject(
   segment: string, what: 'header' | 'payload', maxDepth: number, role: TokenRole | undefined,
-): Record<string, unknown> {
+): { value: Record<string, unknown>; escapedNames: boolean } {
   const bytes = decodeSegment(segment, what, role);
   let text: string;
   try {
@@ -81,8 +87,9 @@ function decodeJsonObject(
     deny('token_malformed', `${what} is not valid UTF-8`, role);
   }
   let value: unknown;
+  let escapedNames: boolean;
   try {
-    value = parseStrictJson(text, maxDepth);
+    ({ value, escapedNames } = parseStrictJsonText(text, maxDepth));
   } catch (e) {
     if (e instanceof StrictJsonError) {
       if (e.kind === 'duplicate_member') {
@@ -98,7 +105,7 @@ function decodeJsonObject(
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {
     deny('token_malformed', `${what} is not a JSON object`, role);
   }
-  return value as Record<string, unknown>;
+  return { value: value as Record<string, unknown>, escapedNames };
 }
 
 function checkHeader(header: Record<string, unknown>, role: TokenRole | undefined): void {
@@ -156,13 +163,13 @@ export function inspectCompactJws(token: string, limits: InspectOptions = {}): I
 
   // The header first, so that e.g. an unsecured `alg: none` token (empty signature) is reported
   // as what it is rather than as a generic malformed token.
-  const header = decodeJsonObject(h, 'header', maxDepth, role);
+  const { value: header, escapedNames: escapedHeader } = decodeJsonObject(h, 'header', maxDepth, role);
   checkHeader(header, role);
 
   // An empty payload is a detached-content JWS (RFC 7515 Appendix F); a JWT carries its claims.
   if (p.length === 0) deny('token_malformed', 'empty payload segment (detached content)', role);
   if (s.length === 0) deny('token_malformed', 'empty signature segment', role);
   decodeSegment(s, 'signature', role);
-  const payload = decodeJsonObject(p, 'payload', maxDepth, role);
-  return { header, payload };
+  const { value: payload, escapedNames: escapedPayload } = decodeJsonObject(p, 'payload', maxDepth, role);
+  return { header, payload, escapedNames: escapedHeader || escapedPayload };
 }

@@ -12,6 +12,12 @@
  * the scanner has shown to be duplicate-free and within the depth cap. The grammar accepted is
  * exactly `JSON.parse`'s (property-tested against it), so the two never disagree on validity.
  * It runs in time linear in the input: one pass, and one hash-set insertion per member name.
+ *
+ * Except when a member name holds an escape: V8's `JSON.parse` (Node 24 and later, unfixed as of
+ * 24.21; nodejs/node#63785, crbug 521080746) can then return a name seen in an earlier parse
+ * instead of the one written. After `{"au\\":1}` anywhere in the process, `{"au\u0064":1}`
+ * reads back as `au\`, not `aud`: whoever sends the first text chooses how the second is read.
+ * Such texts are built here, from the scanner's own decoding, and never by `JSON.parse`.
  */
 
 export type StrictJsonFailure = 'syntax' | 'duplicate_member' | 'too_deep';
@@ -57,6 +63,8 @@ class Scanner {
   private i = 0;
   /** Offset of the first duplicate name; reported only once the text is known to be JSON. */
   private firstDuplicate = -1;
+  /** A member name was written with an escape, so `JSON.parse` cannot be trusted to read it. */
+  escapedNames = false;
 
   constructor(text: string, maxDepth: number) {
     this.text = text;
@@ -191,7 +199,10 @@ class Scanner {
         return result;
       }
       if (c === CH.BACKSLASH) {
-        if (decode) (parts ??= []).push(text.slice(chunkStart, this.i));
+        if (decode) {
+          (parts ??= []).push(text.slice(chunkStart, this.i));
+          this.escapedNames = true;
+        }
         const e = text.charCodeAt(this.i + 1);
         const simple = SIMPLE_ESCAPES[e];
         if (simple !== undefined) {
@@ -217,6 +228,62 @@ class Scanner {
       if (!(c >= 0x20)) this.fail('syntax');
       this.i++;
     }
+  }
+
+  /**
+   * The value of a text `run()` accepted, built as `JSON.parse` would build it but with every
+   * string decoded here: own enumerable data properties (so `__proto__` is a plain member),
+   * numbers by `Number` (the same IEEE rounding), lone surrogates kept.
+   */
+  build(): unknown {
+    this.i = 0;
+    this.ws();
+    return this.buildValue();
+  }
+
+  private buildValue(): unknown {
+    const c = this.peek();
+    if (c === CH.LBRACE) {
+      const object: Record<string, unknown> = {};
+      this.i++;
+      this.ws();
+      if (this.peek() === CH.RBRACE) {
+        this.i++;
+        return object;
+      }
+      for (;;) {
+        const name = this.string(true);
+        this.ws();
+        this.i++; // :
+        this.ws();
+        Object.defineProperty(object, name, { value: this.buildValue(), writable: true, enumerable: true, configurable: true });
+        this.ws();
+        if (this.text.charCodeAt(this.i++) === CH.RBRACE) return object;
+        this.ws();
+      }
+    }
+    if (c === CH.LBRACKET) {
+      const array: unknown[] = [];
+      this.i++;
+      this.ws();
+      if (this.peek() === CH.RBRACKET) {
+        this.i++;
+        return array;
+      }
+      for (;;) {
+        array.push(this.buildValue());
+        this.ws();
+        if (this.text.charCodeAt(this.i++) === CH.RBRACKET) return array;
+        this.ws();
+      }
+    }
+    if (c === CH.QUOTE) return this.string(true);
+    if (c === 0x74) { this.i += 4; return true; }
+    if (c === 0x66) { this.i += 5; return false; }
+    if (c === 0x6e) { this.i += 4; return null; }
+    const start = this.i;
+    this.number();
+    return Number(this.text.slice(start, this.i));
   }
 
   /** RFC 8259 §6: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?` */
@@ -259,6 +326,13 @@ export function assertStrictJson(text: string, maxDepth: number = DEFAULT_MAX_JS
 
 /** `JSON.parse`, but refusing duplicate member names (at any depth) and excessive nesting. */
 export function parseStrictJson(text: string, maxDepth: number = DEFAULT_MAX_JSON_DEPTH): unknown {
-  assertStrictJson(text, maxDepth);
-  return JSON.parse(text) as unknown;
+  return parseStrictJsonText(text, maxDepth).value;
+}
+
+/** `parseStrictJson`, also saying whether a member name was escaped (see the note at the top). */
+export function parseStrictJsonText(text: string, maxDepth: number = DEFAULT_MAX_JSON_DEPTH): { value: unknown; escapedNames: boolean } {
+  const scanner = new Scanner(text, Math.min(Math.max(0, Math.floor(maxDepth)), HARD_MAX_DEPTH));
+  scanner.run();
+  if (scanner.escapedNames) return { value: scanner.build(), escapedNames: true };
+  return { value: JSON.parse(text) as unknown, escapedNames: false };
 }

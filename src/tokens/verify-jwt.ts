@@ -1,4 +1,5 @@
 import { errors, jwtVerify, type JWTVerifyOptions } from 'jose';
+import { isDeepStrictEqual } from 'node:util';
 import { ExchangeDenied, type ReasonCode, type TokenRole } from '../exchange/reasons.ts';
 import { isPlainText } from '../store/text.ts';
 import type { ActClaim, SubIdClaim } from '../exchange/types.ts';
@@ -207,11 +208,11 @@ function fromJose(err: unknown, role: TokenRole): ExchangeDenied {
 }
 
 async function verifySignatureAndClaims(
-  token: string, key: VerificationKey, options: JWTVerifyOptions, role: TokenRole,
+  token: string, inspected: InspectedJws, key: VerificationKey, options: JWTVerifyOptions, role: TokenRole,
 ): Promise<Record<string, unknown>> {
+  let verified: { payload: unknown; protectedHeader: unknown };
   try {
-    const { payload } = await jwtVerify(token, key, options);
-    return payload as Record<string, unknown>;
+    verified = await jwtVerify(token, key, options);
   } catch (err) {
     // jose validates claims only after the signature verified, so these carry an authentic
     // claims set. A malformed time (`-1e400` reads as -Infinity, i.e. "expired") is reported
@@ -221,6 +222,13 @@ async function verifySignatureAndClaims(
     }
     throw fromJose(err, role);
   }
+  // jose parsed the token again with JSON.parse, which can misread an escaped member name
+  // (strict-json.ts): its claim checks count only if it read what Writ read.
+  if (inspected.escapedNames
+    && !(isDeepStrictEqual(verified.payload, inspected.payload) && isDeepStrictEqual(verified.protectedHeader, inspected.header))) {
+    deny('token_malformed', 'the token\'s JSON reads differently to the JOSE library (escaped member names)', role);
+  }
+  return inspected.payload;
 }
 
 /** `exp`, `iat` and `nbf`, when present, must be non-negative safe integers. */
@@ -266,7 +274,8 @@ export async function verifyUpstreamToken(token: string, opts: UpstreamVerifyOpt
   const { role, declaredType, issuer, keys, selfIssuer, now } = opts;
   const leeway = checkClock(now, opts.leeway ?? 60);
   const maxLifetime = opts.maxLifetime ?? DEFAULT_MAX_LIFETIME;
-  const { header } = opts.inspected ?? inspectCompactJws(token, { ...opts.limits, role });
+  const inspected = opts.inspected ?? inspectCompactJws(token, { ...opts.limits, role });
+  const { header } = inspected;
 
   // RFC 8725 §3.1 (J1): "libraries MUST enable the caller to specify a supported set of
   // algorithms and MUST NOT use any other algorithms". The token's `alg` only selects among the
@@ -295,7 +304,7 @@ export async function verifyUpstreamToken(token: string, opts: UpstreamVerifyOpt
 
   const key = await resolveKey(keys, header, role);
   const audience = issuer.audience === 'self' ? selfIssuer : issuer.audience;
-  const claims = await verifySignatureAndClaims(token, key, {
+  const claims = await verifySignatureAndClaims(token, inspected, key, {
     algorithms,
     // RFC 8725 §3.8 (J7) / RFC 7519 §4.1.1: `iss` compared as an exact string.
     issuer: issuer.issuer,
@@ -347,7 +356,8 @@ export async function verifyWritToken(token: string, opts: WritVerifyOptions): P
   const { selfIssuer, keys, now } = opts;
   const role = opts.role ?? 'subject';
   const leeway = checkClock(now, opts.leeway ?? 0);
-  const { header } = opts.inspected ?? inspectCompactJws(token, { ...opts.limits, role });
+  const inspected = opts.inspected ?? inspectCompactJws(token, { ...opts.limits, role });
+  const { header } = inspected;
 
   const alg = header.alg as string;
   if (!WRIT_ALGS.includes(alg)) deny('alg_not_allowed', 'algorithm not used by Writ', role);
@@ -356,7 +366,7 @@ export async function verifyWritToken(token: string, opts: WritVerifyOptions): P
   if (typeof header.typ !== 'string' || normalizeTyp(header.typ) !== AT_JWT) deny('typ_not_allowed', 'typ is not at+jwt', role);
 
   const key = await resolveKey(keys, header, role);
-  const claims = await verifySignatureAndClaims(token, key, {
+  const claims = await verifySignatureAndClaims(token, inspected, key, {
     algorithms: [...WRIT_ALGS],
     issuer: selfIssuer,
     clockTolerance: leeway,

@@ -424,6 +424,33 @@ describe('verifyUpstreamToken: forbidden and delegation claims', () => {
   });
 });
 
+describe('verifyUpstreamToken: a claim name JSON.parse misreads (nodejs/node#63785)', () => {
+  it('never acts on claims the JOSE library read differently: may_act written with an escape is kept or the token refused', async () => {
+    const claims = payloadText(upstreamClaims());
+    const escaped = claims.replace(/}$/, ',"ma\\u0079_act":{"sub":"planner-agent"}}');
+    // Anyone can prime V8's JSON.parse: the same names, then the escaped name's raw text up to
+    // its length as a literal name. V8 then reads "ma\u0079_act" as "ma\\u007": may_act is gone.
+    JSON.parse(claims.replace(/}$/, ',"ma\\\\u007":1}'));
+    let verified;
+    try {
+      verified = await verifyUpstreamToken(await upstreamToken({ payload: escaped }), upstreamOpts());
+    } catch (err) {
+      expect(err).toBeInstanceOf(ExchangeDenied);
+      expect((err as ExchangeDenied).reason).toBe('token_malformed');
+      return;
+    }
+    // Read correctly (a V8 without the bug): the restriction is there.
+    expect(verified.claims.may_act).toEqual({ sub: 'planner-agent' });
+  });
+
+  it('accepts escaped claim names when nothing primed the parser, read as written', async () => {
+    const escaped = payloadText(upstreamClaims()).replace('"groups"', '"gr\\u006fups"').replace(/}$/, ',"https:\\/\\/idp.example.com\\/tenant":"t1"}');
+    const verified = await verifyUpstreamToken(await upstreamToken({ payload: escaped }), upstreamOpts());
+    expect(verified.claims.groups).toEqual(['finance']);
+    expect(verified.claims['https://idp.example.com/tenant']).toBe('t1');
+  });
+});
+
 describe('verifyUpstreamToken: declared token types (RFC 8693 §2.1, RFC 8725 §3.11)', () => {
   const idIssuer = (): IssuerPolicy => issuerPolicy({ token_types: ['access_token', 'jwt', 'id_token'] });
   const idToken = (header: Record<string, unknown>, set: Record<string, unknown> = {}): Promise<string> =>
