@@ -8,6 +8,7 @@ import { recordAudit } from './audit/event.ts';
 import type { Config } from './config.ts';
 import { LineageCache } from './exchange/lineage-store.ts';
 import { EXCHANGE_PARAMS, REPEATABLE_PARAMS } from './exchange/request.ts';
+import { GrantBatcher } from './exchange/grant-batcher.ts';
 import { isStorageError, type ExchangeDeps } from './exchange/service.ts';
 import { authenticateAdmin } from './admin/auth.ts';
 import { adminRoutes } from './admin/routes.ts';
@@ -91,6 +92,7 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
     const writKeys = writKeyResolver(() => keys);
     const limiter = new RateLimiter();
 
+    const grants = new GrantBatcher(db.knex, { isStorageError, onBatch: (size) => metrics.grantBatchSize.observe(size) });
     const exchangeDeps: ExchangeDeps = {
       issuer: config.issuer,
       maxTtl: config.maxTtl,
@@ -101,6 +103,7 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
       revocations,
       lineage,
       knex: db.knex,
+      recordGrant: (record) => grants.record(record),
       logger,
       onDecision: (seconds) => metrics.decisionSeconds.observe(seconds),
       limitSubject: (root) => {

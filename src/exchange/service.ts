@@ -12,7 +12,7 @@ import type { LineageCache } from './lineage-store.ts';
 import { mint } from './mint.ts';
 import { verifyActorToken, verifySubjectToken, type PresentedTokenContext } from './presented-tokens.ts';
 import { ExchangeDenied, REASONS, type OAuthErrorCode, type ReasonCode } from './reasons.ts';
-import { recordGrant } from './record.ts';
+import type { GrantRecord } from './record.ts';
 import { parseExchangeRequest } from './request.ts';
 import { TOKEN_TYPE_URN, type ExchangeRequest, type Grant, type Lineage, type VerifiedSubject } from './types.ts';
 
@@ -26,6 +26,8 @@ export interface ExchangeDeps {
   revocations: RevocationState;
   lineage: LineageCache;
   knex: Knex;
+  /** Commits a grant's lineage row and audit event (a GrantBatcher's `record`): true if granted. */
+  recordGrant: (record: GrantRecord) => Promise<boolean>;
   logger: Logger;
   /** Called with the pure decision's duration, for metrics. */
   onDecision?: (seconds: number) => void;
@@ -172,26 +174,30 @@ export async function exchange(deps: ExchangeDeps, call: ExchangeCall): Promise<
       audience: grant.audience,
       policyVersion: grant.policyVersion,
     };
-    const granted = await recordGrant(deps.knex, lineage, {
-      ...common,
-      type: 'exchange.granted',
-      outcome: 'granted',
-      jti: lineage.jti,
-      details: {
-        rule: grant.ruleId,
-        requested_scope: request.scope ?? null,
-        scope: grant.scopes,
-        act: grant.act,
-        exp: grant.exp,
-        depth: grant.depth,
-        kid: minted.kid,
+    const granted = await deps.recordGrant({
+      lineage,
+      granted: {
+        ...common,
+        type: 'exchange.granted',
+        outcome: 'granted',
+        jti: lineage.jti,
+        details: {
+          rule: grant.ruleId,
+          requested_scope: request.scope ?? null,
+          scope: grant.scopes,
+          act: grant.act,
+          exp: grant.exp,
+          depth: grant.depth,
+          kid: minted.kid,
+        },
       },
-    }, {
-      ...common,
-      type: 'exchange.denied',
-      outcome: 'denied',
-      reason: 'parent_revoked',
-      details: { detail: 'the parent token was revoked while this exchange ran', rule: grant.ruleId },
+      deniedIfParentRevoked: {
+        ...common,
+        type: 'exchange.denied',
+        outcome: 'denied',
+        reason: 'parent_revoked',
+        details: { detail: 'the parent token was revoked while this exchange ran', rule: grant.ruleId },
+      },
     }).catch((err: unknown) => {
       throw new StorageUnavailable((err as Error).message);
     });

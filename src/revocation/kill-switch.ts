@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
 import { toRow } from '../audit/event.ts';
+import { retryOnConflict } from '../store/retry.ts';
 import { notify, setRevokeBefore, type KillSwitchKind } from './revoke.ts';
 import type { RevocationEntry } from './state.ts';
 
@@ -11,7 +12,7 @@ export const KILL_SWITCH_KINDS: readonly KillSwitchKind[] = ['client', 'subject'
  * everything derived from them, are revoked by jti in the same transaction.
  */
 export async function killSwitch(knex: Knex, input: { kind: KillSwitchKind; value: string; notBefore: Date; revokedBy: string; requestId?: string }): Promise<{ tokens: number }> {
-  return knex.transaction(async (trx) => {
+  return retryOnConflict(() => knex.transaction(async (trx) => {
     await setRevokeBefore(trx, input);
     let tokens = 0;
     if (input.kind === 'rule') {
@@ -38,5 +39,5 @@ export async function killSwitch(knex: Knex, input: { kind: KillSwitchKind; valu
       details: { kind: input.kind, value: input.value, not_before: input.notBefore.toISOString(), tokens_revoked_by_jti: tokens },
     }));
     return { tokens };
-  });
+  }));
 }

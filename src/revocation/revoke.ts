@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
 import { toRow, type AuditEvent } from '../audit/event.ts';
+import { retryOnConflict } from '../store/retry.ts';
 import { markSeconds, REVOCATION_CHANNEL, subjectTaskKey, type RevocationEntry } from './state.ts';
 
 const NOTIFY_LIMIT = 7000;
@@ -34,7 +35,7 @@ export interface TokenRevocationResult {
  * meanwhile. The loop ends when a pass finds no unrevoked child.
  */
 export async function revokeTokenCascade(knex: Knex, input: { jti: string; revokedBy: string; audit: (count: number) => AuditEvent }): Promise<TokenRevocationResult> {
-  return knex.transaction(async (trx) => {
+  return retryOnConflict(() => knex.transaction(async (trx) => {
     const revoked: Array<{ jti: string; exp: number }> = [];
     let frontier: string[] = [input.jti];
     let first = true;
@@ -58,7 +59,7 @@ export async function revokeTokenCascade(knex: Knex, input: { jti: string; revok
     }
     await trx('audit_events').insert(toRow(input.audit(revoked.length)));
     return { revoked };
-  });
+  }));
 }
 
 /**
@@ -67,7 +68,7 @@ export async function revokeTokenCascade(knex: Knex, input: { jti: string; revok
  * same statement that would record them.
  */
 export async function revokeTask(knex: Knex, input: { taskId: string; revokedBy: string; audit: (count: number) => AuditEvent }): Promise<number> {
-  return knex.transaction(async (trx) => {
+  return retryOnConflict(() => knex.transaction(async (trx) => {
     await trx('revocations')
       .insert({ kind: 'task', value: input.taskId, revoked_by: input.revokedBy })
       .onConflict(['kind', 'value']).ignore();
@@ -76,7 +77,7 @@ export async function revokeTask(knex: Knex, input: { taskId: string; revokedBy:
     await notify(trx, [{ kind: 'task', value: input.taskId, notBefore: null, expiresAt: null }]);
     await trx('audit_events').insert(toRow(input.audit(updated)));
     return updated;
-  });
+  }));
 }
 
 export type KillSwitchKind = 'client' | 'subject' | 'issuer' | 'rule';
@@ -104,7 +105,7 @@ export async function setRevokeBefore(trx: Knex.Transaction, input: { kind: Kill
  * agent naming another chain's task id can neither join nor end that chain.
  */
 export async function revokeTaskForAgent(knex: Knex, input: { taskId: string; agent: string; audit: (count: number) => AuditEvent }): Promise<number | undefined> {
-  return knex.transaction(async (trx) => {
+  return retryOnConflict(() => knex.transaction(async (trx) => {
     const roots = await trx('token_lineage')
       .distinct('root_issuer', 'root_sub')
       .where({ task_id: input.taskId })
@@ -129,5 +130,5 @@ export async function revokeTaskForAgent(knex: Knex, input: { taskId: string; ag
     ]);
     await trx('audit_events').insert(toRow(input.audit(rows.length)));
     return rows.length;
-  });
+  }));
 }
