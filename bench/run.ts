@@ -243,6 +243,7 @@ async function userTokens(idp: Idp, audience: string, count: number): Promise<st
 interface WritProcess {
   child: Child;
   url: string;
+  dbUrl: string;
   issuer: string;
   secrets: Record<string, string>;
   profileDir?: string;
@@ -284,7 +285,7 @@ async function startWrit(dbUrl: string, idp: Idp, profileDir?: string): Promise<
   child.process.once('exit', () => rmSync(dataDir, { recursive: true, force: true }));
   const url = `http://127.0.0.1:${port}`;
   await waitFor(`${url}/readyz`, child, 60_000);
-  return { child, url, issuer, secrets, ...(profileDir ? { profileDir } : {}) };
+  return { dbUrl, child, url, issuer, secrets, ...(profileDir ? { profileDir } : {}) };
 }
 
 async function exchangeOnce(writ: WritProcess, auth: string, body: string): Promise<string> {
@@ -362,7 +363,33 @@ function record(server: RunResult['server'], scenario: string, result: Omit<RunR
   log(`  ${server} ${scenario} ${row.mode} c=${row.connections}${row.offered ? ` @${row.offered}/s` : ''}: ${row.rps} req/s, p50 ${row.latency_ms.p50} ms, p99 ${row.latency_ms.p99} ms, non-2xx ${row.non2xx}, errors ${row.errors}`);
 }
 
+/**
+ * Waits until the audit sealer has chained every event so far (at most 60 s). Each scenario
+ * leaves thousands of events to seal; a scenario started before that work is done would pay for
+ * its predecessor (the flood runs at 100/s especially).
+ */
+async function auditSealed(dbUrl: string): Promise<void> {
+  const client = new pg.Client({ connectionString: dbUrl });
+  await client.connect();
+  try {
+    const started = Date.now();
+    for (;;) {
+      const { rows } = await client.query<{ behind: string }>(
+        'SELECT (SELECT coalesce(max(id), 0) FROM audit_events) - (SELECT coalesce(max(event_id), 0) FROM audit_chain) AS behind');
+      const behind = Number(rows[0]!.behind);
+      if (behind <= 0 || Date.now() - started > 60_000) {
+        if (Date.now() - started > 1_000) log(`  (waited ${((Date.now() - started) / 1000).toFixed(1)} s for the audit sealer${behind > 0 ? `; ${behind} events still unsealed` : ''})`);
+        return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+  } finally {
+    await client.end();
+  }
+}
+
 async function benchWrit(writ: WritProcess, idp: Idp): Promise<void> {
+  const settle = (): Promise<void> => auditSealed(writ.dbUrl);
   const cpu = new CpuMeter(writ.child.process.pid!);
   const requests = writRequests(writ, idp);
   const url = writ.url;
@@ -375,15 +402,20 @@ async function benchWrit(writ: WritProcess, idp: Idp): Promise<void> {
   log(`warm-up (${warmUp} s)`);
   await closedLoop({ url, request: direct, connections: quick ? 10 : 50, duration: warmUp, cpu });
 
-  if (want('direct')) for (const connections of concurrencies) record('writ', 'direct exchange', await closedLoop({ url, request: direct, connections, duration, cpu }));
+  if (want('direct')) for (const connections of concurrencies) {
+    await settle();
+    record('writ', 'direct exchange', await closedLoop({ url, request: direct, connections, duration, cpu }));
+  }
   if (want('chained')) for (const connections of concurrencies) {
     const chained = await requests.chained();
     await preflight(url, chained, granted, 'chained exchange');
+    await settle();
     record('writ', 'chained exchange', await closedLoop({ url, request: chained, connections, duration, cpu }));
   }
   if (want('introspection')) for (const connections of concurrencies) {
     const introspection = await requests.introspection();
     await preflight(url, introspection, active, 'introspection');
+    await settle();
     record('writ', 'introspection', await closedLoop({ url, request: introspection, connections, duration, cpu }));
   }
   if (want('jwks')) {
@@ -392,7 +424,9 @@ async function benchWrit(writ: WritProcess, idp: Idp): Promise<void> {
     for (const connections of concurrencies) record('writ', 'jwks', await closedLoop({ url, request: jwks, connections, duration, cpu }));
   }
 
+  if (want('open')) await settle();
   if (want('open')) record('writ', 'direct exchange', await openLoop({ url, request: direct, rate: TARGETS.rate, duration, maxSockets: 64, cpu }));
+  if (want('open') && !quick) await settle();
   if (want('open') && !quick) record('writ', 'direct exchange', await closedLoop({ url, request: direct, connections: 10, duration, overallRate: TARGETS.rate, cpu }));
   if (!want('flood')) return;
 
@@ -401,7 +435,9 @@ async function benchWrit(writ: WritProcess, idp: Idp): Promise<void> {
   const flooder = { ...direct, headers: { ...direct.headers, authorization: basic('flood-agent', writ.secrets.FLOOD_SECRET!) } };
   // A p99 needs samples: at least 1,500 per run (15 s at 100/s) unless --quick.
   const victimDuration = quick ? duration : Math.max(duration, 15);
+  await settle();
   record('writ', 'victim alone', await openLoop({ url, request: direct, rate: TARGETS.floodVictimRate, duration: victimDuration, maxSockets: 16, cpu }));
+  await settle();
   const flood = closedLoop({ url, request: flooder, connections: 50, duration: victimDuration + 1, cpu: new CpuMeter(writ.child.process.pid!) });
   record('writ', 'victim under flood', await openLoop({ url, request: direct, rate: TARGETS.floodVictimRate, duration: victimDuration, maxSockets: 16, cpu }));
   record('writ', 'flooding client', await flood);
