@@ -569,6 +569,12 @@ async function main(): Promise<void> {
     })();
   };
   process.once('SIGINT', interrupted);
+  // Last resort if this process dies of an uncaught error: no Writ left serving without it (its
+  // workers follow their primary). The database is then left behind, named in the log above.
+  const orphanGuard = (): void => {
+    if (writ) writ.child.process.kill('SIGKILL');
+  };
+  process.once('exit', orphanGuard);
   try {
     const idp = await createIdp();
 
@@ -663,6 +669,7 @@ async function main(): Promise<void> {
     process.stdout.write(`\nwritten ${path.relative(ROOT, file)}\n`);
   } finally {
     process.off('SIGINT', interrupted);
+    process.off('exit', orphanGuard);
     if (writ) await stopChild(writ.child);
     await adminQuery(`DROP DATABASE IF EXISTS "${dbName}" WITH (FORCE)`);
     log(`dropped ${dbName}`);
