@@ -28,6 +28,10 @@ export interface GrantBatcherOptions {
  *
  * A batch that fails for any reason but a lost database is retried one grant at a time, so a
  * grant the database refuses fails alone and does not take its neighbours with it.
+ *
+ * One statement in flight per process batches best: on 2 cores, direct exchanges at c=50 went
+ * from ~1,750 (two in flight) to ~2,000/s. A batch waits behind a lock only when it holds a
+ * child of a parent being revoked at that moment, and a revocation is one short transaction.
  */
 export class GrantBatcher {
   readonly #knex: Knex;
@@ -40,7 +44,7 @@ export class GrantBatcher {
 
   constructor(knex: Knex, options: GrantBatcherOptions) {
     this.#knex = knex;
-    this.#maxInFlight = options.maxInFlight ?? 2;
+    this.#maxInFlight = options.maxInFlight ?? 1;
     this.#maxBatch = options.maxBatch ?? 64;
     this.#isStorageError = options.isStorageError;
     this.#onBatch = options.onBatch;
