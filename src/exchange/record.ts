@@ -108,16 +108,21 @@ const COLUMNS: ReadonlyArray<readonly [name: string, type: string]> = [
  * as RECORD_GRANT does, the parents read `FOR SHARE` together. The arrays are passed one per
  * column (the text arrays keep each value as the single statement's text parameter would).
  */
-const RECORD_GRANTS: PreparedStatement = {
+export const RECORD_GRANTS: PreparedStatement = {
   name: 'writ_record_grants_v1',
   text: `
     WITH input AS (
       SELECT * FROM unnest(${COLUMNS.map(([, type], i) => `$${i + 1}::${type}[]`).join(', ')}) WITH ORDINALITY
         AS i(${COLUMNS.map(([name]) => name).join(', ')}, ord)
     ), parent AS (
-      -- The parents straight from their array: an index probe each, whatever the plan thinks of unnest.
-      SELECT jti FROM token_lineage WHERE jti = ANY($2::text[]) AND revoked_at IS NULL
-      FOR SHARE
+      -- One primary-key probe per parent. The plan is cached per connection and may be made
+      -- while the table is small: for "jti = ANY(array)" it was then a sequential scan, kept as
+      -- the table grew. A locking subquery is never flattened, so this stays a lookup per parent.
+      SELECT l.jti
+      FROM (SELECT DISTINCT parent_jti FROM input WHERE parent_jti IS NOT NULL) AS p
+      CROSS JOIN LATERAL (
+        SELECT jti FROM token_lineage WHERE jti = p.parent_jti AND revoked_at IS NULL FOR SHARE
+      ) AS l
     ), ins AS (
       INSERT INTO token_lineage (jti, parent_jti, client_id, audience, scopes, root_issuer, root_sub,
         root_claims, task_id, depth, depth_bound, actors, rule_id, policy_version, iat, exp)

@@ -5,7 +5,7 @@ import path from 'node:path';
 import knexFactory from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GrantBatcher } from '../../src/exchange/grant-batcher.ts';
-import type { GrantRecord } from '../../src/exchange/record.ts';
+import { RECORD_GRANTS, type GrantRecord } from '../../src/exchange/record.ts';
 import { isStorageError } from '../../src/exchange/service.ts';
 import { migrate, openDatabase, type Database } from '../../src/store/db.ts';
 import { retryOnConflict } from '../../src/store/retry.ts';
@@ -97,6 +97,35 @@ describe.each(backends)('group commit of grants on $backend', ({ embedded }) => 
     expect(isStorageError((settled[2] as PromiseRejectedResult).reason)).toBe(false);
     const events = await db.knex('audit_events').whereIn('request_id', records.map((r) => r.granted.requestId!)).pluck('request_id');
     expect(events.sort()).toEqual(['req-200', 'req-202', 'req-203']);
+  });
+});
+
+describe('the grants statement under a cached generic plan (PostgreSQL)', () => {
+  let db: Database;
+  beforeAll(async () => {
+    db = await openDatabase({ databaseUrl: await createTestDatabase('grantplan'), dataDir: tmpdir() });
+    await migrate(db);
+  });
+  afterAll(async () => db?.close());
+
+  it('looks each parent up by primary key, not by scanning token_lineage', async () => {
+    // PostgreSQL caches one generic plan per connection; "jti = ANY(array)" planned that way
+    // became a sequential scan of the whole table on every chained grant (seen in the bench).
+    await db.knex.raw(`INSERT INTO token_lineage (jti, client_id, audience, scopes, root_issuer, root_sub, root_claims,
+        depth, depth_bound, actors, rule_id, policy_version, iat, exp)
+      SELECT 'p' || g, 'c', 'a', '[]', 'i', 's', '{}', 1, 3, '[]', 'r', 1, now(), now() + interval '5 minutes'
+      FROM generate_series(1, 5000) g`);
+    await db.knex.raw('ANALYZE token_lineage');
+    const plan = await db.knex.transaction(async (trx) => {
+      await trx.raw('SET LOCAL plan_cache_mode = force_generic_plan');
+      await trx.raw(`PREPARE probe_grants AS ${RECORD_GRANTS.text.replace(/\?/g, '\\?')}`);
+      const nulls = RECORD_GRANTS.text.match(/\$\d+/g)!.map(() => 'NULL').slice(0, 26).join(', ');
+      const { rows } = await trx.raw<{ rows: Array<{ 'QUERY PLAN': string }> }>(`EXPLAIN EXECUTE probe_grants(${nulls})`);
+      await trx.raw('DEALLOCATE probe_grants');
+      return rows.map((r) => r['QUERY PLAN']).join('\n');
+    });
+    expect(plan).toMatch(/Index Scan using token_lineage_pkey on token_lineage/);
+    expect(plan).not.toMatch(/Seq Scan on token_lineage/);
   });
 });
 
