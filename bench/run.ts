@@ -364,21 +364,27 @@ function record(server: RunResult['server'], scenario: string, result: Omit<RunR
 }
 
 /**
- * Waits until the audit sealer has chained every event so far (at most 60 s). Each scenario
- * leaves thousands of events to seal; a scenario started before that work is done would pay for
- * its predecessor (the flood runs at 100/s especially).
+ * Waits until the audit sealer has chained every event so far and no autovacuum worker is
+ * running (at most 60 s). Each scenario leaves thousands of events to seal and tables to vacuum;
+ * a scenario started before that work is done would pay for its predecessor (the 100/s flood
+ * runs especially: autovacuum after the introspection runs took ~40% of a core).
  */
-async function auditSealed(dbUrl: string): Promise<void> {
+async function settled(dbUrl: string): Promise<void> {
   const client = new pg.Client({ connectionString: dbUrl });
   await client.connect();
   try {
     const started = Date.now();
     for (;;) {
-      const { rows } = await client.query<{ behind: string }>(
-        'SELECT (SELECT coalesce(max(id), 0) FROM audit_events) - (SELECT coalesce(max(event_id), 0) FROM audit_chain) AS behind');
+      const { rows } = await client.query<{ behind: string; vacuuming: string }>(`SELECT
+        (SELECT coalesce(max(id), 0) FROM audit_events) - (SELECT coalesce(max(event_id), 0) FROM audit_chain) AS behind,
+        (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker') AS vacuuming`);
       const behind = Number(rows[0]!.behind);
-      if (behind <= 0 || Date.now() - started > 60_000) {
-        if (Date.now() - started > 1_000) log(`  (waited ${((Date.now() - started) / 1000).toFixed(1)} s for the audit sealer${behind > 0 ? `; ${behind} events still unsealed` : ''})`);
+      const vacuuming = Number(rows[0]!.vacuuming);
+      if ((behind <= 0 && vacuuming === 0) || Date.now() - started > 60_000) {
+        if (Date.now() - started > 1_000) {
+          const left = [behind > 0 ? `${behind} events still unsealed` : '', vacuuming > 0 ? `${vacuuming} autovacuum workers still running` : ''].filter(Boolean).join(', ');
+          log(`  (waited ${((Date.now() - started) / 1000).toFixed(1)} s for the audit sealer and autovacuum${left ? `; ${left}` : ''})`);
+        }
         return;
       }
       await new Promise((resolve) => setTimeout(resolve, 250));
@@ -389,7 +395,7 @@ async function auditSealed(dbUrl: string): Promise<void> {
 }
 
 async function benchWrit(writ: WritProcess, idp: Idp): Promise<void> {
-  const settle = (): Promise<void> => auditSealed(writ.dbUrl);
+  const settle = (): Promise<void> => settled(writ.dbUrl);
   const cpu = new CpuMeter(writ.child.process.pid!);
   const requests = writRequests(writ, idp);
   const url = writ.url;
