@@ -1,4 +1,5 @@
 import type { Knex } from 'knex';
+import { runPrepared, type PreparedStatement } from '../store/prepared.ts';
 import { storableJson, storableText } from '../store/text.ts';
 
 export type AuditType =
@@ -74,7 +75,23 @@ export const AUDIT_COLUMNS = [
   'subject', 'audience', 'policy_version', 'details',
 ] as const satisfies ReadonlyArray<keyof AuditRow>;
 
+/**
+ * One event, as every denied exchange writes it: a prepared statement, so that PostgreSQL does
+ * not plan an insert into the partitioned table for each denial (a flood of denials is exactly
+ * when that would cost most).
+ */
+const INSERT_AUDIT_EVENT: PreparedStatement = {
+  name: 'writ_insert_audit_event_v1',
+  text: `INSERT INTO audit_events (${AUDIT_COLUMNS.join(', ')})
+    VALUES ($1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::text, $9::text, $10::text, $11::int, $12::jsonb)`,
+};
+
 export async function recordAudit(knex: Knex, events: AuditEvent | AuditEvent[]): Promise<void> {
   const rows = (Array.isArray(events) ? events : [events]).map(toRow);
-  if (rows.length > 0) await knex('audit_events').insert(rows);
+  if (rows.length === 1) {
+    const row = rows[0]!;
+    await runPrepared(knex, INSERT_AUDIT_EVENT, AUDIT_COLUMNS.map((c) => row[c]));
+  } else if (rows.length > 1) {
+    await knex('audit_events').insert(rows);
+  }
 }
