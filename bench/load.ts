@@ -5,6 +5,7 @@
 import { readFileSync, readdirSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import autocannon, { type AutocannonRequest } from 'autocannon';
 
 export interface LoadRequest {
@@ -50,6 +51,11 @@ export interface RunResult {
    * box than req/s: a neighbour steals wall time, not the work each request needs.
    */
   server_cpu_ms_per_request: number;
+  /**
+   * Open loop only: the load generator's own longest event-loop stall, ms. Latency is counted
+   * from when a request was due, so a stall here shows up as server latency that it is not.
+   */
+  driver_stall_ms?: number;
 }
 
 export function percentile(sorted: ArrayLike<number>, p: number): number {
@@ -254,6 +260,8 @@ export async function openLoop(options: {
   let errors = 0;
   let done = 0;
   let sent = 0;
+  const stall = monitorEventLoopDelay({ resolution: 1 });
+  stall.enable();
   options.cpu.begin();
   const t0 = performance.now() + 20;
   await new Promise<void>((resolve) => {
@@ -298,9 +306,11 @@ export async function openLoop(options: {
   });
   const elapsed = (performance.now() - t0) / 1000;
   const cpu = options.cpu.end();
+  stall.disable();
   agent.destroy();
   return {
     mode: 'open',
+    driver_stall_ms: Math.round(stall.max / 1e5) / 10,
     connections: options.maxSockets,
     offered: options.rate,
     duration_s: Math.round(elapsed * 100) / 100,

@@ -364,7 +364,7 @@ const results: RunResult[] = [];
 function record(server: RunResult['server'], scenario: string, result: Omit<RunResult, 'scenario' | 'server'>): void {
   const row = { server, scenario, ...result };
   results.push(row);
-  log(`  ${server} ${scenario} ${row.mode} c=${row.connections}${row.offered ? ` @${row.offered}/s` : ''}: ${row.rps} req/s, p50 ${row.latency_ms.p50} ms, p99 ${row.latency_ms.p99} ms, non-2xx ${row.non2xx}, errors ${row.errors}`);
+  log(`  ${server} ${scenario} ${row.mode} c=${row.connections}${row.offered ? ` @${row.offered}/s` : ''}: ${row.rps} req/s, p50 ${row.latency_ms.p50} ms, p99 ${row.latency_ms.p99} ms, non-2xx ${row.non2xx}, errors ${row.errors}${row.driver_stall_ms !== undefined ? `, load generator stalled up to ${row.driver_stall_ms} ms` : ''}`);
 }
 
 /**
