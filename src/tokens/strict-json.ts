@@ -319,12 +319,10 @@ class Scanner {
   }
 }
 
-/** Throws `StrictJsonError` unless `text` is one JSON value with unique member names throughout. */
-export function assertStrictJson(text: string, maxDepth: number = DEFAULT_MAX_JSON_DEPTH): void {
-  new Scanner(text, Math.min(Math.max(0, Math.floor(maxDepth)), HARD_MAX_DEPTH)).run();
-}
-
-/** `JSON.parse`, but refusing duplicate member names (at any depth) and excessive nesting. */
+/**
+ * `JSON.parse`, but refusing duplicate member names (at any depth) and excessive nesting: throws
+ * `StrictJsonError` unless `text` is one JSON value with unique member names throughout.
+ */
 export function parseStrictJson(text: string, maxDepth: number = DEFAULT_MAX_JSON_DEPTH): unknown {
   return parseStrictJsonText(text, maxDepth).value;
 }
