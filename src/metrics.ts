@@ -9,6 +9,8 @@ export interface GaugeSources {
   sealerLagSeconds(): number;
   policyVersion(): number;
   revocationsFresh(): boolean;
+  /** Subject and actor token signatures found already verified, and not. */
+  signatureCache(): { hits: number; misses: number };
 }
 
 /**
@@ -72,6 +74,8 @@ export class Metrics {
   readonly auditDropped = this.gauge('writ_audit_queue_dropped_total', 'Events the batched audit writer could not queue.', 'sum', (s) => s.auditDropped());
   readonly sealerLag = this.gauge('writ_audit_sealer_lag_seconds', 'Age of the oldest audit event not yet sealed into the hash chain.', 'max', (s) => s.sealerLagSeconds());
   readonly policyVersion = this.gauge('writ_policy_version', 'Policy version in force on this instance (the oldest among its worker processes).', 'min', (s) => s.policyVersion());
+  readonly signatureCacheHits = this.gauge('writ_signature_cache_hits_total', 'Presented tokens whose signature had already been verified under the same key (the exact token string), so it was not verified again.', 'sum', (s) => s.signatureCache().hits);
+  readonly signatureCacheMisses = this.gauge('writ_signature_cache_misses_total', 'Presented tokens whose signature had to be verified.', 'sum', (s) => s.signatureCache().misses);
   readonly revocationsFresh = this.gauge('writ_revocations_fresh', '1 while the in-memory revoked set is known to be current (in every worker process).', 'min', (s) => (s.revocationsFresh() ? 1 : 0));
 
   constructor() {

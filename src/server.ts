@@ -20,6 +20,7 @@ import { createApp } from './http/app.ts';
 import { DEFAULT_AUTH_FAILURE_LIMIT, RateLimiter } from './http/rate-limit.ts';
 import { introspectionHandler, revocationHandler, tokenExchangeHandler } from './http/handlers.ts';
 import { VerifiedTokenCache } from './http/introspection.ts';
+import { VerifiedSignatures } from './tokens/verified-signatures.ts';
 import { findClientMetadata } from './oauth/client-metadata.ts';
 import { createProvider } from './oauth/provider.ts';
 import { Metrics, serveMetrics } from './metrics.ts';
@@ -91,6 +92,7 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
     const lineage = new LineageCache();
     const writKeys = writKeyResolver(() => keys);
     const limiter = new RateLimiter();
+    const signatures = new VerifiedSignatures();
 
     const grants = new GrantBatcher(db.knex, { isStorageError, onBatch: (size) => metrics.grantBatchSize.observe(size) });
     const exchangeDeps: ExchangeDeps = {
@@ -102,6 +104,7 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
       upstreamKeys: (iss) => upstream.resolver(iss),
       revocations,
       lineage,
+      signatures,
       knex: db.knex,
       recordGrant: (record) => grants.record(record),
       logger,
@@ -188,6 +191,7 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
       sealerLagSeconds: () => auditSealer.lag() / 1000,
       policyVersion: () => policy.policy.version,
       revocationsFresh: () => revocations.isFresh(),
+      signatureCache: () => ({ hits: signatures.hits, misses: signatures.misses }),
     });
     if (options.worker) metrics.serveToPrimary();
     const runsSealer = (options.worker?.index ?? 0) === 0;

@@ -4,6 +4,7 @@ import type { RevocationState } from '../revocation/state.ts';
 import type { KeyResolver } from '../tokens/key-resolver.ts';
 import { inspectCompactJws, type InspectedJws } from '../tokens/jws-structure.ts';
 import { verifyUpstreamToken, verifyWritToken } from '../tokens/verify-jwt.ts';
+import type { VerifiedSignatures } from '../tokens/verified-signatures.ts';
 import type { LineageCache } from './lineage-store.ts';
 import { ExchangeDenied } from './reasons.ts';
 import type { ExchangeRequest, VerifiedActor, VerifiedSubject } from './types.ts';
@@ -17,6 +18,8 @@ export interface PresentedTokenContext {
   revocations: RevocationState;
   lineage: LineageCache;
   knex: Knex;
+  /** Signatures verified before (same token string, same key, same options). */
+  signatures?: VerifiedSignatures;
 }
 
 /** The unverified `iss`, only to route the token to the verifier that will check it. */
@@ -47,7 +50,9 @@ export async function verifySubjectToken(req: ExchangeRequest, ctx: PresentedTok
     if (req.subjectTokenType === 'id_token') {
       throw new ExchangeDenied('token_type_mismatch', 'a Writ token is an access token', 'subject');
     }
-    const claims = await verifyWritToken(req.subjectToken, { selfIssuer: ctx.selfIssuer, keys: ctx.writKeys, now: ctx.now, role: 'subject', inspected });
+    const claims = await verifyWritToken(req.subjectToken, {
+      selfIssuer: ctx.selfIssuer, keys: ctx.writKeys, now: ctx.now, role: 'subject', inspected, signatures: ctx.signatures,
+    });
     const lineage = await ctx.lineage.get(ctx.knex, claims.jti, ctx.now);
     if (!lineage) throw new ExchangeDenied('token_revoked', 'no lineage for this Writ token', 'subject');
     const revoked = ctx.revocations.check({
@@ -83,6 +88,7 @@ export async function verifySubjectToken(req: ExchangeRequest, ctx: PresentedTok
     selfIssuer: ctx.selfIssuer,
     now: ctx.now,
     inspected,
+    signatures: ctx.signatures,
   });
   // A kill switch on this subject or issuer covers tokens issued before it, upstream ones too.
   const revoked = ctx.revocations.check({
@@ -121,6 +127,7 @@ export async function verifyActorToken(req: ExchangeRequest, ctx: PresentedToken
     selfIssuer: ctx.selfIssuer,
     now: ctx.now,
     inspected,
+    signatures: ctx.signatures,
   });
   return { issuer: verified.issuer, sub: verified.sub, claims: verified.claims, exp: verified.exp };
 }

@@ -13,6 +13,7 @@ import { mint } from './mint.ts';
 import { verifyActorToken, verifySubjectToken, type PresentedTokenContext } from './presented-tokens.ts';
 import { ExchangeDenied, REASONS, type OAuthErrorCode, type ReasonCode } from './reasons.ts';
 import type { GrantRecord } from './record.ts';
+import type { VerifiedSignatures } from '../tokens/verified-signatures.ts';
 import { parseExchangeRequest } from './request.ts';
 import { TOKEN_TYPE_URN, type ExchangeRequest, type Grant, type Lineage, type VerifiedSubject } from './types.ts';
 
@@ -25,6 +26,8 @@ export interface ExchangeDeps {
   upstreamKeys: (issuer: string) => KeyResolver;
   revocations: RevocationState;
   lineage: LineageCache;
+  /** Signatures of presented tokens verified before (same token, same key): not verified again. */
+  signatures?: VerifiedSignatures;
   knex: Knex;
   /** Commits a grant's lineage row and audit event (a GrantBatcher's `record`): true if granted. */
   recordGrant: (record: GrantRecord) => Promise<boolean>;
@@ -118,6 +121,7 @@ export async function exchange(deps: ExchangeDeps, call: ExchangeCall): Promise<
       revocations: deps.revocations,
       lineage: deps.lineage,
       knex: deps.knex,
+      signatures: deps.signatures,
     };
     subject = await verifySubjectToken(request, ctx);
     const rate = deps.limitSubject?.(rootOf(subject)!);

@@ -6,6 +6,7 @@ import type { ActClaim, SubIdClaim } from '../exchange/types.ts';
 import type { IssuerPolicy, TokenTypeName } from '../policy/model.ts';
 import { inspectCompactJws, type InspectedJws, type InspectOptions } from './jws-structure.ts';
 import { ASYMMETRIC_JWS_ALGS, type KeyResolver, type VerificationKey } from './jwks-cache.ts';
+import type { VerifiedSignatures } from './verified-signatures.ts';
 
 /**
  * Verification of the JWTs presented to the token endpoint: upstream subject and actor tokens
@@ -47,6 +48,8 @@ export interface UpstreamVerifyOptions {
   limits?: Omit<InspectOptions, 'role'>;
   /** This very token's structure, already checked by `inspectCompactJws` (to route it): not checked twice. */
   inspected?: InspectedJws;
+  /** Signatures verified before, to skip verifying the same token under the same key again. */
+  signatures?: VerifiedSignatures;
 }
 
 export interface VerifiedUpstreamToken {
@@ -71,6 +74,8 @@ export interface WritVerifyOptions {
   limits?: Omit<InspectOptions, 'role'>;
   /** This very token's structure, already checked by `inspectCompactJws`: not checked twice. */
   inspected?: InspectedJws;
+  /** Signatures verified before, to skip verifying the same token under the same key again. */
+  signatures?: VerifiedSignatures;
 }
 
 /** A token Writ minted (DESIGN.md §5), verified. */
@@ -207,9 +212,32 @@ function fromJose(err: unknown, role: TokenRole): ExchangeDenied {
   return new ExchangeDenied('signature_invalid', 'key cannot verify this token', role);
 }
 
+/** Everything jose is asked to check except the clock, as one comparable string. */
+function optionsFingerprint(options: JWTVerifyOptions): string {
+  return JSON.stringify({ ...options, currentDate: undefined });
+}
+
+/**
+ * jose's own time comparisons (`exp` "timestamp check failed" when `exp <= now - tolerance`,
+ * `nbf` when `nbf > now + tolerance`), for a token whose signature and other claims verified
+ * earlier. Anything else — including a clock that went back — goes through jose again.
+ */
+function stillInTime(payload: Record<string, unknown>, options: JWTVerifyOptions): boolean {
+  const now = Math.floor((options.currentDate ?? new Date()).getTime() / 1000);
+  const tolerance = typeof options.clockTolerance === 'number' ? options.clockTolerance : 0;
+  const { exp, nbf } = payload;
+  if (typeof exp !== 'number' || exp <= now - tolerance) return false;
+  if (nbf !== undefined && (typeof nbf !== 'number' || nbf > now + tolerance)) return false;
+  return true;
+}
+
 async function verifySignatureAndClaims(
   token: string, inspected: InspectedJws, key: VerificationKey, options: JWTVerifyOptions, role: TokenRole,
+  signatures: VerifiedSignatures | undefined,
 ): Promise<Record<string, unknown>> {
+  const fingerprint = signatures ? optionsFingerprint(options) : '';
+  const now = Math.floor((options.currentDate ?? new Date()).getTime() / 1000);
+  if (signatures?.has(token, key, fingerprint, now) && stillInTime(inspected.payload, options)) return inspected.payload;
   let verified: { payload: unknown; protectedHeader: unknown };
   try {
     verified = await jwtVerify(token, key, options);
@@ -228,6 +256,8 @@ async function verifySignatureAndClaims(
     && !(isDeepStrictEqual(verified.payload, inspected.payload) && isDeepStrictEqual(verified.protectedHeader, inspected.header))) {
     deny('token_malformed', 'the token\'s JSON reads differently to the JOSE library (escaped member names)', role);
   }
+  const { exp } = inspected.payload;
+  if (signatures && isNumericDate(exp)) signatures.add(token, key, fingerprint, exp);
   return inspected.payload;
 }
 
@@ -313,7 +343,7 @@ export async function verifyUpstreamToken(token: string, opts: UpstreamVerifyOpt
     clockTolerance: leeway,
     currentDate: new Date(now * 1000),
     requiredClaims: ['iss', 'sub', 'aud', 'exp', 'iat'],
-  }, role);
+  }, role, opts.signatures);
 
   const { iat, exp } = checkTimes(claims, now, leeway, { maxLifetime, maxAge: issuer.max_token_age }, role);
   if (!nonEmptyString(claims.sub, MAX_UPSTREAM_SUB_LENGTH)) {
@@ -373,7 +403,7 @@ export async function verifyWritToken(token: string, opts: WritVerifyOptions): P
     currentDate: new Date(now * 1000),
     // RFC 9068 §2.2 required claims, plus Writ's own (§5).
     requiredClaims: ['iss', 'sub', 'aud', 'exp', 'iat', 'jti', 'client_id', 'scope', 'sub_id', 'act'],
-  }, role);
+  }, role, opts.signatures);
 
   const { iat, exp } = checkTimes(claims, now, leeway, { maxLifetime: DEFAULT_MAX_LIFETIME }, role);
   const { sub, aud, client_id: clientId, scope, jti, sub_id: subId } = claims;

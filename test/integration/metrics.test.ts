@@ -57,6 +57,9 @@ describe('Prometheus metrics on their own listener', () => {
     expect(text).toContain('writ_introspections_suspicious_total{kind="foreign",client="payments-api"} 1');
     expect(text).toMatch(/writ_policy_version \d+/);
     expect(text).toContain('writ_revocations_fresh 1');
+    // The one user token was presented three times: its signature was verified once.
+    expect(text).toContain('writ_signature_cache_misses_total 1');
+    expect(text).toContain('writ_signature_cache_hits_total 2');
     // The metrics listener serves nothing else, and the main listener does not serve metrics.
     expect((await fetch(metricsUrl.replace('/metrics', '/token'))).status).toBe(404);
     expect((await fetch(`${url}/metrics`)).status).toBe(404);

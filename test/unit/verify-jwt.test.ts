@@ -4,6 +4,7 @@ import { SignJWT, exportJWK, exportSPKI, generateKeyPair, type CryptoKey, type J
 import { ExchangeDenied, type ReasonCode } from '../../src/exchange/reasons.ts';
 import type { IssuerPolicy } from '../../src/policy/model.ts';
 import { RemoteJwks, type KeyResolver } from '../../src/tokens/jwks-cache.ts';
+import { VerifiedSignatures } from '../../src/tokens/verified-signatures.ts';
 import {
   peekIssuer, verifyUpstreamToken, verifyWritToken, type UpstreamVerifyOptions, type WritVerifyOptions,
 } from '../../src/tokens/verify-jwt.ts';
@@ -654,5 +655,86 @@ describe('peekIssuer', () => {
     expect(err.role).toBe('actor');
     expect(() => peekIssuer('not-a-token')).toThrow(ExchangeDenied);
     expect(() => peekIssuer(`${b64('{"alg":"none"}')}.${b64(`{"iss":"${ISS}"}`)}.`)).toThrow(ExchangeDenied);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+
+describe('signatures verified before (VerifiedSignatures)', () => {
+  it('verifies the same token once, and answers the second time exactly as the first', async () => {
+    const signatures = new VerifiedSignatures();
+    const token = await upstreamToken();
+    const first = await verifyUpstreamToken(token, upstreamOpts({ signatures }));
+    const second = await verifyUpstreamToken(token, upstreamOpts({ signatures, now: NOW + 30 }));
+    expect(second).toEqual(first);
+    expect(second.claims).not.toBe(first.claims);
+    expect([signatures.misses, signatures.hits, signatures.size]).toEqual([1, 1, 1]);
+  });
+
+  it('is used only for the exact token string: a borrowed signature still fails', async () => {
+    const signatures = new VerifiedSignatures();
+    const token = await upstreamToken();
+    await verifyUpstreamToken(token, upstreamOpts({ signatures }));
+    const [h, , s] = token.split('.');
+    const forged = `${h}.${b64(payloadText(upstreamClaims(), {}, { sub: 'mallory' }))}.${s}`;
+    await expectUpstream(forged, 'signature_invalid', { signatures });
+    expect(signatures.hits).toBe(0);
+  });
+
+  it('never outlives the key: the same kid with other key material means verifying again, and failing', async () => {
+    const signatures = new VerifiedSignatures();
+    const token = await upstreamToken();
+    await verifyUpstreamToken(token, upstreamOpts({ signatures }));
+    // The issuer's key set now maps kid "es" to the attacker's key (a rotation, a policy change).
+    const rotated = RemoteJwks.fromInline({ keys: [attacker.jwk] as Array<Record<string, unknown>> });
+    await expectUpstream(token, 'signature_invalid', { signatures, keys: rotated });
+    // And a kid that left the key set is unknown, whatever was verified under it.
+    const without = RemoteJwks.fromInline({ keys: [rs.jwk] as Array<Record<string, unknown>> });
+    await expectUpstream(token, 'kid_unknown', { signatures, keys: without });
+    expect(signatures.hits).toBe(0);
+  });
+
+  it('checks the clock on every use: expiry beyond the leeway, and nbf when the clock went back', async () => {
+    const signatures = new VerifiedSignatures();
+    const token = await upstreamToken({ set: { nbf: NOW - 5 } });
+    await verifyUpstreamToken(token, upstreamOpts({ signatures }));
+    await expectUpstream(token, 'token_expired', { signatures, now: NOW + 300 + 61 });
+    // Past exp but within the leeway: no longer kept, verified again, accepted.
+    expect((await verifyUpstreamToken(token, upstreamOpts({ signatures, now: NOW + 330 }))).sub).toBe('alice');
+    await expectUpstream(token, 'token_not_yet_valid', { signatures, now: NOW - 70 });
+  });
+
+  it('counts only under the same verification options: a changed audience or issuer policy still refuses', async () => {
+    const signatures = new VerifiedSignatures();
+    const token = await upstreamToken();
+    await verifyUpstreamToken(token, upstreamOpts({ signatures }));
+    await expectUpstream(token, 'aud_mismatch', { signatures, issuer: issuerPolicy({ audience: 'https://elsewhere.example.com' }) });
+    await expectUpstream(token, 'alg_not_allowed', { signatures, issuer: issuerPolicy({ algorithms: ['RS256'] }) });
+    await expectUpstream(token, 'token_too_old', { signatures, issuer: issuerPolicy({ max_token_age: 5 }) });
+    await expectUpstream(token, 'token_type_mismatch', { signatures, declaredType: 'id_token' });
+    expect(signatures.hits).toBe(1);
+  });
+
+  it('keeps successes only, within its size, the oldest going first', async () => {
+    const signatures = new VerifiedSignatures(2);
+    await expectUpstream(await upstreamToken({ set: { iat: NOW - 600, exp: NOW - 61 } }), 'token_expired', { signatures });
+    await expectUpstream(await upstreamToken({ key: attacker }), 'signature_invalid', { signatures });
+    expect(signatures.size).toBe(0);
+    const tokens = await Promise.all(['a', 'b', 'c'].map((jti) => upstreamToken({ set: { jti } })));
+    for (const t of tokens) await verifyUpstreamToken(t, upstreamOpts({ signatures }));
+    expect(signatures.size).toBe(2);
+    await verifyUpstreamToken(tokens[0]!, upstreamOpts({ signatures }));
+    await verifyUpstreamToken(tokens[2]!, upstreamOpts({ signatures }));
+    expect(signatures.hits).toBe(1);
+  });
+
+  it('serves Writ tokens the same way, with Writ\'s own claim rules still applied', async () => {
+    const signatures = new VerifiedSignatures();
+    const token = await writToken();
+    const first = await verifyWritToken(token, { selfIssuer: SELF, keys: writKeys, now: NOW, signatures });
+    expect(await verifyWritToken(token, { selfIssuer: SELF, keys: writKeys, now: NOW + 1, signatures })).toEqual(first);
+    expect(signatures.hits).toBe(1);
+    await expectWrit(token, 'token_expired', { signatures, now: NOW + 121 });
+    await expectWrit(token, 'issuer_untrusted', { signatures, selfIssuer: 'https://other-writ.example.com' });
   });
 });
