@@ -7,6 +7,7 @@ import http from 'node:http';
 import os from 'node:os';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import autocannon, { type AutocannonRequest } from 'autocannon';
+import { kdamondNs } from './jitter.ts';
 
 export interface LoadRequest {
   method: 'GET' | 'POST';
@@ -27,6 +28,8 @@ export interface CpuShare {
   machine: number;
   /** Everything else on the box (other processes), % of one core: a noisy neighbour shows here. */
   other: number;
+  /** Of `other`: the kernel's DAMON memory reclaim threads (null where there are none); see jitter.ts. */
+  kdamond: number | null;
 }
 
 export interface RunResult {
@@ -147,7 +150,7 @@ function machineTicks(): { busy: number; total: number } {
 
 export class CpuMeter {
   private readonly serverPid: number;
-  private start = { server: 0, postgres: 0, driver: 0, machine: { busy: 0, total: 0 }, at: 0 };
+  private start = { server: 0, postgres: 0, driver: 0, machine: { busy: 0, total: 0 }, kdamondNs: null as number | null, at: 0 };
 
   constructor(serverPid: number) {
     this.serverPid = serverPid;
@@ -160,6 +163,7 @@ export class CpuMeter {
       postgres: postgresTicks(),
       driver: usage.user + usage.system,
       machine: machineTicks(),
+      kdamondNs: kdamondNs(),
       at: performance.now(),
     };
   }
@@ -174,12 +178,14 @@ export class CpuMeter {
     const postgres = pct(postgresTicks() - this.start.postgres);
     const driver = Math.round(((usage.user + usage.system - this.start.driver) / 1e6 / seconds) * 100);
     const machinePct = machineTotal > 0 ? ((machine.busy - this.start.machine.busy) / machineTotal) * 100 : 0;
+    const kdamond = kdamondNs();
     return {
       server,
       postgres,
       driver,
       machine: Math.round(machinePct),
       other: Math.max(0, Math.round(machinePct * os.cpus().length - server - postgres - driver)),
+      kdamond: kdamond === null || this.start.kdamondNs === null ? null : Math.round((kdamond - this.start.kdamondNs) / 1e7 / seconds),
     };
   }
 }

@@ -14,10 +14,10 @@
  *                     (default all; the floor still runs unless --skip-floor)
  *   --wait-quiet=S    first wait up to S seconds for the machine to be idle (< 15 % busy over
  *                     3 s): other processes on a 2-core box distort every figure
- *   --cpu-prof[=direct|chained|introspection|floor]
+ *   --cpu-prof[=direct|chained|introspection|open|floor]
  *                     profile Writ (or the floor server) with `node --cpu-prof` under one
- *                     scenario at 50 connections and print where its main thread spends time;
- *                     nothing else is run
+ *                     scenario at 50 connections (open: direct exchange paced at 1,000/s) and
+ *                     print where its main thread spends time; nothing else is run
  *
  * Environment: WRIT_BENCH_PG_URL (default postgres://postgres@127.0.0.1:5432/postgres), the
  * maintenance database through which the bench creates and finally drops writ_bench_<random>.
@@ -33,6 +33,7 @@ import { exportJWK, generateKeyPair, SignJWT, type CryptoKey, type JWK } from 'j
 import pg from 'pg';
 import { inlineIssuerKeys } from '../src/policy/overlay.ts';
 import { formatDecideResults, runDecideBench, type DecideCaseResult } from './decide.ts';
+import { measureJitter, type Jitter } from './jitter.ts';
 import { closedLoop, CpuMeter, openLoop, type LoadRequest, type RunResult } from './load.ts';
 import { formatProfile, summariseProfile, type ProfileSummary } from './profile.ts';
 
@@ -78,9 +79,9 @@ const { values: args } = parseArgs({
 });
 const quick = args.quick ?? false;
 const duration = Number(args.duration ?? (quick ? 3 : 8));
-const profileScenario = args['cpu-prof'] as 'direct' | 'chained' | 'introspection' | 'floor' | undefined;
-if (profileScenario !== undefined && !['direct', 'chained', 'introspection', 'floor'].includes(profileScenario)) {
-  throw new Error('--cpu-prof takes direct, chained, introspection or floor');
+const profileScenario = args['cpu-prof'] as 'direct' | 'chained' | 'introspection' | 'open' | 'floor' | undefined;
+if (profileScenario !== undefined && !['direct', 'chained', 'introspection', 'open', 'floor'].includes(profileScenario)) {
+  throw new Error('--cpu-prof takes direct, chained, introspection, open or floor');
 }
 const concurrencies = quick ? [10] : [10, 50];
 const SCENARIOS = ['direct', 'chained', 'introspection', 'jwks', 'open', 'flood'] as const;
@@ -319,6 +320,14 @@ function writRequests(writ: WritProcess, idp: Idp) {
     async direct(): Promise<LoadRequest> {
       return { method: 'POST', path: '/token', headers: { authorization: planner, 'content-type': FORM }, bodies: await directBodies() };
     },
+    /** The same exchange, each request with a user token Writ has not seen (no signature verified before). */
+    async directFresh(count: number): Promise<LoadRequest> {
+      const fresh = await userTokens(idp, writ.issuer, count);
+      return {
+        method: 'POST', path: '/token', headers: { authorization: planner, 'content-type': FORM },
+        bodies: fresh.map((t) => form({ grant_type: TX, subject_token: t, subject_token_type: AT, audience: PAYMENTS, scope: 'payment.read' })),
+      };
+    },
     /** executor-agent exchanging planner-agent's tokens for the payments API. */
     async chained(): Promise<LoadRequest> {
       const parents = await hop1(300);
@@ -339,6 +348,17 @@ function writRequests(writ: WritProcess, idp: Idp) {
       return { method: 'GET', path: '/jwks', headers: {}, bodies: [] };
     },
   };
+}
+
+/** The idle machine's own stalls, in words (see jitter.ts). */
+function describeJitter(j: Jitter): string {
+  return `a process touching 256 MiB is held up by ≥ 3 ms ${j.stalls_3ms_per_s} times/s, p99.9 ${j.stall_ms.p999} ms, max ${j.stall_ms.max} ms`
+    + (j.kdamond_percent === null ? '' : ` (kernel DAMON reclaim, kdamond, ${j.kdamond_percent}% of a core)`);
+}
+
+function kdamondUnderLoad(): string {
+  const shares = results.filter((r) => r.mode === 'open' && r.cpu_percent.kdamond !== null).map((r) => r.cpu_percent.kdamond!);
+  return shares.length === 0 ? 'n/a' : `${Math.min(...shares)}–${Math.max(...shares)}% of a core`;
 }
 
 /** One request of the scenario, by hand, so a misconfigured bench fails loudly instead of measuring 4xx. */
@@ -364,7 +384,7 @@ const results: RunResult[] = [];
 function record(server: RunResult['server'], scenario: string, result: Omit<RunResult, 'scenario' | 'server'>): void {
   const row = { server, scenario, ...result };
   results.push(row);
-  log(`  ${server} ${scenario} ${row.mode} c=${row.connections}${row.offered ? ` @${row.offered}/s` : ''}: ${row.rps} req/s, p50 ${row.latency_ms.p50} ms, p99 ${row.latency_ms.p99} ms, non-2xx ${row.non2xx}, errors ${row.errors}${row.driver_stall_ms !== undefined ? `, load generator stalled up to ${row.driver_stall_ms} ms` : ''}`);
+  log(`  ${server} ${scenario} ${row.mode} c=${row.connections}${row.offered ? ` @${row.offered}/s` : ''}: ${row.rps} req/s, p50 ${row.latency_ms.p50} ms, p99 ${row.latency_ms.p99} ms, non-2xx ${row.non2xx}, errors ${row.errors}${row.driver_stall_ms !== undefined ? `, load generator stalled up to ${row.driver_stall_ms} ms` : ''}${row.cpu_percent.kdamond !== null ? `, kdamond ${row.cpu_percent.kdamond}% of a core` : ''}`);
 }
 
 /**
@@ -415,6 +435,13 @@ async function benchWrit(writ: WritProcess, idp: Idp): Promise<void> {
   if (want('direct')) for (const connections of concurrencies) {
     await settle();
     record('writ', 'direct exchange', await closedLoop({ url, request: direct, connections, duration, cpu }));
+  }
+  if (want('direct')) {
+    // Agents present one subject token for tool after tool (the pool above is reused), so Writ
+    // verifies each signature once; this run shows the exchange when every token is new.
+    const fresh = await requests.directFresh(Math.ceil(duration * 2_500));
+    await settle();
+    record('writ', 'direct, new tokens', await closedLoop({ url, request: fresh, connections: 50, duration, cpu }));
   }
   if (want('chained')) for (const connections of concurrencies) {
     const chained = await requests.chained();
@@ -611,10 +638,12 @@ async function main(): Promise<void> {
       } else {
         writ = await startWrit(dbUrl, idp, profileDir);
         const requests = writRequests(writ, idp);
-        const request = await requests[profileScenario]();
+        const request = await requests[profileScenario === 'open' ? 'direct' : profileScenario]();
         const cpu = new CpuMeter(writ.child.process.pid!);
         warmed = (await closedLoop({ url: writ.url, request, connections: 10, duration: 2, cpu })).requests;
-        record('writ', `${profileScenario} (profiled)`, await closedLoop({ url: writ.url, request, connections: 50, duration, cpu }));
+        record('writ', `${profileScenario} (profiled)`, profileScenario === 'open'
+          ? await openLoop({ url: writ.url, request, rate: TARGETS.rate, duration, maxSockets: 64, cpu })
+          : await closedLoop({ url: writ.url, request, connections: 50, duration, cpu }));
         await stopChild(writ.child);
       }
       const file = readdirSync(profileDir).find((f) => f.endsWith('.cpuprofile'));
@@ -626,6 +655,10 @@ async function main(): Promise<void> {
       process.stdout.write(`main thread busy ${(profile.busyMs / answered).toFixed(3)} ms per request (${answered} requests; from the first request on)\n`);
       return;
     }
+
+    log('machine jitter probe (5 s, before anything else runs)');
+    const jitter = await measureJitter(quick ? 2 : 5);
+    log(`  ${describeJitter(jitter)}`);
 
     log('decide() microbenchmark');
     const decideResults = runDecideBench(quick ? 20_000 : 100_000);
@@ -658,6 +691,8 @@ async function main(): Promise<void> {
         : []),
       'targets (informational):',
       ...targets.map((t) => `  ${t.pass ? 'PASS' : 'MISS'}  ${t.target.padEnd(44)} ${t.measured}`),
+      '',
+      `machine jitter, idle box: ${describeJitter(jitter)}; under the open-loop runs kdamond took ${kdamondUnderLoad()}`,
     ].join('\n');
     process.stdout.write(`${report}\n`);
 
@@ -672,6 +707,7 @@ async function main(): Promise<void> {
       node: process.version,
       postgres: pgVersion,
       settings: { duration_s: duration, concurrencies, quick, open_loop_rate: TARGETS.rate, writ_workers: workers },
+      machine_jitter: jitter,
       results,
       decide: decideResults,
       targets,
