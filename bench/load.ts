@@ -67,7 +67,7 @@ export function percentile(sorted: ArrayLike<number>, p: number): number {
   return sorted[index]!;
 }
 
-function summarise(latencies: number[]): RunResult['latency_ms'] {
+export function summarise(latencies: number[]): RunResult['latency_ms'] {
   const sorted = Float64Array.from(latencies).sort();
   const round = (n: number): number => Math.round(n * 100) / 100;
   const mean = sorted.length === 0 ? Number.NaN : sorted.reduce((a, b) => a + b, 0) / sorted.length;
@@ -254,6 +254,8 @@ export async function openLoop(options: {
   duration: number;
   maxSockets: number;
   cpu: CpuMeter;
+  /** Every latency is also appended here (to pool several runs). */
+  samples?: number[];
 }): Promise<Omit<RunResult, 'scenario' | 'server'>> {
   const target = new URL(options.url);
   const agent = new http.Agent({ keepAlive: true, maxSockets: options.maxSockets, maxFreeSockets: options.maxSockets });
@@ -311,6 +313,7 @@ export async function openLoop(options: {
     setTimeout(tick, 20);
   });
   const elapsed = (performance.now() - t0) / 1000;
+  options.samples?.push(...latencies);
   const cpu = options.cpu.end();
   stall.disable();
   agent.destroy();

@@ -34,7 +34,7 @@ import pg from 'pg';
 import { inlineIssuerKeys } from '../src/policy/overlay.ts';
 import { formatDecideResults, runDecideBench, type DecideCaseResult } from './decide.ts';
 import { measureJitter, type Jitter } from './jitter.ts';
-import { closedLoop, CpuMeter, openLoop, type LoadRequest, type RunResult } from './load.ts';
+import { closedLoop, CpuMeter, openLoop, summarise, type LoadRequest, type RunResult } from './load.ts';
 import { formatProfile, summariseProfile, type ProfileSummary } from './profile.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
@@ -84,6 +84,8 @@ if (profileScenario !== undefined && !['direct', 'chained', 'introspection', 'op
   throw new Error('--cpu-prof takes direct, chained, introspection, open or floor');
 }
 const concurrencies = quick ? [10] : [10, 50];
+/** Alternating pairs of flood-victim runs (alone, under the flood), pooled for the target. */
+const floodPairs = quick ? 1 : 3;
 const SCENARIOS = ['direct', 'chained', 'introspection', 'jwks', 'open', 'flood'] as const;
 const only = new Set((args.only ?? SCENARIOS.join(',')).split(',').map((s) => s.trim()).filter(Boolean));
 for (const name of only) if (!(SCENARIOS as readonly string[]).includes(name)) throw new Error(`--only takes ${SCENARIOS.join(',')}`);
@@ -468,17 +470,26 @@ async function benchWrit(writ: WritProcess, idp: Idp): Promise<void> {
   if (!want('flood')) return;
 
   // A client flooding the token endpoint at full speed (c=50) while planner-agent exchanges at a
-  // paced rate: the victim's p99 alone, then under the flood.
+  // paced rate: the victim's p99 alone, then under the flood, alternately, several times. A
+  // victim p99 at 100/s is decided by its slowest 1 % — on these VMs the kernel's periodic
+  // stalls (see "The machine's floor" in bench/README.md) — and one pair of runs moved between
+  // 1× and 8× with nothing changed; the target is judged on the samples of all pairs pooled.
   const flooder = { ...direct, headers: { ...direct.headers, authorization: basic('flood-agent', writ.secrets.FLOOD_SECRET!) } };
   // A p99 needs samples: at least 1,500 per run (15 s at 100/s) unless --quick.
   const victimDuration = quick ? duration : Math.max(duration, 15);
-  await settle();
-  record('writ', 'victim alone', await openLoop({ url, request: direct, rate: TARGETS.floodVictimRate, duration: victimDuration, maxSockets: 16, cpu }));
-  await settle();
-  const flood = closedLoop({ url, request: flooder, connections: 50, duration: victimDuration + 1, cpu: new CpuMeter(writ.child.process.pid!) });
-  record('writ', 'victim under flood', await openLoop({ url, request: direct, rate: TARGETS.floodVictimRate, duration: victimDuration, maxSockets: 16, cpu }));
-  record('writ', 'flooding client', await flood);
+  for (let pair = 1; pair <= floodPairs; pair += 1) {
+    const n = floodPairs > 1 ? ` #${pair}` : '';
+    await settle();
+    record('writ', `victim alone${n}`, await openLoop({ url, request: direct, rate: TARGETS.floodVictimRate, duration: victimDuration, maxSockets: 16, cpu, samples: victim.alone }));
+    await settle();
+    const flood = closedLoop({ url, request: flooder, connections: 50, duration: victimDuration + 1, cpu: new CpuMeter(writ.child.process.pid!) });
+    record('writ', `victim under flood${n}`, await openLoop({ url, request: direct, rate: TARGETS.floodVictimRate, duration: victimDuration, maxSockets: 16, cpu, samples: victim.flooded }));
+    record('writ', `flooding client${n}`, await flood);
+  }
 }
+
+/** The flood victim's latencies over every pair of runs. */
+const victim = { alone: [] as number[], flooded: [] as number[] };
 
 async function benchFloor(dbUrl: string, idp: Idp, audience: string, subjects: LoadRequest): Promise<void> {
   const port = await freePort();
@@ -565,13 +576,17 @@ function evaluateTargets(decideResults: DecideCaseResult[]): TargetResult[] {
   }
   const introspection = peak('writ', 'introspection');
   out.push({ target: `introspection ≥ ${TARGETS.introspectionPeak}/s`, measured: `${introspection}/s`, pass: introspection >= TARGETS.introspectionPeak });
-  const alone = results.find((r) => r.scenario === 'victim alone');
-  const flooded = results.find((r) => r.scenario === 'victim under flood');
-  if (alone && flooded) {
-    const factor = flooded.latency_ms.p99 / Math.max(alone.latency_ms.p99, 0.001);
+  if (victim.alone.length > 0 && victim.flooded.length > 0) {
+    const alone = summarise(victim.alone).p99;
+    const flooded = summarise(victim.flooded).p99;
+    const factor = flooded / Math.max(alone, 0.001);
+    const perPair = results.filter((r) => r.scenario.startsWith('victim alone')).map((a, i) => {
+      const f = results.filter((r) => r.scenario.startsWith('victim under flood'))[i];
+      return f ? `${(f.latency_ms.p99 / Math.max(a.latency_ms.p99, 0.001)).toFixed(2)}×` : '';
+    });
     out.push({
       target: `a flooding client raises another's p99 ≤ ${Math.round((TARGETS.floodP99Factor - 1) * 100)}%`,
-      measured: `p99 ${alone.latency_ms.p99} ms alone, ${flooded.latency_ms.p99} ms under the flood (${factor.toFixed(2)}×) at ${TARGETS.floodVictimRate}/s`,
+      measured: `p99 ${alone} ms alone, ${flooded} ms under the flood (${factor.toFixed(2)}×) at ${TARGETS.floodVictimRate}/s, ${victim.alone.length} + ${victim.flooded.length} samples from ${perPair.length} alternating pair${perPair.length === 1 ? '' : 's'}${perPair.length > 1 ? ` (each pair: ${perPair.join(', ')})` : ''}`,
       pass: factor <= TARGETS.floodP99Factor,
     });
   }
