@@ -231,13 +231,27 @@ function stillInTime(payload: Record<string, unknown>, options: JWTVerifyOptions
   return true;
 }
 
+interface SignatureChecked {
+  /** Writ's own reading of the claims set (see strict-json.ts). */
+  claims: Record<string, unknown>;
+  /** To call once every other check passed: remembers the signature (no-op on a hit). */
+  keep: () => void;
+}
+
 async function verifySignatureAndClaims(
   token: string, inspected: InspectedJws, key: VerificationKey, options: JWTVerifyOptions, role: TokenRole,
   signatures: VerifiedSignatures | undefined,
-): Promise<Record<string, unknown>> {
+): Promise<SignatureChecked> {
+  const claims = inspected.payload;
   const fingerprint = signatures ? optionsFingerprint(options) : '';
   const now = Math.floor((options.currentDate ?? new Date()).getTime() / 1000);
-  if (signatures?.has(token, key, fingerprint, now) && stillInTime(inspected.payload, options)) return inspected.payload;
+  if (signatures) {
+    if (signatures.has(token, key, fingerprint, now) && stillInTime(claims, options)) {
+      signatures.hits += 1;
+      return { claims, keep: () => undefined };
+    }
+    signatures.misses += 1;
+  }
   let verified: { payload: unknown; protectedHeader: unknown };
   try {
     verified = await jwtVerify(token, key, options);
@@ -256,9 +270,14 @@ async function verifySignatureAndClaims(
     && !(isDeepStrictEqual(verified.payload, inspected.payload) && isDeepStrictEqual(verified.protectedHeader, inspected.header))) {
     deny('token_malformed', 'the token\'s JSON reads differently to the JOSE library (escaped member names)', role);
   }
-  const { exp } = inspected.payload;
-  if (signatures && isNumericDate(exp)) signatures.add(token, key, fingerprint, exp);
-  return inspected.payload;
+  const { exp } = claims;
+  const tolerance = typeof options.clockTolerance === 'number' ? options.clockTolerance : 0;
+  return {
+    claims,
+    keep: () => {
+      if (signatures && isNumericDate(exp)) signatures.add(token, key, fingerprint, exp + tolerance);
+    },
+  };
 }
 
 /** `exp`, `iat` and `nbf`, when present, must be non-negative safe integers. */
@@ -334,7 +353,7 @@ export async function verifyUpstreamToken(token: string, opts: UpstreamVerifyOpt
 
   const key = await resolveKey(keys, header, role);
   const audience = issuer.audience === 'self' ? selfIssuer : issuer.audience;
-  const claims = await verifySignatureAndClaims(token, inspected, key, {
+  const { claims, keep } = await verifySignatureAndClaims(token, inspected, key, {
     algorithms,
     // RFC 8725 §3.8 (J7) / RFC 7519 §4.1.1: `iss` compared as an exact string.
     issuer: issuer.issuer,
@@ -378,6 +397,7 @@ export async function verifyUpstreamToken(token: string, opts: UpstreamVerifyOpt
 
   const result: VerifiedUpstreamToken = { issuer: issuer.issuer, sub: claims.sub, claims, iat, exp };
   if (act !== undefined) result.act = act;
+  keep();
   return result;
 }
 
@@ -396,7 +416,7 @@ export async function verifyWritToken(token: string, opts: WritVerifyOptions): P
   if (typeof header.typ !== 'string' || normalizeTyp(header.typ) !== AT_JWT) deny('typ_not_allowed', 'typ is not at+jwt', role);
 
   const key = await resolveKey(keys, header, role);
-  const claims = await verifySignatureAndClaims(token, inspected, key, {
+  const { claims, keep } = await verifySignatureAndClaims(token, inspected, key, {
     algorithms: [...WRIT_ALGS],
     issuer: selfIssuer,
     clockTolerance: leeway,
@@ -444,6 +464,7 @@ export async function verifyWritToken(token: string, opts: WritVerifyOptions): P
     raw: claims,
   };
   if (taskId !== undefined) result.task_id = taskId;
+  keep();
   return result;
 }
 

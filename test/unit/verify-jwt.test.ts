@@ -698,10 +698,12 @@ describe('signatures verified before (VerifiedSignatures)', () => {
     const signatures = new VerifiedSignatures();
     const token = await upstreamToken({ set: { nbf: NOW - 5 } });
     await verifyUpstreamToken(token, upstreamOpts({ signatures }));
-    await expectUpstream(token, 'token_expired', { signatures, now: NOW + 300 + 61 });
-    // Past exp but within the leeway: no longer kept, verified again, accepted.
+    // Past exp but within the leeway: still accepted, as jose would.
     expect((await verifyUpstreamToken(token, upstreamOpts({ signatures, now: NOW + 330 }))).sub).toBe('alice');
+    expect(signatures.hits).toBe(1);
     await expectUpstream(token, 'token_not_yet_valid', { signatures, now: NOW - 70 });
+    await expectUpstream(token, 'token_expired', { signatures, now: NOW + 300 + 60 });
+    expect(signatures.hits).toBe(1);
   });
 
   it('counts only under the same verification options: a changed audience or issuer policy still refuses', async () => {
@@ -715,17 +717,31 @@ describe('signatures verified before (VerifiedSignatures)', () => {
     expect(signatures.hits).toBe(1);
   });
 
-  it('keeps successes only, within its size, the oldest going first', async () => {
-    const signatures = new VerifiedSignatures(2);
+  it('keeps only tokens that passed every check, not just the signature', async () => {
+    const signatures = new VerifiedSignatures();
     await expectUpstream(await upstreamToken({ set: { iat: NOW - 600, exp: NOW - 61 } }), 'token_expired', { signatures });
     await expectUpstream(await upstreamToken({ key: attacker }), 'signature_invalid', { signatures });
+    // Signed by the issuer and accepted by jose, refused by Writ's own rules afterwards.
+    await expectUpstream(await upstreamToken({ set: { cnf: { jkt: 'x' } } }), 'forbidden_claim', { signatures });
+    await expectUpstream(await upstreamToken({ set: { iat: NOW - 10, exp: NOW + 90_000 } }), 'claim_invalid', { signatures });
     expect(signatures.size).toBe(0);
+  });
+
+  it('stays within its count and total length, the least recently used going first', async () => {
+    const signatures = new VerifiedSignatures({ maxEntries: 2 });
     const tokens = await Promise.all(['a', 'b', 'c'].map((jti) => upstreamToken({ set: { jti } })));
-    for (const t of tokens) await verifyUpstreamToken(t, upstreamOpts({ signatures }));
+    await verifyUpstreamToken(tokens[0]!, upstreamOpts({ signatures }));
+    await verifyUpstreamToken(tokens[1]!, upstreamOpts({ signatures }));
+    await verifyUpstreamToken(tokens[0]!, upstreamOpts({ signatures })); // a used again: b is now the oldest
+    await verifyUpstreamToken(tokens[2]!, upstreamOpts({ signatures }));
     expect(signatures.size).toBe(2);
     await verifyUpstreamToken(tokens[0]!, upstreamOpts({ signatures }));
-    await verifyUpstreamToken(tokens[2]!, upstreamOpts({ signatures }));
-    expect(signatures.hits).toBe(1);
+    await verifyUpstreamToken(tokens[1]!, upstreamOpts({ signatures }));
+    expect([signatures.hits, signatures.misses]).toEqual([2, 4]);
+
+    const small = new VerifiedSignatures({ maxChars: tokens[0]!.length * 2 + 10 });
+    for (const t of tokens) await verifyUpstreamToken(t, upstreamOpts({ signatures: small }));
+    expect(small.size).toBe(2);
   });
 
   it('serves Writ tokens the same way, with Writ\'s own claim rules still applied', async () => {
