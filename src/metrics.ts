@@ -37,6 +37,12 @@ export class Metrics {
     buckets: [0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.001],
     registers: [this.registry],
   });
+  readonly auditBatchSize = new Histogram({
+    name: 'writ_audit_batch_size',
+    help: 'Denials and protocol refusals whose audit events were committed per statement (group commit) before the answer left: 1 when idle, more under a flood.',
+    buckets: [1, 2, 4, 8, 16, 32, 64],
+    registers: [this.registry],
+  });
   readonly grantBatchSize = new Histogram({
     name: 'writ_grant_batch_size',
     help: 'Grants committed per statement (group commit): 1 when idle, more under load.',

@@ -29,6 +29,8 @@ export interface ExchangeDeps {
   /** Signatures of presented tokens verified before (same token, same key): not verified again. */
   signatures?: VerifiedSignatures;
   knex: Knex;
+  /** Commits one denial's audit event (group-committed with concurrent ones); recordAudit alone if absent. */
+  recordDenial?: (event: AuditEvent) => Promise<void>;
   /** Commits a grant's lineage row and audit event (a GrantBatcher's `record`): true if granted. */
   recordGrant: (record: GrantRecord) => Promise<boolean>;
   logger: Logger;
@@ -101,7 +103,7 @@ export async function exchange(deps: ExchangeDeps, call: ExchangeCall): Promise<
       },
     };
     try {
-      await recordAudit(deps.knex, event);
+      await (deps.recordDenial ? deps.recordDenial(event) : recordAudit(deps.knex, event));
     } catch (err) {
       deps.logger.error({ err: (err as Error).message, reason }, 'could not record a denial');
       return { ok: false, error: 'temporarily_unavailable', reason: 'storage_unavailable' };

@@ -52,6 +52,8 @@ describe('Prometheus metrics on their own listener', () => {
     expect(text).not.toContain('made-up.example.com');
     expect(text).toMatch(/writ_exchange_duration_seconds_count \d+/);
     expect(text).toMatch(/writ_decision_duration_seconds_count [1-9]/);
+    // The two denials' audit events went through the refusals' group commit.
+    expect(text).toMatch(/writ_audit_batch_size_count [2-9]/);
     expect(text).toContain('writ_introspections_total{active="true",client="executor-agent"} 1');
     expect(text).toContain('writ_introspections_suspicious_total{kind="invalid",client="payments-api"} 1');
     expect(text).toContain('writ_introspections_suspicious_total{kind="foreign",client="payments-api"} 1');
