@@ -4,12 +4,11 @@ import type Koa from 'koa';
 import type { Logger } from 'pino';
 import type Provider from 'oidc-provider';
 import { BatchedAuditWriter } from './audit/batch-writer.ts';
-import { recordAudit, type AuditEvent } from './audit/event.ts';
+import { auditCommitter, recordAudit } from './audit/event.ts';
 import type { Config } from './config.ts';
 import { LineageCache } from './exchange/lineage-store.ts';
 import { EXCHANGE_PARAMS, REPEATABLE_PARAMS } from './exchange/request.ts';
 import { GrantBatcher } from './exchange/grant-batcher.ts';
-import { GroupCommit } from './store/group-commit.ts';
 import { isStorageError, type ExchangeDeps } from './exchange/service.ts';
 import { authenticateAdmin } from './admin/auth.ts';
 import { adminRoutes } from './admin/routes.ts';
@@ -96,18 +95,7 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
     const signatures = new VerifiedSignatures();
 
     const grants = new GrantBatcher(db.knex, { isStorageError, onBatch: (size) => metrics.grantBatchSize.observe(size) });
-    // Denials too wait for their audit event, and come in bursts (a flooding client's allowance,
-    // a misconfigured agent): one statement and one pooled connection per burst, not per denial,
-    // so a burst does not open fresh PostgreSQL backends that everyone else then waits behind.
-    const refusals = new GroupCommit<AuditEvent, void>({
-      writeOne: (event) => recordAudit(db.knex, event),
-      writeMany: async (events) => {
-        await recordAudit(db.knex, events);
-        return events.map(() => undefined);
-      },
-      isStorageError,
-      onBatch: (size) => metrics.auditBatchSize.observe(size),
-    });
+    const refusals = auditCommitter(db.knex, { isStorageError, onBatch: (size) => metrics.auditBatchSize.observe(size) });
     const exchangeDeps: ExchangeDeps = {
       issuer: config.issuer,
       maxTtl: config.maxTtl,

@@ -1,4 +1,5 @@
 import type { Knex } from 'knex';
+import { GroupCommit } from '../store/group-commit.ts';
 import { runPrepared, type PreparedStatement } from '../store/prepared.ts';
 import { storableJson, storableText } from '../store/text.ts';
 
@@ -94,4 +95,24 @@ export async function recordAudit(knex: Knex, events: AuditEvent | AuditEvent[])
   } else if (rows.length > 1) {
     await knex('audit_events').insert(rows);
   }
+}
+
+/**
+ * Audit events that must commit before their answer leaves (denied exchanges, authenticated
+ * protocol refusals), group-committed (src/store/group-commit.ts). Denials come in bursts — a
+ * flooding client's allowance, a misconfigured agent — and one statement and one pooled
+ * connection per burst, instead of per denial, keeps a burst from opening fresh PostgreSQL
+ * backends that every other request then waits behind.
+ */
+export function auditCommitter(
+  knex: Knex, options: { isStorageError: (err: unknown) => boolean; onBatch?: (size: number) => void },
+): GroupCommit<AuditEvent, void> {
+  return new GroupCommit<AuditEvent, void>({
+    ...options,
+    writeOne: (event) => recordAudit(knex, event),
+    writeMany: async (events) => {
+      await recordAudit(knex, events);
+      return events.map(() => undefined);
+    },
+  });
 }

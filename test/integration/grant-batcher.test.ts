@@ -4,9 +4,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import knexFactory from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { recordAudit, type AuditEvent } from '../../src/audit/event.ts';
+import { auditCommitter, type AuditEvent } from '../../src/audit/event.ts';
 import { GrantBatcher } from '../../src/exchange/grant-batcher.ts';
-import { GroupCommit } from '../../src/store/group-commit.ts';
 import { RECORD_GRANTS, type GrantRecord } from '../../src/exchange/record.ts';
 import { isStorageError } from '../../src/exchange/service.ts';
 import { migrate, openDatabase, type Database } from '../../src/store/db.ts';
@@ -39,7 +38,7 @@ const backends = [
   { backend: 'PGlite', embedded: true },
 ] as const;
 
-describe.each(backends)('group commit of grants on $backend', ({ embedded }) => {
+describe.each(backends)('group commit of grants and refusals on $backend', ({ embedded }) => {
   let db: Database;
   let dataDir: string;
 
@@ -100,21 +99,6 @@ describe.each(backends)('group commit of grants on $backend', ({ embedded }) => 
     const events = await db.knex('audit_events').whereIn('request_id', records.map((r) => r.granted.requestId!)).pluck('request_id');
     expect(events.sort()).toEqual(['req-200', 'req-202', 'req-203']);
   });
-});
-
-describe.each(backends)('group commit of refusals\' audit events on $backend', ({ embedded }) => {
-  let db: Database;
-  let dataDir: string;
-
-  beforeAll(async () => {
-    dataDir = mkdtempSync(path.join(tmpdir(), 'writ-refusals-'));
-    db = await openDatabase({ databaseUrl: embedded ? undefined : await createTestDatabase('refusals'), dataDir });
-    await migrate(db);
-  });
-  afterAll(async () => {
-    await db?.close();
-    rmSync(dataDir, { recursive: true, force: true });
-  });
 
   const denial = (n: number, policyVersion: unknown = 1): AuditEvent => ({
     type: 'exchange.denied', outcome: 'denied', reason: 'no_rule', requestId: `deny-${embedded}-${n}`, clientId: 'flood-agent',
@@ -123,15 +107,7 @@ describe.each(backends)('group commit of refusals\' audit events on $backend', (
 
   it('commits a burst of denials in shared statements, each answered only once its own row is in', async () => {
     const sizes: number[] = [];
-    const refusals = new GroupCommit<AuditEvent, void>({
-      writeOne: (e) => recordAudit(db.knex, e),
-      writeMany: async (es) => {
-        await recordAudit(db.knex, es);
-        return es.map(() => undefined);
-      },
-      isStorageError,
-      onBatch: (n) => sizes.push(n),
-    });
+    const refusals = auditCommitter(db.knex, { isStorageError, onBatch: (n) => sizes.push(n) });
     const events = Array.from({ length: 30 }, (_, i) => denial(i));
     await Promise.all(events.map(async (e) => {
       await refusals.write(e);
