@@ -1,7 +1,7 @@
 import { decodeJwt } from 'jose';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, inject } from 'vitest';
-import { AT, EXECUTOR_AUD, basicAuth, startTestWrit, type TestWrit } from '../support/harness.ts';
+import { AT, EXECUTOR_AUD, PAYMENTS, basicAuth, startTestWrit, type TestWrit } from '../support/harness.ts';
 
 /** PostgreSQL going away under load: fail closed with 503, never a token without its record; recover by itself. */
 describe('PostgreSQL unavailable', () => {
@@ -53,6 +53,10 @@ describe('PostgreSQL unavailable', () => {
     const seen = statuses.length;
     await expect.poll(() => statuses.slice(seen).includes(503), { timeout: 2000, interval: 20 }).toBe(true);
     expect(Date.now() - cut).toBeLessThan(2000);
+    // A denial is answered only with its record too: without the database it is a 503, not its 400.
+    const overScope = { subject_token: await t.idp.token(t.issuer), subject_token_type: AT, audience: PAYMENTS, scope: 'payment.transfer' };
+    const deniedDuring = await t.exchange('planner-agent', overScope);
+    expect([deniedDuring.status, deniedDuring.body.error]).toEqual([503, 'temporarily_unavailable']);
     // Revocation must not answer 200 unless persisted (RFC 7009 §2.2.1).
     expect((await t.post('/token/revocation', { token: before.body.access_token as string }, basicAuth('planner-agent'))).status).toBe(503);
     // Once the revoked set can no longer be kept current, introspection refuses to say active.
@@ -65,6 +69,11 @@ describe('PostgreSQL unavailable', () => {
     await expect.poll(() => statuses.slice(atRestore).includes(200), { timeout: 5000, interval: 50 }).toBe(true);
     expect(Date.now() - back).toBeLessThan(5000);
     await expect.poll(async () => (await fetch(`${t.url}/readyz`)).status, { timeout: 5000, interval: 100 }).toBe(200);
+    const deniedAfter = await t.exchange('planner-agent', { ...overScope, subject_token: await t.idp.token(t.issuer) });
+    expect([deniedAfter.status, deniedAfter.body.error]).toEqual([400, 'invalid_scope']);
+    // Recorded once: the denial after the outage (the one during it could not be, and was not answered as a denial).
+    const denials = await t.writ.db.knex('audit_events').where({ type: 'exchange.denied', reason: 'scope_not_allowed' }).count<Array<{ count: number }>>('* as count');
+    expect(Number(denials[0]!.count)).toBe(1);
     running = false;
     await Promise.all(workers);
 
