@@ -19,7 +19,7 @@ export interface PresentedTokenContext {
   lineage: LineageCache;
   knex: Knex;
   /** Signatures verified before (same token string, same key, same options). */
-  signatures?: VerifiedSignatures;
+  signatures: VerifiedSignatures;
 }
 
 /** The unverified `iss`, only to route the token to the verifier that will check it. */

@@ -2,7 +2,6 @@ import type { Knex } from 'knex';
 import type { Logger } from 'pino';
 import type { AuditEvent } from '../audit/event.ts';
 import type { RateDecision } from '../http/rate-limit.ts';
-import { recordAudit } from '../audit/event.ts';
 import type { CompiledPolicy } from '../policy/compiled.ts';
 import type { RevocationState } from '../revocation/state.ts';
 import type { KeyResolver } from '../tokens/key-resolver.ts';
@@ -27,10 +26,10 @@ export interface ExchangeDeps {
   revocations: RevocationState;
   lineage: LineageCache;
   /** Signatures of presented tokens verified before (same token, same key): not verified again. */
-  signatures?: VerifiedSignatures;
+  signatures: VerifiedSignatures;
   knex: Knex;
-  /** Commits one denial's audit event (group-committed with concurrent ones); recordAudit alone if absent. */
-  recordDenial?: (event: AuditEvent) => Promise<void>;
+  /** Commits one denial's audit event (an auditCommitter's `write`, shared with concurrent ones). */
+  recordDenial: (event: AuditEvent) => Promise<void>;
   /** Commits a grant's lineage row and audit event (a GrantBatcher's `record`): true if granted. */
   recordGrant: (record: GrantRecord) => Promise<boolean>;
   logger: Logger;
@@ -103,7 +102,7 @@ export async function exchange(deps: ExchangeDeps, call: ExchangeCall): Promise<
       },
     };
     try {
-      await (deps.recordDenial ? deps.recordDenial(event) : recordAudit(deps.knex, event));
+      await deps.recordDenial(event);
     } catch (err) {
       deps.logger.error({ err: (err as Error).message, reason }, 'could not record a denial');
       return { ok: false, error: 'temporarily_unavailable', reason: 'storage_unavailable' };

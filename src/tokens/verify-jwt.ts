@@ -222,9 +222,7 @@ function optionsFingerprint(options: JWTVerifyOptions): string {
  * `nbf` when `nbf > now + tolerance`), for a token whose signature and other claims verified
  * earlier. Anything else — including a clock that went back — goes through jose again.
  */
-function stillInTime(payload: Record<string, unknown>, options: JWTVerifyOptions): boolean {
-  const now = Math.floor((options.currentDate ?? new Date()).getTime() / 1000);
-  const tolerance = typeof options.clockTolerance === 'number' ? options.clockTolerance : 0;
+function stillInTime(payload: Record<string, unknown>, now: number, tolerance: number): boolean {
   const { exp, nbf } = payload;
   if (typeof exp !== 'number' || exp <= now - tolerance) return false;
   if (nbf !== undefined && (typeof nbf !== 'number' || nbf > now + tolerance)) return false;
@@ -245,8 +243,9 @@ async function verifySignatureAndClaims(
   const claims = inspected.payload;
   const fingerprint = signatures ? optionsFingerprint(options) : '';
   const now = Math.floor((options.currentDate ?? new Date()).getTime() / 1000);
+  const tolerance = typeof options.clockTolerance === 'number' ? options.clockTolerance : 0;
   if (signatures) {
-    if (signatures.has(token, key, fingerprint, now) && stillInTime(claims, options)) {
+    if (signatures.has(token, key, fingerprint, now) && stillInTime(claims, now, tolerance)) {
       signatures.hits += 1;
       return { claims, keep: () => undefined };
     }
@@ -271,7 +270,6 @@ async function verifySignatureAndClaims(
     deny('token_malformed', 'the token\'s JSON reads differently to the JOSE library (escaped member names)', role);
   }
   const { exp } = claims;
-  const tolerance = typeof options.clockTolerance === 'number' ? options.clockTolerance : 0;
   return {
     claims,
     keep: () => {
