@@ -11,8 +11,8 @@
  * `node bench/jitter.ts [seconds] [MiB]` runs the probe alone and prints its JSON.
  */
 import { spawn } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { kdamondNs, percentile } from './load.ts';
 
 export interface Jitter {
   seconds: number;
@@ -22,26 +22,6 @@ export interface Jitter {
   stalls_3ms_per_s: number;
   /** CPU of the kernel's DAMON threads over the same time, % of one core (null: none here). */
   kdamond_percent: number | null;
-}
-
-/** Run time of every kernel DAMON thread, ns (null when the machine has none). */
-export function kdamondNs(): number | null {
-  let total: number | null = null;
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      if (!readFileSync(`/proc/${entry}/comm`, 'utf8').startsWith('kdamond')) continue;
-      total = (total ?? 0) + Number(readFileSync(`/proc/${entry}/schedstat`, 'utf8').split(' ')[0]);
-    } catch {
-      // exited, or not readable
-    }
-  }
-  return total;
-}
-
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return 0;
-  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]!;
 }
 
 /** The probe itself (runs in the child). */
@@ -70,7 +50,7 @@ async function probe(seconds: number, mib: number): Promise<Omit<Jitter, 'kdamon
   const round = (n: number): number => Math.round(n * 10) / 10;
   return {
     seconds,
-    stall_ms: { p99: round(percentile(sorted, 0.99)), p999: round(percentile(sorted, 0.999)), max: round(sorted.at(-1) ?? 0) },
+    stall_ms: { p99: round(percentile(sorted, 99)), p999: round(percentile(sorted, 99.9)), max: round(sorted.at(-1) ?? 0) },
     stalls_3ms_per_s: round(late.filter((l) => l >= 3).length / seconds),
   };
 }

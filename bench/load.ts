@@ -7,7 +7,6 @@ import http from 'node:http';
 import os from 'node:os';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import autocannon, { type AutocannonRequest } from 'autocannon';
-import { kdamondNs } from './jitter.ts';
 
 export interface LoadRequest {
   method: 'GET' | 'POST';
@@ -131,6 +130,21 @@ function postgresTicks(): number {
       total += Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14]);
     } catch {
       // The process went away.
+    }
+  }
+  return total;
+}
+
+/** Run time of every kernel DAMON thread, ns (null when the machine has none). */
+export function kdamondNs(): number | null {
+  let total: number | null = null;
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (!readFileSync(`/proc/${entry}/comm`, 'utf8').startsWith('kdamond')) continue;
+      total = (total ?? 0) + Number(readFileSync(`/proc/${entry}/schedstat`, 'utf8').split(' ')[0]);
+    } catch {
+      // exited, or not readable
     }
   }
   return total;

@@ -580,10 +580,9 @@ function evaluateTargets(decideResults: DecideCaseResult[]): TargetResult[] {
     const alone = summarise(victim.alone).p99;
     const flooded = summarise(victim.flooded).p99;
     const factor = flooded / Math.max(alone, 0.001);
-    const perPair = results.filter((r) => r.scenario.startsWith('victim alone')).map((a, i) => {
-      const f = results.filter((r) => r.scenario.startsWith('victim under flood'))[i];
-      return f ? `${(f.latency_ms.p99 / Math.max(a.latency_ms.p99, 0.001)).toFixed(2)}×` : '';
-    });
+    const floods = results.filter((r) => r.scenario.startsWith('victim under flood'));
+    const perPair = results.filter((r) => r.scenario.startsWith('victim alone'))
+      .map((a, i) => `${(floods[i]!.latency_ms.p99 / Math.max(a.latency_ms.p99, 0.001)).toFixed(2)}×`);
     out.push({
       target: `a flooding client raises another's p99 ≤ ${Math.round((TARGETS.floodP99Factor - 1) * 100)}%`,
       measured: `p99 ${alone} ms alone, ${flooded} ms under the flood (${factor.toFixed(2)}×) at ${TARGETS.floodVictimRate}/s, ${victim.alone.length} + ${victim.flooded.length} samples from ${perPair.length} alternating pair${perPair.length === 1 ? '' : 's'}${perPair.length > 1 ? ` (each pair: ${perPair.join(', ')})` : ''}`,
@@ -671,8 +670,9 @@ async function main(): Promise<void> {
       return;
     }
 
-    log('machine jitter probe (5 s, before anything else runs)');
-    const jitter = await measureJitter(quick ? 2 : 5);
+    const jitterSeconds = quick ? 2 : 5;
+    log(`machine jitter probe (${jitterSeconds} s, before anything else runs)`);
+    const jitter = await measureJitter(jitterSeconds);
     log(`  ${describeJitter(jitter)}`);
 
     log('decide() microbenchmark');
