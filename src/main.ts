@@ -6,6 +6,7 @@ import { cliContext, UsageError } from './cli/context.ts';
 import { demo } from './cli/demo.ts';
 import { adminCommand, revokeCommand } from './cli/admin.ts';
 import { auditCommand } from './cli/audit.ts';
+import { keysCommand } from './cli/keys.ts';
 import { policyCommand } from './cli/policy.ts';
 import { migrateCommand, serve } from './cli/serve.ts';
 
@@ -20,6 +21,10 @@ const USAGE = `usage: writ <command>
                              kill switch: revoke every token issued before TIME (default now)
   admin bootstrap [--client-id ID] [--scope S]...
                              create an admin client outside policy (prints its secret once)
+  keys list [--json]         Writ's signing keys and their schedule
+  keys rotate [--alg A]... [--activate-in 24h | --now]
+                             publish a new key now that signs from 24h on (default)
+  keys remove KID            emergency: withdraw a key; an active one is replaced at once
   audit verify|trace|search|export|open           the tamper-evident record; open prints a one-time
                              login URL for the chain view
   demo [--exit]              start Writ on the embedded database with the example policy and
@@ -51,6 +56,8 @@ async function run(argv: string[]): Promise<number> {
       return revokeCommand(ctx, rest);
     case 'admin':
       return adminCommand(ctx, rest);
+    case 'keys':
+      return keysCommand(ctx, rest);
     case 'demo': {
       const { values } = parseArgs({ args: rest, options: { exit: { type: 'boolean' } } });
       return demo(ctx, { exit: values.exit ?? false });

@@ -29,7 +29,9 @@ import { RevocationState } from './revocation/state.ts';
 import { migrate, openDatabase, type Database } from './store/db.ts';
 import { deriveKeys, type DerivedKeys } from './tokens/kek.ts';
 import { UpstreamKeys, writKeyResolver } from './tokens/key-resolver.ts';
-import { ensureSigningKeys, type SigningKeys } from './tokens/signing-keys.ts';
+import { keyRetentionMs, SigningKeyRing } from './tokens/signing-keys.ts';
+import { jwksRoute } from './http/jwks.ts';
+import { ROUTES } from './oauth/provider.ts';
 
 export interface Writ {
   config: Config;
@@ -38,7 +40,7 @@ export interface Writ {
   provider: Provider;
   policy: PolicyState;
   revocations: RevocationState;
-  keys: SigningKeys;
+  keys: SigningKeyRing;
   derived: DerivedKeys;
   auditQueue: BatchedAuditWriter;
   auditSealer: AuditSealer;
@@ -75,7 +77,9 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
   try {
     await migrate(db);
     const derived = deriveKeys(config.kek);
-    const keys = await ensureSigningKeys(db.knex, derived.keyEncryption);
+    const retainMs = keyRetentionMs(config.maxTtl);
+    const keys = new SigningKeyRing(db.knex, derived.keyEncryption, { retainMs, logger, ...(options.pollMs ? { pollMs: Math.max(options.pollMs, 200) } : {}) });
+    await keys.start();
     const policy = new PolicyState(db, logger, options.pollMs ? { pollMs: options.pollMs } : {});
     const metrics = new Metrics();
     const upstream = new UpstreamKeys({
@@ -90,7 +94,7 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
     await revocations.start();
     const auditQueue = new BatchedAuditWriter(db.knex, logger);
     const lineage = new LineageCache();
-    const writKeys = writKeyResolver(() => keys);
+    const writKeys = writKeyResolver(() => keys.current());
     const limiter = new RateLimiter();
     const signatures = new VerifiedSignatures();
 
@@ -100,7 +104,7 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
       issuer: config.issuer,
       maxTtl: config.maxTtl,
       policy: () => policy.policy,
-      keys: () => keys,
+      keys: () => keys.current(),
       writKeys,
       upstreamKeys: (iss) => upstream.resolver(iss),
       revocations,
@@ -117,15 +121,17 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
       },
       enqueueAudit: (event) => auditQueue.enqueue(event),
     };
+    const introspected = new VerifiedTokenCache();
+    keys.onChange(() => introspected.clear());
     const provider = createProvider({
       issuer: config.issuer,
-      keys,
+      keys: keys.current(),
       knex: () => db.knex,
       findClient: (id) => findClientMetadata(policy.policy, policy.credentials, id),
       secretKey: derived.clientSecret,
       trustProxy: config.trustProxy,
       grant: { params: EXCHANGE_PARAMS, repeatable: REPEATABLE_PARAMS, handler: tokenExchangeHandler({ ...exchangeDeps, metrics, limiter, auditQueue }) },
-      introspect: introspectionHandler({ issuer: config.issuer, writKeys, revocations, lineage, policy: () => policy.policy, auditQueue, metrics, limiter, verified: new VerifiedTokenCache() }),
+      introspect: introspectionHandler({ issuer: config.issuer, writKeys, revocations, lineage, policy: () => policy.policy, auditQueue, metrics, limiter, verified: introspected }),
       revoke: revocationHandler({ issuer: config.issuer, writKeys, knex: db.knex, policy: () => policy.policy, metrics, limiter, auditQueue }),
       extraRevocationParams: (ctx) => ((ctx.state as Record<string, unknown>).writTaskRevocation ? ['task_id'] : []),
     });
@@ -142,7 +148,7 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
       draining: () => draining,
       authFailureLimit: () => policy.policy.settings.auth_failure_limit ?? DEFAULT_AUTH_FAILURE_LIMIT,
       clientRateLimit: (clientId) => policy.policy.clients.get(clientId)?.rate_limit,
-      routes: [adminAuditRoutes({
+      routes: [jwksRoute(ROUTES.jwks, () => keys.current()), adminAuditRoutes({
         knex: db.knex,
         authorize: async (ctx, scope) => {
           const auth = await authenticateAdmin(ctx, { provider, policy: () => policy.policy, localToken: options.localToken ?? (() => undefined) }, scope);
@@ -168,6 +174,7 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
         issuer: config.issuer,
         maxTtl: config.maxTtl,
         secretKey: derived.clientSecret,
+        keys: { ring: keys, encryptionKey: derived.keyEncryption, retainMs },
       }), localAdmin({
         localToken: options.localToken ?? (() => undefined),
         knex: db.knex,
@@ -218,6 +225,7 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
           server.closeIdleConnections();
           await closing;
         }
+        keys.stop();
         await policy.stop();
         await revocations.stop();
         await auditQueue.close();

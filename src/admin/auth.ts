@@ -14,7 +14,7 @@ export type AdminAuthResult =
   | { ok: true; caller: AdminCaller }
   | { ok: false; status: 401 | 403; error: 'invalid_token' | 'insufficient_scope' };
 
-const ALL_SCOPES: readonly AdminScope[] = ['writ:policy.read', 'writ:policy.write', 'writ:audit.read', 'writ:revoke'];
+const ALL_SCOPES: readonly AdminScope[] = ['writ:policy.read', 'writ:policy.write', 'writ:audit.read', 'writ:revoke', 'writ:keys'];
 
 function bearer(ctx: ParameterizedContext): string | undefined {
   const match = /^Bearer ([A-Za-z0-9._~+/-]+=*)$/.exec(ctx.get('authorization'));

@@ -5,7 +5,7 @@ import type { AdminScope } from '../policy/model.ts';
 import { currentVersion, PolicyApplyError, POLICY_CHANNEL } from '../policy/store.ts';
 import { hashClientSecret } from '../tokens/kek.ts';
 
-export const ADMIN_SCOPES: readonly AdminScope[] = ['writ:policy.read', 'writ:policy.write', 'writ:audit.read', 'writ:revoke'];
+export const ADMIN_SCOPES: readonly AdminScope[] = ['writ:policy.read', 'writ:policy.write', 'writ:audit.read', 'writ:revoke', 'writ:keys'];
 
 /**
  * Creates an admin client outside policy versions and returns its generated secret, which is

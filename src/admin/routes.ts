@@ -15,6 +15,7 @@ import { BodyError, readJsonBody } from '../http/json-body.ts';
 import { isPlainText } from '../store/text.ts';
 import { authenticateAdmin, type AdminCaller } from './auth.ts';
 import { ExplainInputError, explain, parseExplainRequest } from './explain.ts';
+import { registerKeyRoutes, type KeyRouteDeps } from './key-routes.ts';
 
 export interface AdminDeps {
   provider: Provider;
@@ -26,6 +27,7 @@ export interface AdminDeps {
   issuer: string;
   maxTtl: number;
   secretKey: Buffer;
+  keys: KeyRouteDeps;
 }
 
 type Ctx = ParameterizedContext<{ requestId?: string; admin?: AdminCaller }> & { params: Record<string, string> };
@@ -48,7 +50,7 @@ function problem(ctx: Ctx, status: number, error: string, description?: string, 
 }
 
 /**
- * `/admin/v1`: policy objects and versions, explain, kill switches. Every call is authorised by
+ * `/admin/v1`: policy objects and versions, explain, kill switches, signing keys. Every call is authorised by
  * scope and every change is audited with the admin client that made it.
  */
 export function adminRoutes(deps: AdminDeps): Middleware {
@@ -227,6 +229,8 @@ export function adminRoutes(deps: AdminDeps): Middleware {
     ctx.status = 201;
     ctx.body = { kind, value, not_before: notBefore.toISOString(), tokens_revoked_by_jti: result.tokens };
   });
+
+  registerKeyRoutes(router, { knex: deps.knex, requires, audited, problem: (ctx, ...rest) => problem(ctx as Ctx, ...rest) }, deps.keys);
 
   return async (ctx, next) => {
     if (!ctx.path.startsWith('/admin/v1/') || ctx.path.startsWith('/admin/v1/local/') || ctx.path.startsWith('/admin/v1/audit/')) return next();

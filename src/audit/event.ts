@@ -13,7 +13,8 @@ export type AuditType =
   | 'policy.applied'
   | 'kill_switch'
   | 'admin.action'
-  | 'key.generated';
+  | 'key.generated'
+  | 'key.removed';
 
 /** One audit record. Raw tokens and secrets never go in here: tokens are named by `jti`. */
 export interface AuditEvent {

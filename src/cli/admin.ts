@@ -1,39 +1,12 @@
 import { parseArgs } from 'node:util';
-import type { Knex } from 'knex';
 import { ADMIN_SCOPES, bootstrapAdmin } from '../admin/bootstrap.ts';
 import type { AdminScope } from '../policy/model.ts';
 import { PolicyApplyError } from '../policy/store.ts';
 import { KILL_SWITCH_KINDS, killSwitch } from '../revocation/kill-switch.ts';
 import type { KillSwitchKind } from '../revocation/revoke.ts';
-import { migrate, openDatabase } from '../store/db.ts';
 import { deriveKeys } from '../tokens/kek.ts';
 import { UsageError, type CliContext } from './context.ts';
-import { runningServer, type LocalServer } from './local-server.ts';
-
-/**
- * Runs `direct` on the database, or — on the embedded database while `writ serve` holds it —
- * sends the request to the server through its local credential.
- */
-async function onDatabaseOrServer<T>(ctx: CliContext, direct: (knex: Knex) => Promise<T>, viaServer: (server: LocalServer) => Promise<T>): Promise<T> {
-  const server = ctx.config.databaseUrl ? undefined : runningServer(ctx.config.dataDir);
-  if (server) return viaServer(server);
-  const db = await openDatabase({ databaseUrl: ctx.config.databaseUrl, dataDir: ctx.config.dataDir });
-  try {
-    await migrate(db);
-    return await direct(db.knex);
-  } finally {
-    await db.close();
-  }
-}
-
-async function call(server: LocalServer, path: string, body: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
-  const response = await fetch(`${server.url}${path}`, {
-    method: 'POST',
-    headers: { authorization: `Bearer ${server.token}`, 'content-type': 'application/json' },
-    body: JSON.stringify(body),
-  });
-  return { status: response.status, body: await response.json().catch(() => ({})) as Record<string, unknown> };
-}
+import { callServer, onDatabaseOrServer } from './local-server.ts';
 
 /** `writ admin bootstrap [--client-id ID] [--scope S …]`: the first admin, outside policy versions. */
 export async function adminCommand(ctx: CliContext, argv: string[]): Promise<number> {
@@ -49,7 +22,7 @@ export async function adminCommand(ctx: CliContext, argv: string[]): Promise<num
     const secret = await onDatabaseOrServer(ctx,
       async (knex) => (await bootstrapAdmin(knex, { clientId, scopes, secretKey: deriveKeys(ctx.config.kek).clientSecret, by })).secret,
       async (server) => {
-        const res = await call(server, '/admin/v1/local/admin/bootstrap', { client_id: clientId, scopes, by });
+        const res = await callServer(server, 'POST', '/admin/v1/local/admin/bootstrap', { client_id: clientId, scopes, by });
         if (res.status !== 200) throw new PolicyApplyError(String(res.body.error_description ?? `HTTP ${res.status}`));
         return String(res.body.client_secret);
       });
@@ -83,14 +56,9 @@ export async function revokeCommand(ctx: CliContext, argv: string[]): Promise<nu
   const tokens = await onDatabaseOrServer(ctx,
     async (knex) => (await killSwitch(knex, { kind, value, notBefore, revokedBy: by })).tokens,
     async (server) => {
-      const response = await fetch(`${server.url}/admin/v1/revocations`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${server.token}`, 'content-type': 'application/json' },
-        body: JSON.stringify({ kind, value, before: notBefore.toISOString() }),
-      });
-      const body = await response.json() as Record<string, unknown>;
-      if (response.status !== 201) throw new UsageError(String(body.error_description ?? `HTTP ${response.status}`));
-      return Number(body.tokens_revoked_by_jti ?? 0);
+      const res = await callServer(server, 'POST', '/admin/v1/revocations', { kind, value, before: notBefore.toISOString() });
+      if (res.status !== 201) throw new UsageError(String(res.body.error_description ?? `HTTP ${res.status}`));
+      return Number(res.body.tokens_revoked_by_jti ?? 0);
     });
   ctx.out(`revoked every token of ${kind} ${value} issued before ${notBefore.toISOString()}${kind === 'rule' ? ` (${tokens} live token(s) and their descendants)` : ''}`);
   return 0;

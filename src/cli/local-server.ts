@@ -1,6 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
+import type { Knex } from 'knex';
+import { migrate, openDatabase } from '../store/db.ts';
+import type { CliContext } from './context.ts';
 
 /**
  * On the embedded database only one process may open the data dir. `writ serve` records
@@ -55,4 +58,30 @@ export function releaseDataDir(dataDir: string): void {
   } catch {
     // Nothing to release.
   }
+}
+
+/**
+ * Runs `direct` on the database, or — on the embedded database while `writ serve` holds it —
+ * sends the request to the server through its local credential.
+ */
+export async function onDatabaseOrServer<T>(ctx: CliContext, direct: (knex: Knex) => Promise<T>, viaServer: (server: LocalServer) => Promise<T>): Promise<T> {
+  const server = ctx.config.databaseUrl ? undefined : runningServer(ctx.config.dataDir);
+  if (server) return viaServer(server);
+  const db = await openDatabase({ databaseUrl: ctx.config.databaseUrl, dataDir: ctx.config.dataDir });
+  try {
+    await migrate(db);
+    return await direct(db.knex);
+  } finally {
+    await db.close();
+  }
+}
+
+/** One admin API call to the running server, with the local credential. */
+export async function callServer(server: LocalServer, method: 'GET' | 'POST', path: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
+  const response = await fetch(`${server.url}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${server.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+  });
+  return { status: response.status, body: await response.json().catch(() => ({})) as Record<string, unknown> };
 }

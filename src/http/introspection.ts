@@ -64,6 +64,11 @@ export class VerifiedTokenCache {
     }
     this.entries.set(token, claims);
   }
+
+  /** Called when Writ's key set changes: a token whose key was removed must not stay active. */
+  clear(): void {
+    this.entries.clear();
+  }
 }
 
 /** DESIGN.md §4: who may see a token. Anything else is answered exactly `{"active": false}`. */

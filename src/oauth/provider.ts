@@ -53,7 +53,7 @@ export function createProvider(options: ProviderOptions): Provider {
     clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt'],
     responseTypes: [],
     // Only admin clients obtain tokens with these, through client_credentials, for the admin API.
-    scopes: ['writ:policy.read', 'writ:policy.write', 'writ:audit.read', 'writ:revoke'],
+    scopes: ['writ:policy.read', 'writ:policy.write', 'writ:audit.read', 'writ:revoke', 'writ:keys'],
     claims: {},
     jwks: { keys: [...options.keys.active.values()].map((k) => k.privateJwk) } as Configuration['jwks'],
     enabledJWA: {

@@ -9,7 +9,7 @@ export type ClientAuthMethod = 'client_secret_basic' | 'client_secret_post' | 'p
 export type TokenTypeName = 'access_token' | 'jwt' | 'id_token';
 /** Algorithms an audience may ask its tokens to be signed with (RFC 9068 §2.1 requires RS256 support). */
 export type SigningAlg = 'ES256' | 'RS256' | 'PS256';
-export type AdminScope = 'writ:policy.read' | 'writ:policy.write' | 'writ:audit.read' | 'writ:revoke';
+export type AdminScope = 'writ:policy.read' | 'writ:policy.write' | 'writ:audit.read' | 'writ:revoke' | 'writ:keys';
 
 export interface PublicJwkSet {
   keys: Array<Record<string, unknown>>;

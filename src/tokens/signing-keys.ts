@@ -1,10 +1,24 @@
 import { randomUUID } from 'node:crypto';
 import { exportJWK, generateKeyPair, importJWK, type CryptoKey, type JWK } from 'jose';
 import type { Knex } from 'knex';
+import type { Logger } from 'pino';
+import { toRow } from '../audit/event.ts';
 import type { SigningAlg } from '../policy/model.ts';
 import { open, seal } from './kek.ts';
+import { PUBLISHED_STATES, scheduleKeys, type KeySchedule, type StoredKeyTimes } from './key-schedule.ts';
 
 export const SIGNING_ALGS: readonly SigningAlg[] = ['ES256', 'RS256', 'PS256'];
+
+/** Tokens Writ accepts may be this far past `exp` (the inbound clock leeway, standards notes O3). */
+const CLOCK_LEEWAY_MS = 60_000;
+
+/** How long a key stays published after it stops signing: the longest minted token, plus leeway. */
+export function keyRetentionMs(maxTtlSeconds: number): number {
+  return maxTtlSeconds * 1000 + CLOCK_LEEWAY_MS;
+}
+
+/** Serialises key generation, rotation and removal between instances and the CLI. */
+const KEY_LOCK = 7369657;
 
 export interface SigningKey {
   kid: string;
@@ -18,7 +32,7 @@ export interface SigningKey {
 export interface SigningKeys {
   /** The active key for each algorithm: each key is used with exactly one algorithm (RFC 8725 §3.1). */
   active: ReadonlyMap<SigningAlg, SigningKey>;
-  /** Every published key (active and recently retired), looked up by kid to verify Writ's tokens. */
+  /** Every published key (pending, active, retired), looked up by kid to verify Writ's tokens. */
   byKid: ReadonlyMap<string, SigningKey>;
   publicJwks: { keys: JWK[] };
 }
@@ -28,7 +42,15 @@ interface KeyRow {
   alg: string;
   public_jwk: JWK;
   private_jwk_enc: string;
-  status: string;
+  created_at: Date;
+  activates_at: Date;
+  removed_at: Date | null;
+}
+
+export interface NewKey {
+  kid: string;
+  alg: SigningAlg;
+  activatesAt: Date;
 }
 
 async function generate(alg: SigningAlg): Promise<{ kid: string; publicJwk: JWK; privateJwk: JWK }> {
@@ -37,6 +59,67 @@ async function generate(alg: SigningAlg): Promise<{ kid: string; publicJwk: JWK;
   const publicJwk = { ...(await exportJWK(publicKey)), kid, alg, use: 'sig' };
   const privateJwk = { ...(await exportJWK(privateKey)), kid, alg, use: 'sig' };
   return { kid, publicJwk, privateJwk };
+}
+
+function times(row: KeyRow): StoredKeyTimes {
+  return { kid: row.kid, alg: row.alg as SigningAlg, createdAt: row.created_at, activatesAt: row.activates_at, removedAt: row.removed_at };
+}
+
+export async function loadKeyRows(knex: Knex): Promise<KeyRow[]> {
+  return knex<KeyRow>('signing_keys').select('kid', 'alg', 'public_jwk', 'private_jwk_enc', 'created_at', 'activates_at', 'removed_at');
+}
+
+/** The stored schedule at `now` (for listing; no private part is opened). */
+export async function loadKeySchedule(knex: Knex, now: Date, retainMs: number): Promise<KeySchedule> {
+  return scheduleKeys((await loadKeyRows(knex)).map(times), now, retainMs);
+}
+
+/**
+ * Generates and stores a key for `alg` that signs from `activatesAt`, audited in the caller's
+ * transaction. The private part is sealed under the key-encryption key before it is stored.
+ */
+export async function insertKey(trx: Knex.Transaction, encryptionKey: Buffer, input: { alg: SigningAlg; activatesAt: Date; by: string; reason: string; requestId?: string }): Promise<NewKey> {
+  const key = await generate(input.alg);
+  await trx('signing_keys').insert({
+    kid: key.kid,
+    alg: input.alg,
+    public_jwk: JSON.stringify(key.publicJwk),
+    private_jwk_enc: seal(encryptionKey, JSON.stringify(key.privateJwk), `signing-key:${key.kid}`),
+    activates_at: input.activatesAt,
+  });
+  await trx('audit_events').insert(toRow({
+    type: 'key.generated',
+    outcome: 'ok',
+    clientId: input.by,
+    requestId: input.requestId ?? null,
+    details: { kid: key.kid, alg: input.alg, activates_at: input.activatesAt.toISOString(), reason: input.reason },
+  }));
+  return { kid: key.kid, alg: input.alg, activatesAt: input.activatesAt };
+}
+
+/** Takes the key lock for the rest of the transaction, then reads the schedule under it. */
+export async function lockedSchedule(trx: Knex.Transaction, retainMs: number): Promise<{ schedule: KeySchedule; now: Date }> {
+  await trx.raw('SELECT pg_advisory_xact_lock(?)', [KEY_LOCK]);
+  const { rows } = await trx.raw<{ rows: Array<{ now: Date }> }>('SELECT clock_timestamp() AS now');
+  const now = rows[0]!.now;
+  return { schedule: scheduleKeys((await loadKeyRows(trx)).map(times), now, retainMs), now };
+}
+
+/**
+ * Makes sure every algorithm has a key that signs now, generating (once, across every instance
+ * sharing the database) the ones missing: on first start, and never again unless an operator
+ * removed a key without its replacement.
+ */
+export async function ensureSigningKeys(knex: Knex, encryptionKey: Buffer, retainMs: number): Promise<NewKey[]> {
+  return knex.transaction(async (trx) => {
+    const { schedule, now } = await lockedSchedule(trx, retainMs);
+    const signing = new Set(schedule.keys.filter((k) => k.state === 'active').map((k) => k.alg));
+    const created: NewKey[] = [];
+    for (const alg of SIGNING_ALGS) {
+      if (!signing.has(alg)) created.push(await insertKey(trx, encryptionKey, { alg, activatesAt: now, by: 'writ', reason: 'no_signing_key' }));
+    }
+    return created;
+  });
 }
 
 async function hydrate(row: KeyRow, encryptionKey: Buffer): Promise<SigningKey> {
@@ -52,37 +135,144 @@ async function hydrate(row: KeyRow, encryptionKey: Buffer): Promise<SigningKey> 
   };
 }
 
+export interface KeyRingOptions {
+  /** The longest token life plus leeway: how long a retired key stays published. */
+  retainMs: number;
+  /** How often the stored keys are checked for rotations and removals made elsewhere. */
+  pollMs?: number;
+  logger?: Logger;
+  now?: () => Date;
+}
+
 /**
- * Loads the signing keys, generating (once, across every instance sharing the database) an
- * active key for each algorithm that has none. Private parts are stored sealed under the
- * key-encryption key derived from WRIT_KEK.
+ * The keys this instance signs with and publishes. The schedule is recomputed from the stored
+ * rows at each of its own transitions (a timer), and the rows are re-read when another instance
+ * or the CLI adds or removes a key (a cheap poll: rows are never deleted or un-removed, so their
+ * count and the count of removed ones change exactly when the set does).
+ *
+ * A key keeps its object identity across reloads, so verification caches keyed on the key
+ * object stay warm through a rotation and drop a removed key's entries.
  */
-export async function ensureSigningKeys(knex: Knex, encryptionKey: Buffer): Promise<SigningKeys> {
-  await knex.transaction(async (trx) => {
-    // Serialise key generation between instances starting together.
-    await trx.raw('SELECT pg_advisory_xact_lock(7369657)');
-    const present = new Set((await trx('signing_keys').where({ status: 'active' }).select('alg')).map((r: { alg: string }) => r.alg));
-    for (const alg of SIGNING_ALGS) {
-      if (present.has(alg)) continue;
-      const key = await generate(alg);
-      await trx('signing_keys').insert({
-        kid: key.kid,
-        alg,
-        public_jwk: JSON.stringify(key.publicJwk),
-        private_jwk_enc: seal(encryptionKey, JSON.stringify(key.privateJwk), `signing-key:${key.kid}`),
-        status: 'active',
-      });
-    }
-  });
-  const rows = await knex<KeyRow>('signing_keys').whereIn('status', ['active', 'retired']).orderBy('created_at', 'asc');
-  const byKid = new Map<string, SigningKey>();
-  const active = new Map<SigningAlg, SigningKey>();
-  for (const row of rows) {
-    const key = await hydrate(row, encryptionKey);
-    byKid.set(key.kid, key);
-    if (row.status === 'active') active.set(key.alg, key);
+export class SigningKeyRing {
+  private snapshot: SigningKeys = { active: new Map(), byKid: new Map(), publicJwks: { keys: [] } };
+  private rows: KeyRow[] = [];
+  private stamp = '';
+  private readonly hydrated = new Map<string, SigningKey>();
+  private readonly listeners: Array<(keys: SigningKeys) => void> = [];
+  private poll: NodeJS.Timeout | undefined;
+  private transition: NodeJS.Timeout | undefined;
+  private loading: Promise<void> | undefined;
+  private readonly knex: Knex;
+  private readonly encryptionKey: Buffer;
+  private readonly options: KeyRingOptions;
+  private readonly now: () => Date;
+
+  constructor(knex: Knex, encryptionKey: Buffer, options: KeyRingOptions) {
+    this.knex = knex;
+    this.encryptionKey = encryptionKey;
+    this.options = options;
+    this.now = options.now ?? (() => new Date());
   }
-  // ES256 first: oidc-provider picks the first matching key, and ES256 is Writ's default.
-  const ordered = [...byKid.values()].sort((a, b) => SIGNING_ALGS.indexOf(a.alg) - SIGNING_ALGS.indexOf(b.alg));
-  return { active, byKid, publicJwks: { keys: ordered.map((k) => k.publicJwk) } };
+
+  current(): SigningKeys {
+    return this.snapshot;
+  }
+
+  schedule(): KeySchedule {
+    return scheduleKeys(this.rows.map(times), this.now(), this.options.retainMs);
+  }
+
+  onChange(listener: (keys: SigningKeys) => void): void {
+    this.listeners.push(listener);
+  }
+
+  async start(): Promise<void> {
+    await ensureSigningKeys(this.knex, this.encryptionKey, this.options.retainMs);
+    await this.reload();
+    this.poll = setInterval(() => void this.check(), this.options.pollMs ?? 1000);
+    this.poll.unref();
+  }
+
+  stop(): void {
+    if (this.poll) clearInterval(this.poll);
+    if (this.transition) clearTimeout(this.transition);
+  }
+
+  /** Re-reads the stored keys and applies their schedule now. */
+  async reload(): Promise<void> {
+    this.loading ??= (async () => {
+      try {
+        const [rows, stamp] = await Promise.all([loadKeyRows(this.knex), keyStamp(this.knex)]);
+        this.rows = rows;
+        this.stamp = stamp;
+        await this.apply();
+      } finally {
+        this.loading = undefined;
+      }
+    })();
+    return this.loading;
+  }
+
+  private async check(): Promise<void> {
+    try {
+      if (await keyStamp(this.knex) !== this.stamp) await this.reload();
+    } catch (err) {
+      this.options.logger?.warn({ err: (err as Error).message }, 'signing key check failed');
+    }
+  }
+
+  private async apply(): Promise<void> {
+    const schedule = this.schedule();
+    const published = schedule.keys.filter((k) => PUBLISHED_STATES.has(k.state));
+    const rowsByKid = new Map(this.rows.map((r) => [r.kid, r]));
+    const byKid = new Map<string, SigningKey>();
+    const active = new Map<SigningAlg, SigningKey>();
+    for (const entry of published) {
+      let key = this.hydrated.get(entry.kid);
+      if (!key) {
+        key = await hydrate(rowsByKid.get(entry.kid)!, this.encryptionKey);
+        this.hydrated.set(entry.kid, key);
+      }
+      byKid.set(key.kid, key);
+      if (entry.state === 'active') active.set(key.alg, key);
+    }
+    for (const kid of this.hydrated.keys()) if (!byKid.has(kid)) this.hydrated.delete(kid);
+    const order = (k: SigningKey): number => SIGNING_ALGS.indexOf(k.alg);
+    const changed = !sameKeys(this.snapshot, byKid, active);
+    this.snapshot = {
+      active,
+      byKid,
+      publicJwks: { keys: [...byKid.values()].sort((a, b) => order(a) - order(b)).map((k) => k.publicJwk) },
+    };
+    if (changed) {
+      this.options.logger?.info({ active: [...active.values()].map((k) => k.kid), published: [...byKid.keys()] }, 'signing keys loaded');
+      for (const listener of this.listeners) listener(this.snapshot);
+    }
+    this.armTransition(schedule.nextChange);
+  }
+
+  private armTransition(at: Date | null): void {
+    if (this.transition) clearTimeout(this.transition);
+    this.transition = undefined;
+    if (!at) return;
+    // setTimeout holds at most ~24.8 days; a later transition re-arms on the way.
+    const delay = Math.min(Math.max(0, at.getTime() - this.now().getTime()), 2 ** 31 - 1);
+    this.transition = setTimeout(() => void this.apply().catch((err: unknown) => {
+      this.options.logger?.error({ err: (err as Error).message }, 'signing key transition failed');
+    }), delay);
+    this.transition.unref();
+  }
+}
+
+function sameKeys(before: SigningKeys, byKid: ReadonlyMap<string, SigningKey>, active: ReadonlyMap<SigningAlg, SigningKey>): boolean {
+  if (before.byKid.size !== byKid.size || before.active.size !== active.size) return false;
+  for (const [kid, key] of byKid) if (before.byKid.get(kid) !== key) return false;
+  for (const [alg, key] of active) if (before.active.get(alg) !== key) return false;
+  return true;
+}
+
+async function keyStamp(knex: Knex): Promise<string> {
+  const { rows } = await knex.raw<{ rows: Array<{ n: string | number; r: string | number }> }>(
+    'SELECT count(*) AS n, count(removed_at) AS r FROM signing_keys');
+  return `${rows[0]?.n ?? 0}/${rows[0]?.r ?? 0}`;
 }

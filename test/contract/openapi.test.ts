@@ -72,6 +72,9 @@ const EXPECTED_OPERATIONS: Record<string, string[]> = {
   '/admin/v1/clients/{id}/enable': ['post'],
   '/admin/v1/explain': ['post'],
   '/admin/v1/revocations': ['get', 'post'],
+  '/admin/v1/keys': ['get'],
+  '/admin/v1/keys/rotation': ['post'],
+  '/admin/v1/keys/{kid}/removal': ['post'],
   '/admin/v1/audit/trace/{jti}': ['get'],
   '/admin/v1/audit/events': ['get'],
   '/admin/v1/local/policy/apply': ['post'],
@@ -103,6 +106,9 @@ const ADMIN_SCOPE_OF: Record<string, AdminScope> = {
   'post /admin/v1/revocations': 'writ:revoke',
   'get /admin/v1/audit/trace/{jti}': 'writ:audit.read',
   'get /admin/v1/audit/events': 'writ:audit.read',
+  'get /admin/v1/keys': 'writ:keys',
+  'post /admin/v1/keys/rotation': 'writ:keys',
+  'post /admin/v1/keys/{kid}/removal': 'writ:keys',
 };
 
 /** Operations that authenticate with the local credential only, and those behind the chain view session. */
@@ -114,7 +120,7 @@ const CLIENT_OPERATIONS = ['post /token', 'post /token/introspection', 'post /to
  * Values for path templates that change nothing whoever sends them: no such object, client or
  * token exists, so a write answers 400 or 404 and a read 404 (version 1 always exists).
  */
-const PATH_VALUES: Record<string, string> = { version: '1', collection: 'rules', id: 'openapi-no-such-object', jti: 'no-such-jti' };
+const PATH_VALUES: Record<string, string> = { version: '1', collection: 'rules', id: 'openapi-no-such-object', jti: 'no-such-jti', kid: 'openapi-no-such-kid' };
 
 /** Paths a stock oidc-provider (or a careless router) would serve, and Writ must not. */
 const UNDOCUMENTED_PROBES = [
@@ -870,6 +876,36 @@ describe('openapi.yaml against a running Writ', () => {
     const tasks = (listed.body as { revocations: Json[] }).revocations.filter((m) => m.kind === 'task').map((m) => m.value);
     expect(tasks).toContain(`${taskId}-other`);
     expect(tasks).not.toContain(taskId);
+  });
+
+  it('lists, schedules and withdraws signing keys as the key operations document, and /jwks follows', async () => {
+    const auth = `Bearer ${await adminToken(['writ:keys'])}`;
+    const listed = expectDocumented('/admin/v1/keys', 'get', await send('GET', '/admin/v1/keys', { auth }));
+    const active = (listed.body as { keys: Json[] }).keys.filter((k) => k.state === 'active');
+    expect(active.map((k) => k.alg).sort()).toEqual(['ES256', 'PS256', 'RS256']);
+
+    const scheduled = expectDocumented('/admin/v1/keys/rotation', 'post', await send('POST', '/admin/v1/keys/rotation', { auth, json: { algs: ['PS256'], activate_in: 3600 } }));
+    expect(scheduled.status).toBe(201);
+    const [pending] = (scheduled.body as { keys: Json[] }).keys;
+    expect(pending).toMatchObject({ alg: 'PS256' });
+    const jwks = expectDocumented('/jwks', 'get', await send('GET', '/jwks'));
+    expect((jwks.body as { keys: Json[] }).keys.map((k) => k.kid)).toContain(pending!.kid);
+    expect(jwks.headers.get('cache-control')).toBe('public, max-age=300');
+
+    const twice = expectDocumented('/admin/v1/keys/rotation', 'post', await send('POST', '/admin/v1/keys/rotation', { auth, json: { algs: ['PS256'] } }));
+    expect([twice.status, (twice.body as Json).error]).toEqual([409, 'already_pending']);
+    for (const json of [{ algs: ['HS256'] }, { algs: [] }, { activate_in: -1 }, { activate_in: 1.5 }, { activate_in: '60' }, [], { alg: 'ES256' }]) {
+      const bad = expectDocumented('/admin/v1/keys/rotation', 'post', await send('POST', '/admin/v1/keys/rotation', { auth, json }));
+      expect([bad.status, (bad.body as Json).error], JSON.stringify(json)).toEqual([400, 'invalid_request']);
+    }
+
+    const removal = `/admin/v1/keys/${String(pending!.kid)}/removal`;
+    const removed = expectDocumented('/admin/v1/keys/{kid}/removal', 'post', await send('POST', removal, { auth }));
+    expect(removed.body).toEqual({ removed: pending!.kid, replacement: null });
+    expect(expectDocumented('/admin/v1/keys/{kid}/removal', 'post', await send('POST', removal, { auth })).status).toBe(409);
+    expect(expectDocumented('/admin/v1/keys/{kid}/removal', 'post', await send('POST', '/admin/v1/keys/nope/removal', { auth })).status).toBe(404);
+    const after = expectDocumented('/jwks', 'get', await send('GET', '/jwks'));
+    expect((after.body as { keys: Json[] }).keys.map((k) => k.kid)).not.toContain(pending!.kid);
   });
 
   it('fails closed as documented: 503 with Retry-After at introspection, and /readyz 503, while revocations may be stale', async () => {

@@ -67,6 +67,17 @@ describe('the writ command', () => {
       expect(applied.stdout).toContain('applied policy version 1');
       const metadata = await (await fetch(`http://127.0.0.1:${port}/.well-known/oauth-authorization-server`)).json() as Record<string, unknown>;
       expect(metadata.issuer).toBe(`http://localhost:${port}`);
+      // Key rotation goes through the server too, and the server publishes the new key at once.
+      const listed = await writ(['keys', 'list', '--json'], env);
+      expect(listed.code, listed.stderr).toBe(0);
+      expect((JSON.parse(listed.stdout) as { keys: Array<{ state: string }> }).keys.map((k) => k.state)).toEqual(['active', 'active', 'active']);
+      const rotated = await writ(['keys', 'rotate', '--alg', 'ES256', '--activate-in', '1h'], env);
+      expect(rotated.code, rotated.stderr).toBe(0);
+      const kid = /^ES256 (\S+) is published now/.exec(rotated.stdout)![1]!;
+      const published = async (): Promise<string[]> => ((await (await fetch(`http://127.0.0.1:${port}/jwks`)).json()) as { keys: Array<{ kid: string }> }).keys.map((k) => k.kid);
+      expect(await published()).toContain(kid);
+      expect((await writ(['keys', 'remove', kid], env)).code).toBe(0);
+      expect(await published()).not.toContain(kid);
       const migrated = await writ(['migrate'], env);
       expect(migrated.code).toBe(0);
       expect(migrated.stdout).toContain('nothing to do');

@@ -56,7 +56,7 @@ describe('secrets', () => {
     for (const secret of [subject, token, ...token.split('.'), ...Object.values(SECRETS), 'wrong-secret-wrong-secret', Buffer.from(`planner-agent:${SECRETS.PLANNER_SECRET}`).toString('base64')]) {
       expect(log).not.toContain(secret);
     }
-    for (const key of writ.keys.byKid.values()) expect(log).not.toContain(String(key.privateJwk.d));
+    for (const key of writ.keys.current().byKid.values()) expect(log).not.toContain(String(key.privateJwk.d));
     // Nor in the audit record.
     const audit = JSON.stringify(await writ.db.knex('audit_events').select());
     expect(audit).not.toContain(subject);
@@ -67,7 +67,7 @@ describe('secrets', () => {
     const rows = await writ.db.knex('signing_keys').select();
     expect(rows.length).toBeGreaterThanOrEqual(3);
     for (const row of rows as Array<{ kid: string; private_jwk_enc: string; public_jwk: Record<string, unknown> }>) {
-      const key = writ.keys.byKid.get(row.kid)!;
+      const key = writ.keys.current().byKid.get(row.kid)!;
       expect(row.private_jwk_enc).toMatch(/^v1\./);
       expect(row.private_jwk_enc).not.toContain(String(key.privateJwk.d));
       expect(row.public_jwk.d).toBeUndefined();

@@ -1,0 +1,187 @@
+import { createRemoteJWKSet, decodeProtectedHeader, jwtVerify } from 'jose';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { removeKey, rotateKeys } from '../../src/tokens/key-rotation.ts';
+import { keyRetentionMs } from '../../src/tokens/signing-keys.ts';
+import { AT, EXECUTOR_AUD, PAYMENTS, startTestWrit, type TestWrit } from '../support/harness.ts';
+
+const kidOf = (token: string): string => decodeProtectedHeader(token).kid!;
+
+async function hop1(t: TestWrit): Promise<string> {
+  const res = await t.exchange('planner-agent', { subject_token: await t.idp.token(t.issuer), subject_token_type: AT, audience: EXECUTOR_AUD });
+  expect(res.status).toBe(200);
+  return res.body.access_token as string;
+}
+
+/** The executor presents a Writ token it received: the chained exchange verifies Writ's own signature. */
+const chained = (t: TestWrit, token: string) => t.exchange('executor-agent', { subject_token: token, subject_token_type: AT, audience: PAYMENTS });
+
+async function publishedKids(t: TestWrit): Promise<string[]> {
+  const res = await fetch(`${t.url}/jwks`);
+  return ((await res.json()) as { keys: Array<{ kid: string }> }).keys.map((k) => k.kid);
+}
+
+const rotate = (t: TestWrit, activateInSeconds: number) => rotateKeys(t.writ.db.knex, t.writ.derived.keyEncryption, keyRetentionMs(t.config.maxTtl), { algs: ['ES256'], activateInSeconds, by: 'test' });
+
+describe.each([
+  ['PostgreSQL', false],
+  ['PGlite', true],
+] as const)('signing key rotation on %s', (_name, embedded) => {
+  let t: TestWrit;
+  beforeAll(async () => {
+    t = await startTestWrit({ name: 'key-rotation', embedded });
+  });
+  afterAll(async () => t?.close());
+
+  it('publishes the new key before it signs, switches at its time, and keeps accepting the old key\'s tokens', async () => {
+    const before = await hop1(t);
+    const oldKid = kidOf(before);
+    const [next] = await rotate(t, 2);
+    await t.writ.keys.reload();
+
+    // Published at once, not yet signing.
+    expect(await publishedKids(t)).toEqual(expect.arrayContaining([oldKid, next!.kid]));
+    expect(kidOf(await hop1(t))).toBe(oldKid);
+
+    // Each instance switches on its own clock at the stored time, with no further signal.
+    await expect.poll(async () => kidOf(await hop1(t)), { timeout: 4000, interval: 100 }).toBe(next!.kid);
+    expect(Date.now()).toBeGreaterThanOrEqual(next!.activatesAt.getTime());
+
+    // The superseded key stays published and accepted while its tokens live.
+    expect(await publishedKids(t)).toEqual(expect.arrayContaining([oldKid, next!.kid]));
+    expect((await chained(t, before)).status).toBe(200);
+    expect(await t.introspect('executor-agent', before)).toMatchObject({ active: true });
+
+    const generated = await t.auditRows({ type: 'key.generated' });
+    expect(generated.at(-1)).toMatchObject({ client_id: 'test', details: expect.objectContaining({ kid: next!.kid, alg: 'ES256', reason: 'rotation' }) });
+
+    // Once the longest token life (plus leeway) has passed since it stopped signing, it is gone.
+    // The clock is moved by moving the stored schedule back.
+    await t.writ.db.knex.raw(`UPDATE signing_keys SET activates_at = activates_at - interval '1 hour', created_at = created_at - interval '1 hour'`);
+    await t.writ.keys.reload();
+    expect(await publishedKids(t)).not.toContain(oldKid);
+    const refused = await chained(t, before);
+    expect([refused.status, refused.body.error]).toEqual([400, 'invalid_request']);
+    expect((await t.auditRows({ request_id: refused.headers.get('x-request-id') })).map((r) => r.reason)).toEqual(['kid_unknown']);
+    expect(await t.introspect('executor-agent', before)).toEqual({ active: false });
+  });
+
+  it('refuses a second scheduled key for the same algorithm', async () => {
+    await rotate(t, 3600);
+    await expect(rotate(t, 60)).rejects.toMatchObject({ code: 'already_pending' });
+  });
+});
+
+describe('removing a signing key (the emergency path)', () => {
+  let t: TestWrit;
+  beforeAll(async () => {
+    t = await startTestWrit({ name: 'key-removal' });
+  });
+  afterAll(async () => t?.close());
+
+  it('withdraws the key from /jwks, refuses its tokens at once and signs with a replacement', async () => {
+    const token = await hop1(t);
+    const kid = kidOf(token);
+    // Introspected once, so a cached answer would have to be dropped.
+    expect(await t.introspect('executor-agent', token)).toMatchObject({ active: true });
+    expect((await chained(t, token)).status).toBe(200);
+
+    const { replacement } = await removeKey(t.writ.db.knex, t.writ.derived.keyEncryption, keyRetentionMs(t.config.maxTtl), { kid, by: 'test' });
+    await t.writ.keys.reload();
+
+    expect(replacement).toMatchObject({ alg: 'ES256' });
+    expect(await publishedKids(t)).not.toContain(kid);
+    expect(await t.introspect('executor-agent', token)).toEqual({ active: false });
+    const refused = await chained(t, token);
+    expect([refused.status, refused.body.error, refused.body.access_token]).toEqual([400, 'invalid_request', undefined]);
+    expect((await t.auditRows({ request_id: refused.headers.get('x-request-id') })).map((r) => r.reason)).toEqual(['kid_unknown']);
+    expect(kidOf(await hop1(t))).toBe(replacement!.kid);
+
+    expect(await t.auditRows({ type: 'key.removed' })).toEqual([expect.objectContaining({ client_id: 'test', details: expect.objectContaining({ kid, state: 'active' }) })]);
+    await expect(removeKey(t.writ.db.knex, t.writ.derived.keyEncryption, keyRetentionMs(t.config.maxTtl), { kid, by: 'test' })).rejects.toMatchObject({ code: 'already_removed' });
+  });
+});
+
+describe('rotation across instances on one PostgreSQL database', () => {
+  let a: TestWrit;
+  let b: TestWrit;
+  beforeAll(async () => {
+    a = await startTestWrit({ name: 'key-instances' });
+    b = await startTestWrit({ name: 'key-instances-b', databaseUrl: a.databaseUrl!, idp: a.idp, applyExample: false });
+    await b.writ.policy.reload();
+  });
+  afterAll(async () => {
+    await b?.close();
+    await a?.close();
+  });
+
+  it('another instance signs with a new key and refuses a removed one within a second, with no signal but the stored rows', async () => {
+    const token = await hop1(b);
+    expect(await b.introspect('executor-agent', token)).toMatchObject({ active: true });
+    const [next] = await rotate(a, 0);
+    const start = Date.now();
+    await expect.poll(async () => kidOf(await hop1(b)), { timeout: 1000, interval: 50 }).toBe(next!.kid);
+    expect(Date.now() - start).toBeLessThan(1000);
+
+    // The key b signed with before is retired, still accepted; removed on a, b refuses it.
+    expect((await chained(b, token)).status).toBe(200);
+    await removeKey(a.writ.db.knex, a.writ.derived.keyEncryption, keyRetentionMs(a.config.maxTtl), { kid: kidOf(token), by: 'test' });
+    await expect.poll(() => b.introspect('executor-agent', token), { timeout: 1000, interval: 50 }).toEqual({ active: false });
+    expect((await chained(b, token)).status).toBe(400);
+  });
+});
+
+describe('resource servers through a rotation under load', () => {
+  let t: TestWrit;
+  beforeAll(async () => {
+    t = await startTestWrit({ name: 'key-rs' });
+  });
+  afterAll(async () => t?.close());
+
+  /** Mints tokens for the payments API for `ms`, verifying each as the resource server would. */
+  async function load(verify: (token: string) => Promise<unknown>, ms: number): Promise<{ kids: Set<string>; failures: string[]; verified: number }> {
+    const kids = new Set<string>();
+    const failures: string[] = [];
+    let verified = 0;
+    const until = Date.now() + ms;
+    const worker = async (): Promise<void> => {
+      while (Date.now() < until) {
+        const res = await t.exchange('planner-agent', { subject_token: await t.idp.token(t.issuer), subject_token_type: AT, audience: PAYMENTS });
+        const token = res.body.access_token as string;
+        kids.add(kidOf(token));
+        try {
+          await verify(token);
+          verified += 1;
+        } catch (err) {
+          failures.push(`${kidOf(token)}: ${(err as Error).message}`);
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: 4 }, worker));
+    return { kids, failures, verified };
+  }
+
+  const resourceServer = (cacheMaxAge: number) => {
+    const jwks = createRemoteJWKSet(new URL(`${t.url}/jwks`), { cacheMaxAge, cooldownDuration: 30_000 });
+    return (token: string) => jwtVerify(token, jwks, { issuer: t.issuer, audience: PAYMENTS, algorithms: ['ES256'], typ: 'at+jwt' });
+  };
+
+  it('loses no validation when the new key is published ahead of the resource server\'s cache age', async () => {
+    // The resource server caches the JWKS for 0.5 s and the new key is published 2 s ahead.
+    const verify = resourceServer(500);
+    await rotate(t, 2);
+    await t.writ.keys.reload();
+    const result = await load(verify, 4000);
+    expect(result.failures).toEqual([]);
+    expect(result.kids.size).toBe(2);
+    expect(result.verified).toBeGreaterThan(20);
+  });
+
+  it('(the same check catches an unannounced key: a cache that just fetched refuses the first tokens it signs)', async () => {
+    const verify = resourceServer(60_000);
+    await verify(await (async () => (await t.exchange('planner-agent', { subject_token: await t.idp.token(t.issuer), subject_token_type: AT, audience: PAYMENTS })).body.access_token as string)());
+    await rotate(t, 0);
+    await t.writ.keys.reload();
+    const result = await load(verify, 300);
+    expect(result.failures.length).toBeGreaterThan(0);
+  });
+});
