@@ -2,6 +2,9 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import path from 'node:path';
 
+/** The longest WRIT_MAX_TTL allowed: no token Writ mints lives longer. */
+export const MAX_TTL_LIMIT_SECONDS = 86400;
+
 /** DESIGN.md §3: the environment, typed and validated once at start. */
 export interface Config {
   env: 'development' | 'production';
@@ -136,7 +139,7 @@ export function loadConfig(env: Env = process.env): Config {
     host: env.HOST || '127.0.0.1',
     kek,
     trustProxy: bool(env, 'WRIT_TRUST_PROXY'),
-    maxTtl: integer(env, 'WRIT_MAX_TTL', 900, 1, 86400),
+    maxTtl: integer(env, 'WRIT_MAX_TTL', 900, 1, MAX_TTL_LIMIT_SECONDS),
     metricsAddr: parseAddr(env.WRIT_METRICS_ADDR || '127.0.0.1:9464'),
     logLevel,
     workers,

@@ -29,7 +29,7 @@ import { RevocationState } from './revocation/state.ts';
 import { migrate, openDatabase, type Database } from './store/db.ts';
 import { deriveKeys, type DerivedKeys } from './tokens/kek.ts';
 import { UpstreamKeys, writKeyResolver } from './tokens/key-resolver.ts';
-import { keyRetentionMs, SigningKeyRing } from './tokens/signing-keys.ts';
+import { SigningKeyRing } from './tokens/signing-keys.ts';
 import { jwksRoute } from './http/jwks.ts';
 import { ROUTES } from './oauth/provider.ts';
 
@@ -77,8 +77,7 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
   try {
     await migrate(db);
     const derived = deriveKeys(config.kek);
-    const retainMs = keyRetentionMs(config.maxTtl);
-    const keys = new SigningKeyRing(db.knex, derived.keyEncryption, { retainMs, logger, ...(options.pollMs ? { pollMs: Math.max(options.pollMs, 200) } : {}) });
+    const keys = new SigningKeyRing(db.knex, derived.keyEncryption, { logger, ...(options.pollMs ? { pollMs: Math.max(options.pollMs, 200) } : {}) });
     await keys.start();
     const policy = new PolicyState(db, logger, options.pollMs ? { pollMs: options.pollMs } : {});
     const metrics = new Metrics();
@@ -174,7 +173,7 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
         issuer: config.issuer,
         maxTtl: config.maxTtl,
         secretKey: derived.clientSecret,
-        keys: { ring: keys, encryptionKey: derived.keyEncryption, retainMs },
+        keys: { ring: keys, encryptionKey: derived.keyEncryption },
       }), localAdmin({
         localToken: options.localToken ?? (() => undefined),
         knex: db.knex,

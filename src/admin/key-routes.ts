@@ -1,25 +1,16 @@
 import type Router from '@koa/router';
-import type { RouterMiddleware } from '@koa/router';
-import type { Knex } from 'knex';
 import type { ParameterizedContext } from 'koa';
 import { BodyError, readJsonBody } from '../http/json-body.ts';
-import type { AdminScope, SigningAlg } from '../policy/model.ts';
+import type { SigningAlg } from '../policy/model.ts';
 import { DEFAULT_PREPUBLISH_SECONDS, KeyOperationError, removeKey, rotateKeys } from '../tokens/key-rotation.ts';
 import type { ScheduledKey } from '../tokens/key-schedule.ts';
 import { SIGNING_ALGS, type NewKey, type SigningKeyRing } from '../tokens/signing-keys.ts';
 import type { AdminCaller } from './auth.ts';
+import type { AdminRouteHelpers } from './route-helpers.ts';
 
 export interface KeyRouteDeps {
   ring: SigningKeyRing;
   encryptionKey: Buffer;
-  retainMs: number;
-}
-
-interface Helpers {
-  knex: Knex;
-  requires: (scope: AdminScope) => RouterMiddleware;
-  audited: RouterMiddleware;
-  problem: (ctx: ParameterizedContext, status: number, error: string, description?: string) => void;
 }
 
 const iso = (d: Date | null): string | null => d?.toISOString() ?? null;
@@ -38,7 +29,7 @@ const ANSWER: Record<KeyOperationError['code'], [number, string]> = {
 };
 
 /** `/admin/v1/keys`: Writ's signing keys, listed, rotated and removed under `writ:keys`. */
-export function registerKeyRoutes(router: Router, helpers: Helpers, deps: KeyRouteDeps): void {
+export function registerKeyRoutes(router: Router, helpers: AdminRouteHelpers, deps: KeyRouteDeps): void {
   const { knex, requires, audited, problem } = helpers;
   const who = (ctx: ParameterizedContext): { by: string; requestId?: string } => {
     const state = ctx.state as { requestId?: string; admin?: AdminCaller };
@@ -65,7 +56,7 @@ export function registerKeyRoutes(router: Router, helpers: Helpers, deps: KeyRou
     }
     if (activateIn !== undefined && typeof activateIn !== 'number') return problem(ctx, 400, 'invalid_request', 'activate_in is a number of seconds');
     try {
-      const created = await rotateKeys(knex, deps.encryptionKey, deps.retainMs, {
+      const created = await rotateKeys(knex, deps.encryptionKey, {
         ...(algs ? { algs: algs as SigningAlg[] } : {}),
         activateInSeconds: activateIn ?? DEFAULT_PREPUBLISH_SECONDS,
         ...who(ctx),
@@ -80,7 +71,7 @@ export function registerKeyRoutes(router: Router, helpers: Helpers, deps: KeyRou
 
   router.post('/keys/:kid/removal', requires('writ:keys'), audited, async (ctx) => {
     try {
-      const result = await removeKey(knex, deps.encryptionKey, deps.retainMs, { kid: ctx.params.kid!, ...who(ctx) });
+      const result = await removeKey(knex, deps.encryptionKey, { kid: ctx.params.kid!, ...who(ctx) });
       await deps.ring.reload();
       ctx.body = { removed: result.removed, replacement: result.replacement ? describeNew(result.replacement) : null };
     } catch (err) {

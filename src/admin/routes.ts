@@ -16,6 +16,8 @@ import { isPlainText } from '../store/text.ts';
 import { authenticateAdmin, type AdminCaller } from './auth.ts';
 import { ExplainInputError, explain, parseExplainRequest } from './explain.ts';
 import { registerKeyRoutes, type KeyRouteDeps } from './key-routes.ts';
+import { registerPolicyVersionRoutes } from './policy-version-routes.ts';
+import type { AdminRouteHelpers } from './route-helpers.ts';
 
 export interface AdminDeps {
   provider: Provider;
@@ -50,7 +52,8 @@ function problem(ctx: Ctx, status: number, error: string, description?: string, 
 }
 
 /**
- * `/admin/v1`: policy objects and versions, explain, kill switches, signing keys. Every call is authorised by
+ * `/admin/v1`: policy objects and versions (validate, diff, export, rollback), explain, kill
+ * switches, signing keys. Every call is authorised by
  * scope and every change is audited with the admin client that made it.
  */
 export function adminRoutes(deps: AdminDeps): Middleware {
@@ -107,6 +110,10 @@ export function adminRoutes(deps: AdminDeps): Middleware {
       document: stored?.document ?? { issuers: [], clients: [], audiences: [], rules: [], settings: { max_depth_cap: 5 } },
     };
   };
+
+  const helpers: AdminRouteHelpers = { knex: deps.knex, requires, audited, problem: (ctx, status, error, description, extra) => problem(ctx as Ctx, status, error, description, extra) };
+  // Before /policy/:collection, which would take `export` for a collection name.
+  registerPolicyVersionRoutes(router, helpers, { issuer: deps.issuer, maxTtl: deps.maxTtl, secretKey: deps.secretKey, reloadPolicy: deps.reloadPolicy });
 
   router.get('/policy', requires('writ:policy.read'), async (ctx) => {
     const stored = await currentVersion(deps.knex);
@@ -230,7 +237,7 @@ export function adminRoutes(deps: AdminDeps): Middleware {
     ctx.body = { kind, value, not_before: notBefore.toISOString(), tokens_revoked_by_jti: result.tokens };
   });
 
-  registerKeyRoutes(router, { knex: deps.knex, requires, audited, problem: (ctx, ...rest) => problem(ctx as Ctx, ...rest) }, deps.keys);
+  registerKeyRoutes(router, helpers, deps.keys);
 
   return async (ctx, next) => {
     if (!ctx.path.startsWith('/admin/v1/') || ctx.path.startsWith('/admin/v1/local/') || ctx.path.startsWith('/admin/v1/audit/')) return next();

@@ -3,7 +3,7 @@ import { describeKey } from '../admin/key-routes.ts';
 import type { SigningAlg } from '../policy/model.ts';
 import { deriveKeys } from '../tokens/kek.ts';
 import { DEFAULT_PREPUBLISH_SECONDS, KeyOperationError, removeKey, rotateKeys } from '../tokens/key-rotation.ts';
-import { keyRetentionMs, loadKeySchedule, SIGNING_ALGS } from '../tokens/signing-keys.ts';
+import { loadKeySchedule, SIGNING_ALGS } from '../tokens/signing-keys.ts';
 import { UsageError, type CliContext } from './context.ts';
 import { callServer, onDatabaseOrServer, type LocalServer } from './local-server.ts';
 
@@ -39,14 +39,13 @@ function printKeys(ctx: CliContext, keys: Listed[]): void {
 export async function keysCommand(ctx: CliContext, argv: string[]): Promise<number> {
   const [sub, ...args] = argv;
   const by = `cli:${process.env.USER ?? 'unknown'}`;
-  const retainMs = keyRetentionMs(ctx.config.maxTtl);
   const encryptionKey = (): Buffer => deriveKeys(ctx.config.kek).keyEncryption;
   try {
     switch (sub) {
       case 'list': {
         const { values } = parseArgs({ args, options: { json: { type: 'boolean' } } });
         const keys = await onDatabaseOrServer(ctx,
-          async (knex) => (await loadKeySchedule(knex, new Date(), retainMs)).keys.map(describeKey),
+          async (knex) => (await loadKeySchedule(knex, new Date())).keys.map(describeKey),
           async (server) => fromServer(await callServer(server, 'GET', '/admin/v1/keys'), 200).keys as Listed[]);
         if (values.json) ctx.out(JSON.stringify({ keys }, null, 2));
         else printKeys(ctx, keys);
@@ -60,7 +59,7 @@ export async function keysCommand(ctx: CliContext, argv: string[]): Promise<numb
         if (values.now && values['activate-in'] !== undefined) throw new UsageError('--now and --activate-in exclude each other');
         const delay = values.now ? 0 : values['activate-in'] !== undefined ? parseDelay(values['activate-in']) : DEFAULT_PREPUBLISH_SECONDS;
         const created = await onDatabaseOrServer(ctx,
-          async (knex) => (await rotateKeys(knex, encryptionKey(), retainMs, { ...(algs.length ? { algs } : {}), activateInSeconds: delay, by }))
+          async (knex) => (await rotateKeys(knex, encryptionKey(), { ...(algs.length ? { algs } : {}), activateInSeconds: delay, by }))
             .map((k): Listed => ({ kid: k.kid, alg: k.alg, activates_at: k.activatesAt.toISOString() })),
           async (server) => fromServer(await callServer(server, 'POST', '/admin/v1/keys/rotation', { ...(algs.length ? { algs } : {}), activate_in: delay }), 201).keys as Listed[]);
         for (const k of created) ctx.out(`${k.alg} ${k.kid} is published now and signs from ${k.activates_at}`);
@@ -73,7 +72,7 @@ export async function keysCommand(ctx: CliContext, argv: string[]): Promise<numb
         const kid = positionals[0]!;
         const result = await onDatabaseOrServer(ctx,
           async (knex) => {
-            const r = await removeKey(knex, encryptionKey(), retainMs, { kid, by });
+            const r = await removeKey(knex, encryptionKey(), { kid, by });
             return { removed: r.removed, replacement: r.replacement ? { kid: r.replacement.kid, alg: r.replacement.alg } : null };
           },
           async (server) => fromServer(await callServer(server, 'POST', `/admin/v1/keys/${encodeURIComponent(kid)}/removal`), 200) as { removed: string; replacement: Listed | null });

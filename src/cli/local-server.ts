@@ -77,11 +77,23 @@ export async function onDatabaseOrServer<T>(ctx: CliContext, direct: (knex: Knex
 }
 
 /** One admin API call to the running server, with the local credential. */
-export async function callServer(server: LocalServer, method: 'GET' | 'POST', path: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
-  const response = await fetch(`${server.url}${path}`, {
-    method,
-    headers: { authorization: `Bearer ${server.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-  });
-  return { status: response.status, body: await response.json().catch(() => ({})) as Record<string, unknown> };
+export async function callServer(server: LocalServer, method: 'GET' | 'POST', path: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown>; text: string; headers: Headers }> {
+  let response: Response;
+  try {
+    response = await fetch(`${server.url}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${server.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    });
+  } catch (err) {
+    throw new Error(`writ serve (pid ${server.pid}) holds the embedded database but does not answer at ${server.url}: ${(err as Error).message}`);
+  }
+  const text = await response.text();
+  let parsed: Record<string, unknown> = {};
+  try {
+    parsed = JSON.parse(text) as Record<string, unknown>;
+  } catch {
+    // Not JSON (an export is YAML).
+  }
+  return { status: response.status, body: parsed, text, headers: response.headers };
 }

@@ -1,21 +1,19 @@
 import { writeFile } from 'node:fs/promises';
-import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { Knex } from 'knex';
 import type { ApplyOutcome } from '../policy/apply.ts';
-import { diffPolicies, formatDiff, type PolicyChange } from '../policy/diff.ts';
+import { formatDiff, type PolicyChange } from '../policy/diff.ts';
 import { formatIssue, loadPolicyDir, loadPolicyFiles, readPolicyDir, type LoadOptions, type PolicyFile, type PolicyIssue } from '../policy/load.ts';
 import { checkJwksUris } from '../policy/reachability.ts';
 import { formatReport, scopeCreepReport } from '../policy/report.ts';
 import { currentVersion } from '../policy/store.ts';
 import {
-  applyPolicyFilesWithDiff, clientsWithoutSecret, exportYaml, getVersion, listVersions, rollbackTo, RollbackError,
-  secretChanges,
+  applyPolicyFilesWithDiff, diffPolicyFiles, exportVersion, listVersions, rollbackTo, RollbackError, type VersionSummary,
 } from '../policy/versions.ts';
 import { migrate, openDatabase } from '../store/db.ts';
 import { deriveKeys } from '../tokens/kek.ts';
 import { UsageError, type CliContext } from './context.ts';
-import { runningServer } from './local-server.ts';
+import { callServer, runningServer, type LocalServer } from './local-server.ts';
 
 const USAGE = `usage: writ policy <command>
 
@@ -46,21 +44,13 @@ function loadOptions(ctx: CliContext): LoadOptions {
 
 
 
-/**
- * On the embedded database while `writ serve` holds it, only the server may open it; commands
- * without a local endpoint say so (and the caller exits 1).
- */
-function heldByServer(ctx: CliContext, command: string): boolean {
-  const server = ctx.config.databaseUrl ? undefined : runningServer(ctx.config.dataDir);
-  if (!server) return false;
-  ctx.err(`writ serve (pid ${server.pid}) holds the embedded database in ${ctx.config.dataDir}; `
-    + `to run "writ policy ${command}", stop writ serve or use DATABASE_URL`);
-  return true;
+/** On the embedded database while `writ serve` holds it, only the server may open it: the CLI asks the server. */
+function heldByServer(ctx: CliContext): LocalServer | undefined {
+  return ctx.config.databaseUrl ? undefined : runningServer(ctx.config.dataDir);
 }
 
 /** Runs `body` on the database (migrated first, as apply does). */
-async function withDatabase(ctx: CliContext, command: string, body: (knex: Knex) => Promise<number>): Promise<number> {
-  if (heldByServer(ctx, command)) return 1;
+async function withDatabase<T>(ctx: CliContext, body: (knex: Knex) => Promise<T>): Promise<T> {
   const db = await openDatabase({ databaseUrl: ctx.config.databaseUrl, dataDir: ctx.config.dataDir });
   try {
     await migrate(db);
@@ -85,32 +75,54 @@ export async function policyValidate(ctx: CliContext, dir: string): Promise<numb
 }
 
 export async function policyDiff(ctx: CliContext, dir: string): Promise<number> {
-  if (heldByServer(ctx, 'diff')) return 1;
   const read = await readPolicyDir(dir);
   if (!read.ok) {
     printIssues(ctx, read.errors);
     return 1;
   }
-  const loaded = loadPolicyFiles(read.files, loadOptions(ctx));
-  printIssues(ctx, loaded.ok ? loaded.warnings : [...loaded.errors, ...loaded.warnings]);
-  if (!loaded.ok) {
-    ctx.err(`policy in ${dir} is invalid: ${loaded.errors.length} error(s)`);
+  const server = heldByServer(ctx);
+  const outcome: DiffView = server
+    ? diffFromServer(await callServer(server, 'POST', '/admin/v1/policy/diff', { files: read.files, env: referencedEnv(read.files) }))
+    : await withDatabase(ctx, async (knex) => {
+      const d = await diffPolicyFiles(knex, read.files, { ...loadOptions(ctx), secretKey: deriveKeys(ctx.config.kek).clientSecret });
+      return d.ok ? { ok: true, base: d.base && { version: d.base.version, digest: d.base.digest }, changes: d.changes, warnings: d.warnings, clientsWithoutSecret: d.clientsWithoutSecret } : d;
+    });
+  printIssues(ctx, outcome.ok ? outcome.warnings : [...outcome.errors, ...outcome.warnings]);
+  if (!outcome.ok) {
+    ctx.err(`policy in ${dir} is invalid: ${outcome.errors.length} error(s)`);
     return 1;
   }
-  return withDatabase(ctx, 'diff', async (knex) => {
-    const current = await currentVersion(knex);
-    const status = await secretChanges(knex, deriveKeys(ctx.config.kek).clientSecret, loaded.document, loaded.secrets);
-    const changes = diffPolicies(current?.document, loaded.document, status);
-    ctx.out(current
-      ? `policy in ${dir} compared with version ${current.version} (${current.digest.slice(0, 12)}):`
-      : `policy in ${dir} compared with no policy (nothing applied yet):`);
-    ctx.out(formatDiff(changes));
-    const missing = await clientsWithoutSecret(knex, loaded.document, loaded.secrets);
-    if (missing.length > 0) {
-      ctx.err(`warning: apply would fail: client(s) ${missing.join(', ')} authenticate with a client secret but neither the files nor the database have one`);
-    }
-    return 0;
-  });
+  ctx.out(outcome.base
+    ? `policy in ${dir} compared with version ${outcome.base.version} (${outcome.base.digest.slice(0, 12)}):`
+    : `policy in ${dir} compared with no policy (nothing applied yet):`);
+  ctx.out(formatDiff(outcome.changes));
+  if (outcome.clientsWithoutSecret.length > 0) {
+    ctx.err(`warning: apply would fail: client(s) ${outcome.clientsWithoutSecret.join(', ')} authenticate with a client secret but neither the files nor the database have one`);
+  }
+  return 0;
+}
+
+type DiffView =
+  | { ok: false; errors: PolicyIssue[]; warnings: PolicyIssue[] }
+  | { ok: true; base: { version: number; digest: string } | undefined; changes: PolicyChange[]; warnings: PolicyIssue[]; clientsWithoutSecret: string[] };
+
+function diffFromServer(res: ServerAnswer): DiffView {
+  const b = res.body;
+  if (res.status === 422) return { ok: false, errors: b.errors as PolicyIssue[], warnings: b.warnings as PolicyIssue[] };
+  if (res.status !== 200) throw new Error(refusal('diff', res));
+  return {
+    ok: true,
+    base: typeof b.base_version === 'number' ? { version: b.base_version, digest: String(b.base_digest) } : undefined,
+    changes: b.changes as PolicyChange[],
+    warnings: b.warnings as PolicyIssue[],
+    clientsWithoutSecret: b.clients_without_secret as string[],
+  };
+}
+
+type ServerAnswer = Awaited<ReturnType<typeof callServer>>;
+
+function refusal(command: string, res: ServerAnswer): string {
+  return `the running writ serve refused policy ${command}: ${String(res.body.error_description ?? `HTTP ${res.status}`)}`;
 }
 
 /** Only the variables the files reference as `${NAME}` travel to the server. */
@@ -178,67 +190,94 @@ export async function policyApply(ctx: CliContext, dir: string, message: string,
 }
 
 export async function policyExport(ctx: CliContext, options: { version?: number; out?: string }): Promise<number> {
-  return withDatabase(ctx, 'export', async (knex) => {
-    const stored = options.version === undefined ? await currentVersion(knex) : await getVersion(knex, options.version);
-    if (!stored) {
-      ctx.err(options.version === undefined ? 'no policy has been applied yet' : `there is no policy version ${options.version}`);
-      return 1;
-    }
-    const yaml = exportYaml(stored.document, {
-      header: [
-        `Writ policy version ${stored.version} (sha256 ${stored.digest}), applied ${stored.createdAt.toISOString()} by ${stored.appliedBy}`,
-        'Secrets are never exported: clients have no `secret` here, and applying this file keeps their current ones.',
-      ].join('\n'),
+  const server = heldByServer(ctx);
+  let exported: { version: number; yaml: string } | undefined;
+  if (server) {
+    const res = await callServer(server, 'GET', `/admin/v1/policy/export${options.version === undefined ? '' : `?version=${options.version}`}`);
+    if (res.status !== 200 && res.status !== 404) throw new Error(refusal('export', res));
+    exported = res.status === 200 ? { version: Number(res.headers.get('x-writ-policy-version')), yaml: res.text } : undefined;
+  } else {
+    exported = await withDatabase(ctx, async (knex) => {
+      const e = await exportVersion(knex, options.version);
+      return e && { version: e.version.version, yaml: e.yaml };
     });
-    if (options.out === undefined) {
-      process.stdout.write(yaml);
-    } else {
-      await writeFile(options.out, yaml, { mode: 0o644 });
-      ctx.err(`wrote policy version ${stored.version} to ${options.out}`);
-    }
-    return 0;
-  });
+  }
+  if (!exported) {
+    ctx.err(options.version === undefined ? 'no policy has been applied yet' : `there is no policy version ${options.version}`);
+    return 1;
+  }
+  if (options.out === undefined) {
+    process.stdout.write(exported.yaml);
+  } else {
+    await writeFile(options.out, exported.yaml, { mode: 0o644 });
+    ctx.err(`wrote policy version ${exported.version} to ${options.out}`);
+  }
+  return 0;
 }
 
 export async function policyHistory(ctx: CliContext, limit: number): Promise<number> {
-  return withDatabase(ctx, 'history', async (knex) => {
-    const versions = await listVersions(knex, limit);
-    if (versions.length === 0) {
-      ctx.out('no policy has been applied yet');
-      return 0;
-    }
-    ctx.out(['VERSION', 'APPLIED AT', 'APPLIED BY', 'DIGEST', 'MESSAGE'].join('\t'));
-    for (const v of versions) {
-      // One line per version, whatever the message holds.
-      const message = JSON.stringify(v.message).slice(1, -1);
-      ctx.out([String(v.version), v.createdAt.toISOString(), v.appliedBy, v.digest.slice(0, 12), message].join('\t'));
-    }
+  const server = heldByServer(ctx);
+  let versions: VersionSummary[];
+  if (server) {
+    const res = await callServer(server, 'GET', `/admin/v1/policy/versions?limit=${limit}`);
+    if (res.status !== 200) throw new Error(refusal('history', res));
+    versions = (res.body.versions as Array<{ version: number; created_at: string; applied_by: string; message: string; digest: string }>)
+      .map((v) => ({ version: v.version, createdAt: new Date(v.created_at), appliedBy: v.applied_by, message: v.message, digest: v.digest }));
+  } else {
+    versions = await withDatabase(ctx, (knex) => listVersions(knex, limit));
+  }
+  if (versions.length === 0) {
+    ctx.out('no policy has been applied yet');
     return 0;
-  });
+  }
+  ctx.out(['VERSION', 'APPLIED AT', 'APPLIED BY', 'DIGEST', 'MESSAGE'].join('\t'));
+  for (const v of versions) {
+    // One line per version, whatever the message holds.
+    const message = JSON.stringify(v.message).slice(1, -1);
+    ctx.out([String(v.version), v.createdAt.toISOString(), v.appliedBy, v.digest.slice(0, 12), message].join('\t'));
+  }
+  return 0;
 }
 
 export async function policyRollback(ctx: CliContext, target: number, message: string | undefined): Promise<number> {
-  return withDatabase(ctx, 'rollback', async (knex) => {
-    try {
-      const result = await rollbackTo(knex, target, {
-        appliedBy: appliedBy(),
-        message: message ?? `rollback to version ${target}`,
-        secretKey: deriveKeys(ctx.config.kek).clientSecret,
-        validate: { selfIssuer: ctx.config.issuer, maxTtl: ctx.config.maxTtl },
+  const server = heldByServer(ctx);
+  let result: { version: number; digest: string; changes: PolicyChange[] };
+  try {
+    if (server) {
+      const res = await callServer(server, 'POST', '/admin/v1/policy/rollback', { version: target, ...(message !== undefined && { message }) });
+      if (res.status === 404 || res.status === 422) throw new RollbackError(String(res.body.error_description));
+      if (res.status !== 200) throw new Error(refusal('rollback', res));
+      result = { version: Number(res.body.version), digest: String(res.body.digest), changes: res.body.changes as PolicyChange[] };
+    } else {
+      result = await withDatabase(ctx, async (knex) => {
+        const r = await rollbackTo(knex, target, {
+          appliedBy: appliedBy(),
+          message: message ?? `rollback to version ${target}`,
+          secretKey: deriveKeys(ctx.config.kek).clientSecret,
+          validate: { selfIssuer: ctx.config.issuer, maxTtl: ctx.config.maxTtl },
+        });
+        return { version: r.version.version, digest: r.version.digest, changes: r.changes };
       });
-      ctx.out(formatDiff(result.changes));
-      ctx.out(`applied policy version ${result.version.version} (${result.version.digest.slice(0, 12)}): version ${target}'s policy; secrets unchanged`);
-      return 0;
-    } catch (err) {
-      if (!(err instanceof RollbackError)) throw err;
-      ctx.err(`policy not rolled back: ${err.message}`);
-      return 1;
     }
-  });
+  } catch (err) {
+    if (!(err instanceof RollbackError)) throw err;
+    ctx.err(`policy not rolled back: ${err.message}`);
+    return 1;
+  }
+  ctx.out(formatDiff(result.changes));
+  ctx.out(`applied policy version ${result.version} (${result.digest.slice(0, 12)}): version ${target}'s policy; secrets unchanged`);
+  return 0;
 }
 
 export async function policyReport(ctx: CliContext, days: number, json: boolean): Promise<number> {
-  return withDatabase(ctx, 'report', async (knex) => {
+  const server = heldByServer(ctx);
+  if (server) {
+    // The report reads the audit record at length; it has no endpoint of its own.
+    ctx.err(`writ serve (pid ${server.pid}) holds the embedded database in ${ctx.config.dataDir}; `
+      + 'to run "writ policy report", stop writ serve or use DATABASE_URL');
+    return 1;
+  }
+  return withDatabase(ctx, async (knex) => {
     const current = await currentVersion(knex);
     if (!current) {
       ctx.err('no policy has been applied yet');

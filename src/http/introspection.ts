@@ -42,6 +42,7 @@ export interface IntrospectionDeps {
 export class VerifiedTokenCache {
   private readonly entries = new Map<string, WritTokenClaims>();
   private readonly max: number;
+  private cleared = 0;
 
   constructor(max = 20_000) {
     this.max = max;
@@ -56,7 +57,17 @@ export class VerifiedTokenCache {
     return claims;
   }
 
-  set(token: string, claims: WritTokenClaims): void {
+  /**
+   * Taken before a verification starts and handed to `set`: a verification that was under way
+   * when the key set changed (a key removed) finishes against the old keys, and must not be
+   * cached after `clear`.
+   */
+  get generation(): number {
+    return this.cleared;
+  }
+
+  set(token: string, claims: WritTokenClaims, generation: number): void {
+    if (generation !== this.cleared) return;
     if (this.entries.size >= this.max) {
       // Oldest first: Map keeps insertion order.
       const oldest = this.entries.keys().next();
@@ -67,6 +78,7 @@ export class VerifiedTokenCache {
 
   /** Called when Writ's key set changes: a token whose key was removed must not stay active. */
   clear(): void {
+    this.cleared += 1;
     this.entries.clear();
   }
 }
@@ -88,12 +100,13 @@ export type InactiveWhy = 'invalid' | 'foreign' | 'revoked';
 export async function introspect(deps: IntrospectionDeps, caller: ClientPolicy, token: string, now: number): Promise<{ body: IntrospectionResponse; claims?: WritTokenClaims; why?: InactiveWhy }> {
   let claims = deps.verified?.get(token, now);
   if (!claims) {
+    const generation = deps.verified?.generation ?? 0;
     try {
       claims = await verifyWritToken(token, { selfIssuer: deps.issuer, keys: deps.writKeys, now, leeway: 0 });
     } catch {
       return { body: { active: false }, why: 'invalid' };
     }
-    deps.verified?.set(token, claims);
+    deps.verified?.set(token, claims, generation);
   }
   if (!mayIntrospect(caller, claims)) return { body: { active: false }, claims, why: 'foreign' };
   const lineage = deps.lineage.peek(claims.jti);

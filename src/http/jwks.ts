@@ -1,12 +1,5 @@
 import type { Middleware } from 'koa';
-import type { SigningKeys } from '../tokens/signing-keys.ts';
-
-/**
- * Resource servers cache the JWKS; this bounds how long. It must stay well below the
- * pre-publication window of a rotation (24 h by default), so every cache holds a new key
- * before it signs (standards notes O4).
- */
-export const JWKS_MAX_AGE_SECONDS = 300;
+import { JWKS_MAX_AGE_SECONDS, type SigningKeys } from '../tokens/signing-keys.ts';
 
 /**
  * GET /jwks from the keys this instance holds now: the provider's own JWKS route would serve

@@ -2,7 +2,7 @@ import type { Knex } from 'knex';
 import { Document, isScalar, visit } from 'yaml';
 import { applyPolicyFiles, type ApplyOutcome } from './apply.ts';
 import { diffPolicies, type PolicyChange, type SecretStatus } from './diff.ts';
-import { loadPolicyFiles, type LoadOptions, type PolicyFile } from './load.ts';
+import { loadPolicyFiles, type LoadOptions, type PolicyFile, type PolicyIssue } from './load.ts';
 import type {
   AudiencePolicy, ClientPolicy, IssuerPolicy, PolicyDocument, RootSelector, RulePolicy, SubjectSelector,
 } from './model.ts';
@@ -115,6 +115,13 @@ export async function applyPolicyFilesWithDiff(
 
 export class RollbackError extends Error {
   override name = 'RollbackError';
+  /** The version asked for does not exist. */
+  readonly missing: boolean;
+
+  constructor(message: string, options: { missing?: boolean } = {}) {
+    super(message);
+    this.missing = options.missing ?? false;
+  }
 }
 
 export interface RollbackResult {
@@ -141,7 +148,7 @@ export async function rollbackTo(knex: Knex, target: number, options: {
   return knex.transaction(async (trx) => {
     await trx.raw('SELECT pg_advisory_xact_lock(7369658)');
     const old = await getVersion(trx, target);
-    if (!old) throw new RollbackError(`there is no policy version ${target}`);
+    if (!old) throw new RollbackError(`there is no policy version ${target}`, { missing: true });
     const current = await currentVersion(trx);
     if (!current) throw new RollbackError('no policy has been applied yet');
     if (options.validate) {
@@ -243,4 +250,44 @@ export function exportYaml(document: PolicyDocument, options: { header?: string 
   const body = doc.toString({ lineWidth: 0, flowCollectionPadding: false });
   const header = (options.header ?? '').split('\n').filter((l) => l !== '').map((l) => `# ${l}\n`).join('');
   return `${header}${body}`;
+}
+
+export type DiffOutcome =
+  | { ok: false; errors: PolicyIssue[]; warnings: PolicyIssue[] }
+  | {
+    ok: true;
+    /** The version compared with; undefined before the first apply. */
+    base: VersionSummary | undefined;
+    changes: PolicyChange[];
+    warnings: PolicyIssue[];
+    /** Clients that need a secret and would have none: apply would fail. */
+    clientsWithoutSecret: string[];
+  };
+
+/** What applying `files` would change now, without applying them (read-only). */
+export async function diffPolicyFiles(knex: Knex, files: PolicyFile[], options: LoadOptions & { secretKey: Buffer }): Promise<DiffOutcome> {
+  const loaded = loadPolicyFiles(files, options);
+  if (!loaded.ok) return loaded;
+  const current = await currentVersion(knex);
+  const status = await secretChanges(knex, options.secretKey, loaded.document, loaded.secrets);
+  return {
+    ok: true,
+    base: current && summaryOf({ version: current.version, created_at: current.createdAt, applied_by: current.appliedBy, message: current.message, digest: current.digest }),
+    changes: diffPolicies(current?.document, loaded.document, status),
+    warnings: loaded.warnings,
+    clientsWithoutSecret: await clientsWithoutSecret(knex, loaded.document, loaded.secrets),
+  };
+}
+
+/** A version (the current one by default) as a policy file with a header naming it; undefined if there is none. */
+export async function exportVersion(knex: Knex, version?: number): Promise<{ version: StoredVersion; yaml: string } | undefined> {
+  const stored = version === undefined ? await currentVersion(knex) : await getVersion(knex, version);
+  if (!stored) return undefined;
+  const yaml = exportYaml(stored.document, {
+    header: [
+      `Writ policy version ${stored.version} (sha256 ${stored.digest}), applied ${stored.createdAt.toISOString()} by ${stored.appliedBy}`,
+      'Secrets are never exported: clients have no `secret` here, and applying this file keeps their current ones.',
+    ].join('\n'),
+  });
+  return { version: stored, yaml };
 }

@@ -55,25 +55,26 @@ export function scheduleKeys(keys: readonly StoredKeyTimes[], now: Date, retainM
   let next = Infinity;
   const byAlg = new Map<SigningAlg, StoredKeyTimes[]>();
   for (const key of keys) {
-    if (key.removedAt) {
-      out.push({ ...key, state: 'removed', supersededAt: null, publishedUntil: null });
-      continue;
-    }
     const list = byAlg.get(key.alg) ?? [];
     list.push(key);
     byAlg.set(key.alg, list);
   }
   for (const list of byAlg.values()) {
     list.sort(byActivation);
-    // The active key is the last one whose activation has come; each earlier key was
-    // superseded when the key after it activated.
-    let activeIndex = -1;
-    for (let i = 0; i < list.length; i += 1) if (list[i]!.activatesAt.getTime() <= t) activeIndex = i;
+    // The key that signs is the last one whose activation has come; each earlier key was
+    // superseded when the key after it activated. A removed key keeps its place in this order:
+    // removing it must not hand signing back to the key before it, nor prolong that key's
+    // publication. If the last key due was removed, nothing of this algorithm signs (removal
+    // puts a replacement in the same place, so this is only ever seen if one was not made).
+    let due = -1;
+    for (let i = 0; i < list.length; i += 1) if (list[i]!.activatesAt.getTime() <= t) due = i;
     list.forEach((key, i) => {
-      if (i > activeIndex) {
+      if (key.removedAt) {
+        out.push({ ...key, state: 'removed', supersededAt: null, publishedUntil: null });
+      } else if (i > due) {
         next = Math.min(next, key.activatesAt.getTime());
         out.push({ ...key, state: 'pending', supersededAt: null, publishedUntil: null });
-      } else if (i === activeIndex) {
+      } else if (i === due) {
         out.push({ ...key, state: 'active', supersededAt: null, publishedUntil: null });
       } else {
         const supersededAt = list[i + 1]!.activatesAt;

@@ -3,19 +3,26 @@ import { exportJWK, generateKeyPair, importJWK, type CryptoKey, type JWK } from 
 import type { Knex } from 'knex';
 import type { Logger } from 'pino';
 import { toRow } from '../audit/event.ts';
+import { MAX_TTL_LIMIT_SECONDS } from '../config.ts';
 import type { SigningAlg } from '../policy/model.ts';
 import { open, seal } from './kek.ts';
 import { PUBLISHED_STATES, scheduleKeys, type KeySchedule, type StoredKeyTimes } from './key-schedule.ts';
 
 export const SIGNING_ALGS: readonly SigningAlg[] = ['ES256', 'RS256', 'PS256'];
 
-/** Tokens Writ accepts may be this far past `exp` (the inbound clock leeway, standards notes O3). */
-const CLOCK_LEEWAY_MS = 60_000;
+/**
+ * How long a key stays published after it stops signing: the longest life a minted token can
+ * have (the ceiling of WRIT_MAX_TTL, not its current value: lowering the setting must not drop
+ * a key that tokens issued before still need, and instances configured differently must
+ * publish the same set), plus the 60 s inbound clock leeway (standards notes O3, O4).
+ */
+export const KEY_RETENTION_MS = (MAX_TTL_LIMIT_SECONDS + 60) * 1000;
 
-/** How long a key stays published after it stops signing: the longest minted token, plus leeway. */
-export function keyRetentionMs(maxTtlSeconds: number): number {
-  return maxTtlSeconds * 1000 + CLOCK_LEEWAY_MS;
-}
+/**
+ * Resource servers cache the JWKS for at most this long (its Cache-Control max-age). A
+ * scheduled key must be published at least this long before it signs.
+ */
+export const JWKS_MAX_AGE_SECONDS = 300;
 
 /** Serialises key generation, rotation and removal between instances and the CLI. */
 const KEY_LOCK = 7369657;
@@ -70,8 +77,8 @@ export async function loadKeyRows(knex: Knex): Promise<KeyRow[]> {
 }
 
 /** The stored schedule at `now` (for listing; no private part is opened). */
-export async function loadKeySchedule(knex: Knex, now: Date, retainMs: number): Promise<KeySchedule> {
-  return scheduleKeys((await loadKeyRows(knex)).map(times), now, retainMs);
+export async function loadKeySchedule(knex: Knex, now: Date): Promise<KeySchedule> {
+  return scheduleKeys((await loadKeyRows(knex)).map(times), now, KEY_RETENTION_MS);
 }
 
 /**
@@ -98,11 +105,11 @@ export async function insertKey(trx: Knex.Transaction, encryptionKey: Buffer, in
 }
 
 /** Takes the key lock for the rest of the transaction, then reads the schedule under it. */
-export async function lockedSchedule(trx: Knex.Transaction, retainMs: number): Promise<{ schedule: KeySchedule; now: Date }> {
+export async function lockedSchedule(trx: Knex.Transaction): Promise<{ schedule: KeySchedule; now: Date }> {
   await trx.raw('SELECT pg_advisory_xact_lock(?)', [KEY_LOCK]);
   const { rows } = await trx.raw<{ rows: Array<{ now: Date }> }>('SELECT clock_timestamp() AS now');
   const now = rows[0]!.now;
-  return { schedule: scheduleKeys((await loadKeyRows(trx)).map(times), now, retainMs), now };
+  return { schedule: scheduleKeys((await loadKeyRows(trx)).map(times), now, KEY_RETENTION_MS), now };
 }
 
 /**
@@ -110,9 +117,9 @@ export async function lockedSchedule(trx: Knex.Transaction, retainMs: number): P
  * sharing the database) the ones missing: on first start, and never again unless an operator
  * removed a key without its replacement.
  */
-export async function ensureSigningKeys(knex: Knex, encryptionKey: Buffer, retainMs: number): Promise<NewKey[]> {
+export async function ensureSigningKeys(knex: Knex, encryptionKey: Buffer): Promise<NewKey[]> {
   return knex.transaction(async (trx) => {
-    const { schedule, now } = await lockedSchedule(trx, retainMs);
+    const { schedule, now } = await lockedSchedule(trx);
     const signing = new Set(schedule.keys.filter((k) => k.state === 'active').map((k) => k.alg));
     const created: NewKey[] = [];
     for (const alg of SIGNING_ALGS) {
@@ -136,8 +143,6 @@ async function hydrate(row: KeyRow, encryptionKey: Buffer): Promise<SigningKey> 
 }
 
 export interface KeyRingOptions {
-  /** The longest token life plus leeway: how long a retired key stays published. */
-  retainMs: number;
   /** How often the stored keys are checked for rotations and removals made elsewhere. */
   pollMs?: number;
   logger?: Logger;
@@ -156,18 +161,20 @@ export interface KeyRingOptions {
 export class SigningKeyRing {
   private snapshot: SigningKeys = { active: new Map(), byKid: new Map(), publicJwks: { keys: [] } };
   private rows: KeyRow[] = [];
+  /** The stamp of the rows applied; set only once they are in force. */
   private stamp = '';
   private readonly hydrated = new Map<string, SigningKey>();
   private readonly listeners: Array<(keys: SigningKeys) => void> = [];
   private poll: NodeJS.Timeout | undefined;
   private transition: NodeJS.Timeout | undefined;
-  private loading: Promise<void> | undefined;
+  /** Loads and transitions run one at a time, in order, so a later read is never overwritten by an earlier one. */
+  private queue: Promise<void> = Promise.resolve();
   private readonly knex: Knex;
   private readonly encryptionKey: Buffer;
   private readonly options: KeyRingOptions;
   private readonly now: () => Date;
 
-  constructor(knex: Knex, encryptionKey: Buffer, options: KeyRingOptions) {
+  constructor(knex: Knex, encryptionKey: Buffer, options: KeyRingOptions = {}) {
     this.knex = knex;
     this.encryptionKey = encryptionKey;
     this.options = options;
@@ -179,7 +186,7 @@ export class SigningKeyRing {
   }
 
   schedule(): KeySchedule {
-    return scheduleKeys(this.rows.map(times), this.now(), this.options.retainMs);
+    return scheduleKeys(this.rows.map(times), this.now(), KEY_RETENTION_MS);
   }
 
   onChange(listener: (keys: SigningKeys) => void): void {
@@ -187,7 +194,7 @@ export class SigningKeyRing {
   }
 
   async start(): Promise<void> {
-    await ensureSigningKeys(this.knex, this.encryptionKey, this.options.retainMs);
+    await ensureSigningKeys(this.knex, this.encryptionKey);
     await this.reload();
     this.poll = setInterval(() => void this.check(), this.options.pollMs ?? 1000);
     this.poll.unref();
@@ -198,19 +205,21 @@ export class SigningKeyRing {
     if (this.transition) clearTimeout(this.transition);
   }
 
-  /** Re-reads the stored keys and applies their schedule now. */
-  async reload(): Promise<void> {
-    this.loading ??= (async () => {
-      try {
-        const [rows, stamp] = await Promise.all([loadKeyRows(this.knex), keyStamp(this.knex)]);
-        this.rows = rows;
-        this.stamp = stamp;
-        await this.apply();
-      } finally {
-        this.loading = undefined;
-      }
-    })();
-    return this.loading;
+  /**
+   * Re-reads the stored keys and applies their schedule now. Always a new read, queued after
+   * any under way: a caller that just committed a change sees it in force when this resolves.
+   */
+  reload(): Promise<void> {
+    return this.enqueue(async () => {
+      const rows = await loadKeyRows(this.knex);
+      await this.apply(rows);
+    });
+  }
+
+  private enqueue(task: () => Promise<void>): Promise<void> {
+    const run = this.queue.then(task);
+    this.queue = run.catch(() => undefined);
+    return run;
   }
 
   private async check(): Promise<void> {
@@ -221,16 +230,23 @@ export class SigningKeyRing {
     }
   }
 
-  private async apply(): Promise<void> {
-    const schedule = this.schedule();
+  private async apply(rows: KeyRow[]): Promise<void> {
+    const schedule = scheduleKeys(rows.map(times), this.now(), KEY_RETENTION_MS);
     const published = schedule.keys.filter((k) => PUBLISHED_STATES.has(k.state));
-    const rowsByKid = new Map(this.rows.map((r) => [r.kid, r]));
+    const rowsByKid = new Map(rows.map((r) => [r.kid, r]));
     const byKid = new Map<string, SigningKey>();
     const active = new Map<SigningAlg, SigningKey>();
     for (const entry of published) {
       let key = this.hydrated.get(entry.kid);
       if (!key) {
-        key = await hydrate(rowsByKid.get(entry.kid)!, this.encryptionKey);
+        try {
+          key = await hydrate(rowsByKid.get(entry.kid)!, this.encryptionKey);
+        } catch (err) {
+          // A row this instance cannot open (sealed under another WRIT_KEK) is left out, not
+          // allowed to hold back every other change; its algorithm may then have no key to sign with.
+          this.options.logger?.error({ kid: entry.kid, err: (err as Error).message }, 'signing key cannot be opened; not used');
+          continue;
+        }
         this.hydrated.set(entry.kid, key);
       }
       byKid.set(key.kid, key);
@@ -239,11 +255,14 @@ export class SigningKeyRing {
     for (const kid of this.hydrated.keys()) if (!byKid.has(kid)) this.hydrated.delete(kid);
     const order = (k: SigningKey): number => SIGNING_ALGS.indexOf(k.alg);
     const changed = !sameKeys(this.snapshot, byKid, active);
+    this.rows = rows;
     this.snapshot = {
       active,
       byKid,
       publicJwks: { keys: [...byKid.values()].sort((a, b) => order(a) - order(b)).map((k) => k.publicJwk) },
     };
+    // The stamp of exactly these rows, so a poll never mistakes rows read before a change for after.
+    this.stamp = stampOf(rows.length, rows.filter((r) => r.removed_at !== null).length);
     if (changed) {
       this.options.logger?.info({ active: [...active.values()].map((k) => k.kid), published: [...byKid.keys()] }, 'signing keys loaded');
       for (const listener of this.listeners) listener(this.snapshot);
@@ -257,12 +276,14 @@ export class SigningKeyRing {
     if (!at) return;
     // setTimeout holds at most ~24.8 days; a later transition re-arms on the way.
     const delay = Math.min(Math.max(0, at.getTime() - this.now().getTime()), 2 ** 31 - 1);
-    this.transition = setTimeout(() => void this.apply().catch((err: unknown) => {
+    this.transition = setTimeout(() => void this.enqueue(() => this.apply(this.rows)).catch((err: unknown) => {
       this.options.logger?.error({ err: (err as Error).message }, 'signing key transition failed');
     }), delay);
     this.transition.unref();
   }
 }
+
+const stampOf = (rows: number, removed: number): string => `${rows}/${removed}`;
 
 function sameKeys(before: SigningKeys, byKid: ReadonlyMap<string, SigningKey>, active: ReadonlyMap<SigningAlg, SigningKey>): boolean {
   if (before.byKid.size !== byKid.size || before.active.size !== active.size) return false;
@@ -274,5 +295,5 @@ function sameKeys(before: SigningKeys, byKid: ReadonlyMap<string, SigningKey>, a
 async function keyStamp(knex: Knex): Promise<string> {
   const { rows } = await knex.raw<{ rows: Array<{ n: string | number; r: string | number }> }>(
     'SELECT count(*) AS n, count(removed_at) AS r FROM signing_keys');
-  return `${rows[0]?.n ?? 0}/${rows[0]?.r ?? 0}`;
+  return stampOf(Number(rows[0]?.n ?? 0), Number(rows[0]?.r ?? 0));
 }

@@ -72,6 +72,10 @@ const EXPECTED_OPERATIONS: Record<string, string[]> = {
   '/admin/v1/clients/{id}/enable': ['post'],
   '/admin/v1/explain': ['post'],
   '/admin/v1/revocations': ['get', 'post'],
+  '/admin/v1/policy/validate': ['post'],
+  '/admin/v1/policy/diff': ['post'],
+  '/admin/v1/policy/export': ['get'],
+  '/admin/v1/policy/rollback': ['post'],
   '/admin/v1/keys': ['get'],
   '/admin/v1/keys/rotation': ['post'],
   '/admin/v1/keys/{kid}/removal': ['post'],
@@ -106,6 +110,10 @@ const ADMIN_SCOPE_OF: Record<string, AdminScope> = {
   'post /admin/v1/revocations': 'writ:revoke',
   'get /admin/v1/audit/trace/{jti}': 'writ:audit.read',
   'get /admin/v1/audit/events': 'writ:audit.read',
+  'post /admin/v1/policy/validate': 'writ:policy.read',
+  'post /admin/v1/policy/diff': 'writ:policy.read',
+  'get /admin/v1/policy/export': 'writ:policy.read',
+  'post /admin/v1/policy/rollback': 'writ:policy.write',
   'get /admin/v1/keys': 'writ:keys',
   'post /admin/v1/keys/rotation': 'writ:keys',
   'post /admin/v1/keys/{kid}/removal': 'writ:keys',
@@ -876,6 +884,48 @@ describe('openapi.yaml against a running Writ', () => {
     const tasks = (listed.body as { revocations: Json[] }).revocations.filter((m) => m.kind === 'task').map((m) => m.value);
     expect(tasks).toContain(`${taskId}-other`);
     expect(tasks).not.toContain(taskId);
+  });
+
+  it('validates, diffs, exports and rolls back policy as the policy operations document', async () => {
+    const read = `Bearer ${await adminToken(['writ:policy.read'])}`;
+    const write = `Bearer ${await adminToken(['writ:policy.write'])}`;
+    const valid = expectDocumented('/admin/v1/policy/validate', 'post', await send('POST', '/admin/v1/policy/validate', { auth: read, json: { files: policyFiles, env: SECRETS } }));
+    expect(valid.body).toMatchObject({ valid: true, errors: [] });
+    const broken = [{ name: 'broken.yaml', text: 'rules:\n  - id: r\n    actor: nobody\n' }];
+    const invalid = expectDocumented('/admin/v1/policy/validate', 'post', await send('POST', '/admin/v1/policy/validate', { auth: read, json: { files: broken } }));
+    expect((invalid.body as { valid: boolean; errors: Json[] }).valid).toBe(false);
+    expect((invalid.body as { errors: Json[] }).errors[0]).toMatchObject({ severity: 'error', file: 'broken.yaml' });
+
+    const current = expectDocumented('/admin/v1/policy', 'get', await send('GET', '/admin/v1/policy', { auth: read })).body as { version: number; digest: string };
+    const same = expectDocumented('/admin/v1/policy/diff', 'post', await send('POST', '/admin/v1/policy/diff', { auth: read, json: { files: policyFiles, env: SECRETS } }));
+    expect(same.body).toMatchObject({ base_version: current.version, base_digest: current.digest, changes: [], clients_without_secret: [] });
+    const fewer = policyFiles.map((f) => (f.name === 'openapi-client.yaml' ? { ...f, text: 'clients: []\n' } : f));
+    const removal = expectDocumented('/admin/v1/policy/diff', 'post', await send('POST', '/admin/v1/policy/diff', { auth: read, json: { files: fewer, env: SECRETS } }));
+    expect((removal.body as { changes: Json[] }).changes).toEqual([expect.objectContaining({ kind: 'removed', section: 'client', id: pkjwt.clientId })]);
+    expect(expectDocumented('/admin/v1/policy/diff', 'post', await send('POST', '/admin/v1/policy/diff', { auth: read, json: { files: broken } })).status).toBe(422);
+    // Nothing was applied by any of it.
+    expect((await send('GET', '/admin/v1/policy', { auth: read })).body).toMatchObject({ version: current.version });
+
+    const exported = expectDocumented('/admin/v1/policy/export', 'get', await send('GET', '/admin/v1/policy/export', { auth: read }));
+    expect(exported.headers.get('x-writ-policy-version')).toBe(String(current.version));
+    expect(exported.text).toContain(`Writ policy version ${current.version} (sha256 ${current.digest})`);
+    expect(exported.text).not.toMatch(/secret:/);
+    expect(parse(exported.text)).toMatchObject({ clients: expect.arrayContaining([expect.objectContaining({ client_id: pkjwt.clientId })]) });
+    expect(expectDocumented('/admin/v1/policy/export', 'get', await send('GET', '/admin/v1/policy/export?version=1', { auth: read })).headers.get('x-writ-policy-version')).toBe('1');
+    expect(expectDocumented('/admin/v1/policy/export', 'get', await send('GET', '/admin/v1/policy/export?version=99999', { auth: read })).status).toBe(404);
+    expect(expectDocumented('/admin/v1/policy/export', 'get', await send('GET', '/admin/v1/policy/export?version=x', { auth: read })).status).toBe(400);
+
+    // A rollback to the version in force: a new, equal version (leaving the rest of this suite's policy as it is).
+    const rolled = expectDocumented('/admin/v1/policy/rollback', 'post', await send('POST', '/admin/v1/policy/rollback', { auth: write, json: { version: current.version, message: 'openapi' } }));
+    expect(rolled.body).toMatchObject({ version: current.version + 1, digest: current.digest, previous_version: current.version, changes: [] });
+    const applied = (await t.auditRows({ type: 'policy.applied' })).at(-1)!;
+    expect(applied).toMatchObject({ policy_version: current.version + 1, details: expect.objectContaining({ rollback_of: current.version }) });
+    expect(t.writ.policy.policy.version).toBe(current.version + 1);
+    expect(expectDocumented('/admin/v1/policy/rollback', 'post', await send('POST', '/admin/v1/policy/rollback', { auth: write, json: { version: 99999 } })).status).toBe(404);
+    for (const json of [{}, { version: 0 }, { version: '1' }, { version: 1, message: 7 }, []]) {
+      const bad = expectDocumented('/admin/v1/policy/rollback', 'post', await send('POST', '/admin/v1/policy/rollback', { auth: write, json }));
+      expect([bad.status, (bad.body as Json).error], JSON.stringify(json)).toEqual([400, 'invalid_request']);
+    }
   });
 
   it('lists, schedules and withdraws signing keys as the key operations document, and /jwks follows', async () => {

@@ -67,6 +67,16 @@ describe('the writ command', () => {
       expect(applied.stdout).toContain('applied policy version 1');
       const metadata = await (await fetch(`http://127.0.0.1:${port}/.well-known/oauth-authorization-server`)).json() as Record<string, unknown>;
       expect(metadata.issuer).toBe(`http://localhost:${port}`);
+      // So do diff, history, export and rollback.
+      const diff = await writ(['policy', 'diff', policyDir], env);
+      expect([diff.code, diff.stdout]).toEqual([0, expect.stringContaining('compared with version 1')]);
+      const exported = await writ(['policy', 'export'], env);
+      expect([exported.code, exported.stdout]).toEqual([0, expect.stringContaining('# Writ policy version 1')]);
+      const rolled = await writ(['policy', 'rollback', '1', '-m', 'again'], env);
+      expect([rolled.code, rolled.stdout], rolled.stderr).toEqual([0, expect.stringContaining('applied policy version 2')]);
+      const history = await writ(['policy', 'history'], env);
+      expect(history.stdout.split('\n').filter((l) => /^\d/.test(l)).map((l) => l.split('\t')[0])).toEqual(['2', '1']);
+      expect((await writ(['policy', 'rollback', '9'], env)).stderr).toContain('there is no policy version 9');
       // Key rotation goes through the server too, and the server publishes the new key at once.
       const listed = await writ(['keys', 'list', '--json'], env);
       expect(listed.code, listed.stderr).toBe(0);

@@ -181,12 +181,16 @@ describe('writ policy diff|apply|history|export|rollback|report through the CLI'
     // This test process stands in for a running `writ serve`.
     writeFileSync(path.join(dataDir, 'serve.json'), JSON.stringify({ pid: process.pid, url: 'http://127.0.0.1:9', token: 'x' }));
     const embedded = { ...SECRETS, WRIT_DATA_DIR: dataDir, WRIT_KEK: KEK };
-    for (const args of [['history'], ['export'], ['rollback', '1'], ['report', '--days', '1'], ['diff', v1Dir]]) {
+    // These go through the server, which here does not answer: said so, never the database opened under it.
+    for (const args of [['history'], ['export'], ['rollback', '1'], ['diff', v1Dir]]) {
       const run = await writ(['policy', ...args], embedded);
       expect(run.code, args.join(' ')).toBe(1);
-      expect(run.stderr).toContain(`writ serve (pid ${process.pid}) holds the embedded database`);
-      expect(run.stderr).toContain('stop writ serve or use DATABASE_URL');
+      expect(run.stderr).toContain(`writ serve (pid ${process.pid}) holds the embedded database but does not answer`);
     }
+    const report = await writ(['policy', 'report', '--days', '1'], embedded);
+    expect(report.code).toBe(1);
+    expect(report.stderr).toContain(`writ serve (pid ${process.pid}) holds the embedded database`);
+    expect(report.stderr).toContain('stop writ serve or use DATABASE_URL');
   });
 
   it('works on the embedded database too (apply, rollback, history)', async () => {

@@ -1,8 +1,10 @@
+import { tmpdir } from 'node:os';
 import { createRemoteJWKSet, decodeProtectedHeader, jwtVerify } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { migrate, openDatabase } from '../../src/store/db.ts';
 import { removeKey, rotateKeys } from '../../src/tokens/key-rotation.ts';
-import { keyRetentionMs } from '../../src/tokens/signing-keys.ts';
-import { AT, EXECUTOR_AUD, PAYMENTS, startTestWrit, type TestWrit } from '../support/harness.ts';
+import { insertKey, loadKeySchedule } from '../../src/tokens/signing-keys.ts';
+import { AT, EXECUTOR_AUD, PAYMENTS, createTestDatabase, startTestWrit, type TestWrit } from '../support/harness.ts';
 
 const kidOf = (token: string): string => decodeProtectedHeader(token).kid!;
 
@@ -20,7 +22,26 @@ async function publishedKids(t: TestWrit): Promise<string[]> {
   return ((await res.json()) as { keys: Array<{ kid: string }> }).keys.map((k) => k.kid);
 }
 
-const rotate = (t: TestWrit, activateInSeconds: number) => rotateKeys(t.writ.db.knex, t.writ.derived.keyEncryption, keyRetentionMs(t.config.maxTtl), { algs: ['ES256'], activateInSeconds, by: 'test' });
+const rotate = (t: TestWrit, activateInSeconds: number) => rotateKeys(t.writ.db.knex, t.writ.derived.keyEncryption, { algs: ['ES256'], activateInSeconds, by: 'test' });
+
+/**
+ * A rotation announced the shortest allowed time ahead (the JWKS cache age), then the clock
+ * moved on by bringing its stored activation to `seconds` from now, as if time had passed.
+ */
+async function rotateIn(t: TestWrit, seconds: number) {
+  const [next] = await rotate(t, 300);
+  const { rows } = await t.writ.db.knex.raw<{ rows: Array<{ activates_at: Date }> }>(
+    `UPDATE signing_keys SET activates_at = now() + make_interval(secs => ?) WHERE kid = ? RETURNING activates_at`, [seconds, next!.kid]);
+  await t.writ.keys.reload();
+  return { ...next!, activatesAt: rows[0]!.activates_at };
+}
+
+const remove = (t: TestWrit, kid: string) => removeKey(t.writ.db.knex, t.writ.derived.keyEncryption, { kid, by: 'test' });
+
+async function listed(t: TestWrit): Promise<Map<string, { state: string; publishedUntil: number | undefined; activatesAt: number }>> {
+  await t.writ.keys.reload();
+  return new Map(t.writ.keys.schedule().keys.map((k) => [k.kid, { state: k.state, publishedUntil: k.publishedUntil?.getTime(), activatesAt: k.activatesAt.getTime() }]));
+}
 
 describe.each([
   ['PostgreSQL', false],
@@ -35,8 +56,7 @@ describe.each([
   it('publishes the new key before it signs, switches at its time, and keeps accepting the old key\'s tokens', async () => {
     const before = await hop1(t);
     const oldKid = kidOf(before);
-    const [next] = await rotate(t, 2);
-    await t.writ.keys.reload();
+    const next = await rotateIn(t, 2);
 
     // Published at once, not yet signing.
     expect(await publishedKids(t)).toEqual(expect.arrayContaining([oldKid, next!.kid]));
@@ -54,9 +74,13 @@ describe.each([
     const generated = await t.auditRows({ type: 'key.generated' });
     expect(generated.at(-1)).toMatchObject({ client_id: 'test', details: expect.objectContaining({ kid: next!.kid, alg: 'ES256', reason: 'rotation' }) });
 
-    // Once the longest token life (plus leeway) has passed since it stopped signing, it is gone.
-    // The clock is moved by moving the stored schedule back.
-    await t.writ.db.knex.raw(`UPDATE signing_keys SET activates_at = activates_at - interval '1 hour', created_at = created_at - interval '1 hour'`);
+    // Once the longest token life Writ allows (24 h, whatever WRIT_MAX_TTL says now) plus the
+    // leeway has passed since it stopped signing, it is gone. The clock is moved by moving the
+    // stored schedule back.
+    await t.writ.db.knex.raw(`UPDATE signing_keys SET activates_at = activates_at - interval '24 hours', created_at = created_at - interval '24 hours'`);
+    await t.writ.keys.reload();
+    expect(await publishedKids(t)).toContain(oldKid);
+    await t.writ.db.knex.raw(`UPDATE signing_keys SET activates_at = activates_at - interval '61 seconds', created_at = created_at - interval '61 seconds'`);
     await t.writ.keys.reload();
     expect(await publishedKids(t)).not.toContain(oldKid);
     const refused = await chained(t, before);
@@ -65,9 +89,14 @@ describe.each([
     expect(await t.introspect('executor-agent', before)).toEqual({ active: false });
   });
 
-  it('refuses a second scheduled key for the same algorithm', async () => {
-    await rotate(t, 3600);
-    await expect(rotate(t, 60)).rejects.toMatchObject({ code: 'already_pending' });
+  it('refuses a second scheduled key for an algorithm, and a key announced for less than the JWKS cache age; an immediate one always goes', async () => {
+    await expect(rotate(t, 299)).rejects.toMatchObject({ code: 'invalid_request' });
+    await expect(rotate(t, 1)).rejects.toMatchObject({ code: 'invalid_request' });
+    const [pending] = await rotate(t, 3600);
+    await expect(rotate(t, 600)).rejects.toMatchObject({ code: 'already_pending' });
+    const [now] = await rotate(t, 0);
+    const keys = await listed(t);
+    expect([keys.get(pending!.kid)?.state, keys.get(now!.kid)?.state]).toEqual(['pending', 'active']);
   });
 });
 
@@ -78,14 +107,20 @@ describe('removing a signing key (the emergency path)', () => {
   });
   afterAll(async () => t?.close());
 
-  it('withdraws the key from /jwks, refuses its tokens at once and signs with a replacement', async () => {
+  it('withdraws the key from /jwks, refuses its tokens at once and signs with a replacement in its place', async () => {
+    const first = await hop1(t);
+    const [second] = await rotate(t, 0);
+    await t.writ.keys.reload();
     const token = await hop1(t);
     const kid = kidOf(token);
+    expect(kid).toBe(second!.kid);
+    const [scheduled] = await rotate(t, 3600);
+    const before = await listed(t);
     // Introspected once, so a cached answer would have to be dropped.
     expect(await t.introspect('executor-agent', token)).toMatchObject({ active: true });
     expect((await chained(t, token)).status).toBe(200);
 
-    const { replacement } = await removeKey(t.writ.db.knex, t.writ.derived.keyEncryption, keyRetentionMs(t.config.maxTtl), { kid, by: 'test' });
+    const { replacement } = await remove(t, kid);
     await t.writ.keys.reload();
 
     expect(replacement).toMatchObject({ alg: 'ES256' });
@@ -96,8 +131,17 @@ describe('removing a signing key (the emergency path)', () => {
     expect((await t.auditRows({ request_id: refused.headers.get('x-request-id') })).map((r) => r.reason)).toEqual(['kid_unknown']);
     expect(kidOf(await hop1(t))).toBe(replacement!.kid);
 
+    // The rest of the schedule is as it was: the key before keeps its retirement (removal does
+    // not hand it back signing or more time), the scheduled key still waits for its time.
+    const after = await listed(t);
+    expect(after.get(kidOf(first))).toEqual(before.get(kidOf(first)));
+    expect(after.get(kidOf(first))?.state).toBe('retired');
+    expect((await chained(t, first)).status).toBe(200);
+    expect(after.get(scheduled!.kid)?.state).toBe('pending');
+    expect(after.get(replacement!.kid)).toMatchObject({ state: 'active', activatesAt: before.get(kid)!.activatesAt });
+
     expect(await t.auditRows({ type: 'key.removed' })).toEqual([expect.objectContaining({ client_id: 'test', details: expect.objectContaining({ kid, state: 'active' }) })]);
-    await expect(removeKey(t.writ.db.knex, t.writ.derived.keyEncryption, keyRetentionMs(t.config.maxTtl), { kid, by: 'test' })).rejects.toMatchObject({ code: 'already_removed' });
+    await expect(remove(t, kid)).rejects.toMatchObject({ code: 'already_removed' });
   });
 });
 
@@ -124,7 +168,7 @@ describe('rotation across instances on one PostgreSQL database', () => {
 
     // The key b signed with before is retired, still accepted; removed on a, b refuses it.
     expect((await chained(b, token)).status).toBe(200);
-    await removeKey(a.writ.db.knex, a.writ.derived.keyEncryption, keyRetentionMs(a.config.maxTtl), { kid: kidOf(token), by: 'test' });
+    await remove(a, kidOf(token));
     await expect.poll(() => b.introspect('executor-agent', token), { timeout: 1000, interval: 50 }).toEqual({ active: false });
     expect((await chained(b, token)).status).toBe(400);
   });
@@ -168,8 +212,7 @@ describe('resource servers through a rotation under load', () => {
   it('loses no validation when the new key is published ahead of the resource server\'s cache age', async () => {
     // The resource server caches the JWKS for 0.5 s and the new key is published 2 s ahead.
     const verify = resourceServer(500);
-    await rotate(t, 2);
-    await t.writ.keys.reload();
+    await rotateIn(t, 2);
     const result = await load(verify, 4000);
     expect(result.failures).toEqual([]);
     expect(result.kids.size).toBe(2);
@@ -183,5 +226,62 @@ describe('resource servers through a rotation under load', () => {
     await t.writ.keys.reload();
     const result = await load(verify, 300);
     expect(result.failures.length).toBeGreaterThan(0);
+  });
+});
+
+describe('what the key ring and the migration do with keys they cannot use', () => {
+  let t: TestWrit;
+  beforeAll(async () => {
+    t = await startTestWrit({ name: 'key-edges' });
+  });
+  afterAll(async () => t?.close());
+
+  it('leaves out a key sealed under another WRIT_KEK and still applies every other change', async () => {
+    const [scheduled] = await rotate(t, 3600);
+    await t.writ.keys.reload();
+    expect(await publishedKids(t)).toContain(scheduled!.kid);
+    const foreign = await t.writ.db.knex.transaction((trx) => insertKey(trx, Buffer.alloc(32, 1), { alg: 'PS256', activatesAt: new Date(Date.now() + 3600_000), by: 'test', reason: 'test' }));
+    await remove(t, scheduled!.kid);
+    await t.writ.keys.reload();
+    const kids = await publishedKids(t);
+    expect(kids).not.toContain(foreign.kid);
+    expect(kids).not.toContain(scheduled!.kid);
+    expect((await t.exchange('planner-agent', { subject_token: await t.idp.token(t.issuer), subject_token_type: AT, audience: EXECUTOR_AUD })).status).toBe(200);
+  });
+
+  it('migrates down to statuses the old code reads as the schedule stands, and up again', async () => {
+    const db = await openDatabase({ databaseUrl: await createTestDatabase('key_migration'), dataDir: tmpdir() });
+    try {
+      await migrate(db);
+      const key = Buffer.alloc(32, 2);
+      const kids = await db.knex.transaction(async (trx) => {
+        const at = (hoursAgo: number) => new Date(Date.now() - hoursAgo * 3600_000);
+        const insert = async (alg: 'ES256' | 'RS256', hoursAgo: number) => (await insertKey(trx, key, { alg, activatesAt: at(hoursAgo), by: 'test', reason: 'test' })).kid;
+        return {
+          expired: await insert('ES256', 72), retired: await insert('ES256', 30), active: await insert('ES256', 1), pending: await insert('ES256', -1),
+          rsRetired: await insert('RS256', 3), rsRemoved: await insert('RS256', 1),
+        };
+      });
+      // Each key created when it began to sign, as keys made over months would have been.
+      await db.knex.raw('UPDATE signing_keys SET created_at = least(created_at, activates_at)');
+      await db.knex('signing_keys').where({ kid: kids.rsRemoved }).update({ removed_at: new Date() });
+      const statusBefore = new Map((await loadKeySchedule(db.knex, new Date())).keys.map((k) => [k.kid, k.state]));
+      expect(Object.fromEntries(Object.entries(kids).map(([name, kid]) => [name, statusBefore.get(kid)]))).toEqual({
+        expired: 'expired', retired: 'retired', active: 'active', pending: 'pending', rsRetired: 'retired', rsRemoved: 'removed',
+      });
+
+      await db.knex.migrate.down();
+      const rows = new Map((await db.knex('signing_keys').select('kid', 'status')).map((r: { kid: string; status: string }) => [r.kid, r.status]));
+      // The old code publishes `active` and `retired` keys and signs with the newest active one per algorithm.
+      expect(Object.fromEntries(Object.entries(kids).map(([name, kid]) => [name, rows.get(kid)]))).toEqual({
+        expired: 'removed', retired: 'retired', active: 'active', pending: 'removed', rsRetired: 'retired', rsRemoved: 'removed',
+      });
+
+      await migrate(db);
+      const after = new Map((await loadKeySchedule(db.knex, new Date())).keys.map((k) => [k.kid, k.state]));
+      expect([after.get(kids.active), after.get(kids.retired), after.get(kids.rsRemoved), after.get(kids.pending)]).toEqual(['active', 'retired', 'removed', 'removed']);
+    } finally {
+      await db.close();
+    }
   });
 });

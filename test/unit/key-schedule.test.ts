@@ -44,11 +44,19 @@ describe('scheduleKeys', () => {
     expect(states(keys, 75 * MIN)).toEqual({ old: 'retired', new: 'active', rsa: 'active', pss: 'active' });
   });
 
-  it('never publishes a removed key, and lets the key before it sign again only if nothing replaced it', () => {
+  it('never publishes a removed key, and never hands signing or more time back to the key before it', () => {
     const removedActive = [key('old', 'ES256', 0, 0), key('new', 'ES256', 0, 10 * MIN, 20 * MIN)];
-    expect(states(removedActive, 30 * MIN)).toEqual({ old: 'active', new: 'removed' });
-    const replaced = [...removedActive, key('fresh', 'ES256', 20 * MIN, 20 * MIN)];
-    expect(states(replaced, 30 * MIN)).toEqual({ old: 'retired', new: 'removed', fresh: 'active' });
+    // Nothing signs until a replacement takes the removed key's place (removeKey makes one).
+    expect(states(removedActive, 25 * MIN)).toEqual({ old: 'retired', new: 'removed' });
+    const replaced = [...removedActive, key('fresh', 'ES256', 20 * MIN, 10 * MIN)];
+    expect(states(replaced, 25 * MIN)).toEqual({ old: 'retired', new: 'removed', fresh: 'active' });
+    expect(states(replaced, 10 * MIN + RETAIN)).toEqual({ old: 'expired', new: 'removed', fresh: 'active' });
+    const old = scheduleKeys(replaced, new Date(T0 + 25 * MIN), RETAIN).keys.find((k) => k.kid === 'old')!;
+    expect(old.publishedUntil?.getTime()).toBe(T0 + 10 * MIN + RETAIN);
+    // A key long expired stays expired when the key after it is removed.
+    const late = 10 * MIN + RETAIN + 5 * MIN;
+    const chain = [key('ancient', 'ES256', 0, 0), key('k1', 'ES256', 0, 10 * MIN), key('k2', 'ES256', 0, late, late + MIN), key('k3', 'ES256', late + MIN, late)];
+    expect(states(chain, late + 2 * MIN)).toEqual({ ancient: 'expired', k1: 'retired', k2: 'removed', k3: 'active' });
     expect(states([key('pending', 'ES256', 0, 60 * MIN, 5 * MIN)], 1 * MIN)).toEqual({ pending: 'removed' });
   });
 
@@ -58,33 +66,46 @@ describe('scheduleKeys', () => {
     expect(states([...tie].reverse(), MIN)).toEqual({ a: 'retired', b: 'retired', c: 'active' });
   });
 
-  it('holds for any stored keys: one active key per algorithm that has one due, published exactly while a token can be alive', () => {
-    const alg = fc.constantFrom<SigningAlg>('ES256', 'RS256', 'PS256');
-    const stored = fc.array(fc.record({
-      alg, created: fc.integer({ min: 0, max: 100 }), delay: fc.integer({ min: 0, max: 100 }), removed: fc.option(fc.integer({ min: 0, max: 300 })),
-    }), { maxLength: 8 }).map((rows) => rows.map((r, i) => key(`k${i}`, r.alg, r.created * MIN, (r.created + r.delay) * MIN, r.removed === null ? null : r.removed * MIN)));
+  const order = (a: StoredKeyTimes, b: StoredKeyTimes): number => a.activatesAt.getTime() - b.activatesAt.getTime()
+    || a.createdAt.getTime() - b.createdAt.getTime() || (a.kid < b.kid ? -1 : 1);
+  const stored = fc.array(fc.record({
+    alg: fc.constantFrom<SigningAlg>('ES256', 'RS256', 'PS256'), created: fc.integer({ min: 0, max: 100 }), delay: fc.integer({ min: 0, max: 100 }), removed: fc.option(fc.integer({ min: 0, max: 300 })),
+  }), { maxLength: 8 }).map((rows) => rows.map((r, i) => key(`k${i}`, r.alg, r.created * MIN, (r.created + r.delay) * MIN, r.removed === null ? null : r.removed * MIN)));
+  const stateAt = (keys: StoredKeyTimes[], kid: string, t: number) => scheduleKeys(keys, new Date(t), RETAIN).keys.find((k) => k.kid === kid)!.state;
+
+  it('for any stored keys, signs with the last key due, unless that one was removed', () => {
     fc.assert(fc.property(stored, fc.integer({ min: 0, max: 400 }), (keys, minute) => {
       const now = T0 + minute * MIN;
       const schedule = scheduleKeys(keys, new Date(now), RETAIN);
       expect(schedule.keys).toHaveLength(keys.length);
       for (const a of ['ES256', 'RS256', 'PS256'] as const) {
-        const live = keys.filter((k) => k.alg === a && !k.removedAt);
-        const due = live.filter((k) => k.activatesAt.getTime() <= now);
-        const active = schedule.keys.filter((k) => k.alg === a && k.state === 'active');
-        expect(active).toHaveLength(due.length > 0 ? 1 : 0);
-        // The active key is the latest one due.
-        if (active[0]) for (const k of due) expect(k.activatesAt.getTime()).toBeLessThanOrEqual(active[0].activatesAt.getTime());
+        const lastDue = keys.filter((k) => k.alg === a && k.activatesAt.getTime() <= now).sort(order).at(-1);
+        const active = schedule.keys.filter((k) => k.alg === a && k.state === 'active').map((k) => k.kid);
+        expect(active).toEqual(lastDue && !lastDue.removedAt ? [lastDue.kid] : []);
       }
       for (const k of schedule.keys) {
         if (k.removedAt) expect(k.state).toBe('removed');
         if (k.state === 'pending') expect(k.activatesAt.getTime()).toBeGreaterThan(now);
-        if (k.state === 'retired' || k.state === 'expired') {
-          expect(k.supersededAt!.getTime()).toBeLessThanOrEqual(now);
-          expect(k.state === 'retired').toBe(now < k.supersededAt!.getTime() + RETAIN);
-        }
-        if (PUBLISHED_STATES.has(k.state)) expect(k.removedAt).toBeNull();
       }
       if (schedule.nextChange) expect(schedule.nextChange.getTime()).toBeGreaterThan(now);
     }), { numRuns: 1000 });
+  });
+
+  it('for any stored keys, keeps a key published while a token it signed can be alive, and no longer', () => {
+    fc.assert(fc.property(stored, fc.integer({ min: 0, max: 400 }), fc.integer({ min: 0, max: 40 }), (keys, minute, later) => {
+      const m = T0 + minute * MIN;
+      const n = m + later * MIN;
+      for (const k of keys) {
+        // Signed at m, a token lives until m + RETAIN at most: its key must still be published at n.
+        if (stateAt(keys, k.kid, m) === 'active' && !k.removedAt && n < m + RETAIN) expect(PUBLISHED_STATES.has(stateAt(keys, k.kid, n))).toBe(true);
+        const now = scheduleKeys(keys, new Date(n), RETAIN).keys.find((x) => x.kid === k.kid)!;
+        // Retired only if it signed within the last RETAIN: active just before it was superseded, and that recently.
+        if (now.state === 'retired') {
+          expect(stateAt(keys, k.kid, now.supersededAt!.getTime() - 1)).toBe('active');
+          expect(now.supersededAt!.getTime()).toBeGreaterThan(n - RETAIN);
+        }
+        if (now.state === 'expired') expect(['retired', 'expired']).toContain(stateAt(keys, k.kid, n - RETAIN));
+      }
+    }), { numRuns: 300 });
   });
 });
