@@ -38,7 +38,7 @@ export async function down(knex: Knex): Promise<void> {
     WITH due AS (
       SELECT kid, removed_at,
         lead(activates_at) OVER (PARTITION BY alg ORDER BY activates_at, created_at, kid) AS superseded_at
-      FROM signing_keys WHERE activates_at <= now()
+      FROM signing_keys WHERE activates_at <= now() AND (removed_at IS NULL OR removed_at >= activates_at)
     )
     UPDATE signing_keys k SET
       status = CASE
@@ -48,6 +48,7 @@ export async function down(knex: Knex): Promise<void> {
         ELSE 'removed' END,
       retired_at = coalesce(d.removed_at, d.superseded_at)
     FROM due d WHERE d.kid = k.kid`);
+  // Removed before they signed: the status column's default, 'removed'.
   await knex.schema.alterTable('signing_keys', (t) => {
     t.dropColumn('activates_at');
     t.dropColumn('removed_at');

@@ -35,6 +35,11 @@ export function parseFilesBody(body: unknown): FilesBody | string {
 
 const iso = (d: Date): string => d.toISOString();
 
+/** Versions are stored as PostgreSQL integers. */
+export function isVersion(v: number): boolean {
+  return Number.isInteger(v) && v >= 1 && v <= 2147483647;
+}
+
 /**
  * `/admin/v1/policy/{validate,diff,export,rollback}`: what `writ policy` does with files and
  * versions, for callers without the database (and for the CLI while `writ serve` holds the
@@ -63,7 +68,9 @@ export function registerPolicyVersionRoutes(router: Router, helpers: AdminRouteH
       : { valid: false, errors: loaded.errors, warnings: loaded.warnings };
   });
 
-  router.post('/policy/diff', requires('writ:policy.read'), async (ctx) => {
+  // Diff compares the secrets it is given with the stored ones (changed or not): that answer
+  // belongs to those who may set them, and each call is recorded.
+  router.post('/policy/diff', requires('writ:policy.write'), audited, async (ctx) => {
     const input = await filesOf(ctx);
     if (!input) return;
     const outcome = await diffPolicyFiles(knex, input.files, { ...load, env: input.env, secretKey: deps.secretKey });
@@ -82,7 +89,7 @@ export function registerPolicyVersionRoutes(router: Router, helpers: AdminRouteH
     let version: number | undefined;
     if (raw !== undefined) {
       version = Number(raw);
-      if (typeof raw !== 'string' || !/^[1-9]\d{0,9}$/.test(raw)) return problem(ctx, 400, 'invalid_request', 'version must be a positive integer');
+      if (typeof raw !== 'string' || !isVersion(version)) return problem(ctx, 400, 'invalid_request', 'version must be a positive integer');
     }
     const exported = await exportVersion(knex, version);
     if (!exported) return problem(ctx, 404, 'not_found', version === undefined ? 'no policy has been applied' : 'no such version');
@@ -94,12 +101,14 @@ export function registerPolicyVersionRoutes(router: Router, helpers: AdminRouteH
   router.post('/policy/rollback', requires('writ:policy.write'), audited, async (ctx) => {
     const body = await readJsonBody(ctx).catch((e: unknown) => e) as { version?: unknown; message?: unknown } | BodyError;
     if (body instanceof BodyError) return problem(ctx, 400, 'invalid_request', body.message);
-    const { version, message } = (body && typeof body === 'object' && !Array.isArray(body) ? body : {}) as { version?: unknown; message?: unknown };
-    if (typeof version !== 'number' || !Number.isInteger(version) || version < 1) return problem(ctx, 400, 'invalid_request', 'version must be a positive integer');
+    const { version, message, applied_by: appliedBy } = (body && typeof body === 'object' && !Array.isArray(body) ? body : {}) as { version?: unknown; message?: unknown; applied_by?: unknown };
+    if (typeof version !== 'number' || !isVersion(version)) return problem(ctx, 400, 'invalid_request', 'version must be a positive integer');
     if (message !== undefined && typeof message !== 'string') return problem(ctx, 400, 'invalid_request', 'message must be a string');
     try {
+      const caller = (ctx.state as { admin?: AdminCaller }).admin?.clientId ?? 'admin';
       const result = await rollbackTo(knex, version, {
-        appliedBy: (ctx.state as { admin?: AdminCaller }).admin?.clientId ?? 'admin',
+        // The CLI through its local credential names its user, as a direct rollback records it.
+        appliedBy: caller === 'local-cli' && typeof appliedBy === 'string' && /^cli:[\x21-\x7e]{1,64}$/.test(appliedBy) ? appliedBy : caller,
         message: message ?? `rollback to version ${version}`,
         secretKey: deps.secretKey,
         validate: load,

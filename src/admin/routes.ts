@@ -16,7 +16,7 @@ import { isPlainText } from '../store/text.ts';
 import { authenticateAdmin, type AdminCaller } from './auth.ts';
 import { ExplainInputError, explain, parseExplainRequest } from './explain.ts';
 import { registerKeyRoutes, type KeyRouteDeps } from './key-routes.ts';
-import { registerPolicyVersionRoutes } from './policy-version-routes.ts';
+import { isVersion, registerPolicyVersionRoutes } from './policy-version-routes.ts';
 import type { AdminRouteHelpers } from './route-helpers.ts';
 
 export interface AdminDeps {
@@ -130,7 +130,7 @@ export function adminRoutes(deps: AdminDeps): Middleware {
 
   router.get('/policy/versions/:version', requires('writ:policy.read'), async (ctx) => {
     const version = Number(ctx.params.version);
-    const row = Number.isInteger(version) ? await deps.knex('policy_versions').where({ version }).first() : undefined;
+    const row = isVersion(version) ? await deps.knex('policy_versions').where({ version }).first() : undefined;
     if (!row) return problem(ctx as Ctx, 404, 'not_found', 'no such version');
     ctx.body = row;
   });

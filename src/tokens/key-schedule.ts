@@ -55,6 +55,11 @@ export function scheduleKeys(keys: readonly StoredKeyTimes[], now: Date, retainM
   let next = Infinity;
   const byAlg = new Map<SigningAlg, StoredKeyTimes[]>();
   for (const key of keys) {
+    // A key removed before it ever signed never superseded anything: it leaves the order.
+    if (key.removedAt && key.removedAt.getTime() < key.activatesAt.getTime()) {
+      out.push({ ...key, state: 'removed', supersededAt: null, publishedUntil: null });
+      continue;
+    }
     const list = byAlg.get(key.alg) ?? [];
     list.push(key);
     byAlg.set(key.alg, list);
@@ -62,9 +67,9 @@ export function scheduleKeys(keys: readonly StoredKeyTimes[], now: Date, retainM
   for (const list of byAlg.values()) {
     list.sort(byActivation);
     // The key that signs is the last one whose activation has come; each earlier key was
-    // superseded when the key after it activated. A removed key keeps its place in this order:
-    // removing it must not hand signing back to the key before it, nor prolong that key's
-    // publication. If the last key due was removed, nothing of this algorithm signs (removal
+    // superseded when the key after it activated. A key removed after it began signing keeps
+    // its place in this order: removing it must not hand signing back to the key before it,
+    // nor prolong that key's publication. If the last key due was removed, nothing of this algorithm signs (removal
     // puts a replacement in the same place, so this is only ever seen if one was not made).
     let due = -1;
     for (let i = 0; i < list.length; i += 1) if (list[i]!.activatesAt.getTime() <= t) due = i;

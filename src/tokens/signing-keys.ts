@@ -169,6 +169,7 @@ export class SigningKeyRing {
   private transition: NodeJS.Timeout | undefined;
   /** Loads and transitions run one at a time, in order, so a later read is never overwritten by an earlier one. */
   private queue: Promise<void> = Promise.resolve();
+  private checking = false;
   private readonly knex: Knex;
   private readonly encryptionKey: Buffer;
   private readonly options: KeyRingOptions;
@@ -223,10 +224,15 @@ export class SigningKeyRing {
   }
 
   private async check(): Promise<void> {
+    // A slow database must not pile up checks, each reading every key.
+    if (this.checking) return;
+    this.checking = true;
     try {
       if (await keyStamp(this.knex) !== this.stamp) await this.reload();
     } catch (err) {
       this.options.logger?.warn({ err: (err as Error).message }, 'signing key check failed');
+    } finally {
+      this.checking = false;
     }
   }
 

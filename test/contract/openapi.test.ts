@@ -111,7 +111,7 @@ const ADMIN_SCOPE_OF: Record<string, AdminScope> = {
   'get /admin/v1/audit/trace/{jti}': 'writ:audit.read',
   'get /admin/v1/audit/events': 'writ:audit.read',
   'post /admin/v1/policy/validate': 'writ:policy.read',
-  'post /admin/v1/policy/diff': 'writ:policy.read',
+  'post /admin/v1/policy/diff': 'writ:policy.write',
   'get /admin/v1/policy/export': 'writ:policy.read',
   'post /admin/v1/policy/rollback': 'writ:policy.write',
   'get /admin/v1/keys': 'writ:keys',
@@ -897,12 +897,12 @@ describe('openapi.yaml against a running Writ', () => {
     expect((invalid.body as { errors: Json[] }).errors[0]).toMatchObject({ severity: 'error', file: 'broken.yaml' });
 
     const current = expectDocumented('/admin/v1/policy', 'get', await send('GET', '/admin/v1/policy', { auth: read })).body as { version: number; digest: string };
-    const same = expectDocumented('/admin/v1/policy/diff', 'post', await send('POST', '/admin/v1/policy/diff', { auth: read, json: { files: policyFiles, env: SECRETS } }));
+    const same = expectDocumented('/admin/v1/policy/diff', 'post', await send('POST', '/admin/v1/policy/diff', { auth: write, json: { files: policyFiles, env: SECRETS } }));
     expect(same.body).toMatchObject({ base_version: current.version, base_digest: current.digest, changes: [], clients_without_secret: [] });
     const fewer = policyFiles.map((f) => (f.name === 'openapi-client.yaml' ? { ...f, text: 'clients: []\n' } : f));
-    const removal = expectDocumented('/admin/v1/policy/diff', 'post', await send('POST', '/admin/v1/policy/diff', { auth: read, json: { files: fewer, env: SECRETS } }));
+    const removal = expectDocumented('/admin/v1/policy/diff', 'post', await send('POST', '/admin/v1/policy/diff', { auth: write, json: { files: fewer, env: SECRETS } }));
     expect((removal.body as { changes: Json[] }).changes).toEqual([expect.objectContaining({ kind: 'removed', section: 'client', id: pkjwt.clientId })]);
-    expect(expectDocumented('/admin/v1/policy/diff', 'post', await send('POST', '/admin/v1/policy/diff', { auth: read, json: { files: broken } })).status).toBe(422);
+    expect(expectDocumented('/admin/v1/policy/diff', 'post', await send('POST', '/admin/v1/policy/diff', { auth: write, json: { files: broken } })).status).toBe(422);
     // Nothing was applied by any of it.
     expect((await send('GET', '/admin/v1/policy', { auth: read })).body).toMatchObject({ version: current.version });
 
@@ -913,16 +913,26 @@ describe('openapi.yaml against a running Writ', () => {
     expect(parse(exported.text)).toMatchObject({ clients: expect.arrayContaining([expect.objectContaining({ client_id: pkjwt.clientId })]) });
     expect(expectDocumented('/admin/v1/policy/export', 'get', await send('GET', '/admin/v1/policy/export?version=1', { auth: read })).headers.get('x-writ-policy-version')).toBe('1');
     expect(expectDocumented('/admin/v1/policy/export', 'get', await send('GET', '/admin/v1/policy/export?version=99999', { auth: read })).status).toBe(404);
-    expect(expectDocumented('/admin/v1/policy/export', 'get', await send('GET', '/admin/v1/policy/export?version=x', { auth: read })).status).toBe(400);
+    for (const bad of ['x', '0', '2147483648', '9999999999']) {
+      expect(expectDocumented('/admin/v1/policy/export', 'get', await send('GET', `/admin/v1/policy/export?version=${bad}`, { auth: read })).status, bad).toBe(400);
+    }
+    for (const secret of Object.values(SECRETS)) expect(exported.text).not.toContain(secret);
 
     // A rollback to the version in force: a new, equal version (leaving the rest of this suite's policy as it is).
-    const rolled = expectDocumented('/admin/v1/policy/rollback', 'post', await send('POST', '/admin/v1/policy/rollback', { auth: write, json: { version: current.version, message: 'openapi' } }));
+    const rolled = expectDocumented('/admin/v1/policy/rollback', 'post', await send('POST', '/admin/v1/policy/rollback', { auth: write, json: { version: current.version, message: 'openapi', applied_by: 'cli:mallory' } }));
     expect(rolled.body).toMatchObject({ version: current.version + 1, digest: current.digest, previous_version: current.version, changes: [] });
     const applied = (await t.auditRows({ type: 'policy.applied' })).at(-1)!;
     expect(applied).toMatchObject({ policy_version: current.version + 1, details: expect.objectContaining({ rollback_of: current.version }) });
     expect(t.writ.policy.policy.version).toBe(current.version + 1);
+    // Only the CLI's local credential may name who applied it; an admin client is itself.
+    expect((await t.writ.db.knex('policy_versions').where({ version: current.version + 1 }).first()).applied_by).toBe(admin.clientId);
     expect(expectDocumented('/admin/v1/policy/rollback', 'post', await send('POST', '/admin/v1/policy/rollback', { auth: write, json: { version: 99999 } })).status).toBe(404);
-    for (const json of [{}, { version: 0 }, { version: '1' }, { version: 1, message: 7 }, []]) {
+    // Both attempts are recorded, the refused one too.
+    expect((await t.auditRows({ type: 'admin.action' })).slice(-2).map((r) => (r.details as Json))).toEqual([
+      expect.objectContaining({ method: 'POST', path: '/admin/v1/policy/rollback', status: 200 }),
+      expect.objectContaining({ method: 'POST', path: '/admin/v1/policy/rollback', status: 404 }),
+    ]);
+    for (const json of [{}, { version: 0 }, { version: '1' }, { version: 1e12 }, { version: 1, message: 7 }, []]) {
       const bad = expectDocumented('/admin/v1/policy/rollback', 'post', await send('POST', '/admin/v1/policy/rollback', { auth: write, json }));
       expect([bad.status, (bad.body as Json).error], JSON.stringify(json)).toEqual([400, 'invalid_request']);
     }

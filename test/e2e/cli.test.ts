@@ -76,7 +76,9 @@ describe('the writ command', () => {
       expect([rolled.code, rolled.stdout], rolled.stderr).toEqual([0, expect.stringContaining('applied policy version 2')]);
       const history = await writ(['policy', 'history'], env);
       expect(history.stdout.split('\n').filter((l) => /^\d/.test(l)).map((l) => l.split('\t')[0])).toEqual(['2', '1']);
-      expect((await writ(['policy', 'rollback', '9'], env)).stderr).toContain('there is no policy version 9');
+      const missing = await writ(['policy', 'rollback', '9'], env);
+      expect([missing.code, missing.stderr]).toEqual([1, expect.stringContaining('there is no policy version 9')]);
+      expect((await writ(['policy', 'history'], env)).stdout).toMatch(/^2\t\S+\tcli:\S+\t/m);
       // Key rotation goes through the server too, and the server publishes the new key at once.
       const listed = await writ(['keys', 'list', '--json'], env);
       expect(listed.code, listed.stderr).toBe(0);

@@ -58,6 +58,10 @@ describe('scheduleKeys', () => {
     const chain = [key('ancient', 'ES256', 0, 0), key('k1', 'ES256', 0, 10 * MIN), key('k2', 'ES256', 0, late, late + MIN), key('k3', 'ES256', late + MIN, late)];
     expect(states(chain, late + 2 * MIN)).toEqual({ ancient: 'expired', k1: 'retired', k2: 'removed', k3: 'active' });
     expect(states([key('pending', 'ES256', 0, 60 * MIN, 5 * MIN)], 1 * MIN)).toEqual({ pending: 'removed' });
+    // A scheduled key removed before its time: the key in force goes on signing past that time.
+    const withdrawn = [key('current', 'ES256', 0, 0), key('scheduled', 'ES256', 0, 60 * MIN, 5 * MIN)];
+    expect(states(withdrawn, 61 * MIN)).toEqual({ current: 'active', scheduled: 'removed' });
+    expect(scheduleKeys(withdrawn, new Date(T0 + 10 * MIN), RETAIN).nextChange).toBeNull();
   });
 
   it('breaks a tie in activation by creation time, then kid, the same way on every instance', () => {
@@ -79,7 +83,8 @@ describe('scheduleKeys', () => {
       const schedule = scheduleKeys(keys, new Date(now), RETAIN);
       expect(schedule.keys).toHaveLength(keys.length);
       for (const a of ['ES256', 'RS256', 'PS256'] as const) {
-        const lastDue = keys.filter((k) => k.alg === a && k.activatesAt.getTime() <= now).sort(order).at(-1);
+        // Keys removed before their time never signed, and take no part.
+        const lastDue = keys.filter((k) => k.alg === a && k.activatesAt.getTime() <= now && !(k.removedAt && k.removedAt < k.activatesAt)).sort(order).at(-1);
         const active = schedule.keys.filter((k) => k.alg === a && k.state === 'active').map((k) => k.kid);
         expect(active).toEqual(lastDue && !lastDue.removedAt ? [lastDue.kid] : []);
       }
