@@ -41,8 +41,8 @@ import { FUNCTIONS_002, WRIT_AUDIT_INFLIGHT_LOCK } from './20261122_002_audit_ch
  * A superuser can still disable the triggers; that is what the hash chain and the signed
  * checkpoints detect.
  *
- * Retention (dropping old partitions, not built yet) will leave the chain rows of the dropped
- * events behind; `audit verify` reports them as deleted until it learns a signed marker.
+ * Retention (migration 008, src/audit/retention.ts) drops whole old partitions and leaves their
+ * chain rows behind; `audit verify` takes them as archived only under a signed marker.
  */
 
 const FUNCTIONS = [

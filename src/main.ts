@@ -27,6 +27,8 @@ const USAGE = `usage: writ <command>
   keys remove KID            emergency: withdraw a key; an active one is replaced at once
   audit verify|trace|search|export|open           the tamper-evident record; open prints a one-time
                              login URL for the chain view
+  audit retain --before YYYY-MM --archive DIR
+                             archive, then drop, the months of audit events that ended by then
   demo [--exit]              start Writ on the embedded database with the example policy and
                              walk a delegation chain through it (--exit: stop afterwards)
 

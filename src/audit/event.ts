@@ -14,7 +14,8 @@ export type AuditType =
   | 'kill_switch'
   | 'admin.action'
   | 'key.generated'
-  | 'key.removed';
+  | 'key.removed'
+  | 'audit.retained';
 
 /** One audit record. Raw tokens and secrets never go in here: tokens are named by `jti`. */
 export interface AuditEvent {

@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
 import { GENESIS_HASH, OCCURRED_AT_SQL, eventHash, verifyCheckpoint, type ChainEvent, type SignedCheckpoint } from './chain.ts';
+import { loadRetentionMarkers, retainedSpans, verifyRetention, type RetainedSpan } from './retention-marker.ts';
 
 export type ProblemKind =
   /** A sealed event's content differs from what was sealed (at the head, where nothing links to it, this also covers its chain row's hash). */
@@ -19,7 +20,9 @@ export type ProblemKind =
   /** Chain rows deleted while their events remain: the events still recompute the chain across the gap. */
   | 'seal_deleted'
   /** A chain row's hash or prev_hash was changed while its event still recomputes the chain. */
-  | 'seal_altered';
+  | 'seal_altered'
+  /** A retention marker whose signature does not verify: the events it names are not taken as archived. */
+  | 'bad_retention';
 
 export interface VerifyProblem {
   kind: ProblemKind;
@@ -46,6 +49,8 @@ export interface VerifyReport {
   sealed: { count: number; firstSeq: number | null; lastSeq: number | null; headId: number | null; headHash: string | null };
   checkpoints: { total: number; valid: number; lastSeq: number | null; external: number };
   unsealed: { count: number; oldestId: number | null; oldestAgeMs: number | null };
+  /** Events removed by retention (src/audit/retention.ts), vouched for by valid signed markers. */
+  retained: { markers: number; events: number };
   /** Errors in chain order, then warnings. */
   problems: VerifyProblem[];
   /** The first error, if any. */
@@ -123,10 +128,20 @@ class ChainWalk {
   /** The last run of events gone while their chain rows remain, extended while it continues. */
   private gone: { problem: VerifyProblem; id: number; seq: number; count: number } | undefined;
 
-  constructor(knex: Knex, validBySeq: Map<number, Checkpoint[]>, maxRelinked: number) {
+  /** What valid retention markers vouch for, and how many chain rows without their event each span covered. */
+  private readonly retained: RetainedSpan[];
+  readonly archived = new Map<RetainedSpan, number>();
+
+  constructor(knex: Knex, validBySeq: Map<number, Checkpoint[]>, maxRelinked: number, retained: RetainedSpan[] = []) {
     this.knex = knex;
     this.validBySeq = validBySeq;
     this.maxRelinked = maxRelinked;
+    this.retained = retained;
+  }
+
+  /** The retained span whose dropped partitions held this event, judged by its id and seq ranges. */
+  private retainedBy(link: Link): RetainedSpan | undefined {
+    return this.retained.find((m) => link.id >= m.firstEventId && link.id <= m.lastEventId && link.seq >= m.firstSeq && link.seq <= m.lastSeq);
   }
 
   async step(entry: ChainEntry): Promise<void> {
@@ -147,7 +162,9 @@ class ChainWalk {
         message: `an event dated ${other.occurred_at} shares the id of event ${link.id} (seq ${link.seq}): inserted` });
     }
     const named = entry.seq > this.prev.seq + 1 ? await this.gap(entry) : this.linkTo(entry, link, event);
-    if (!event) this.eventGone(link);
+    const archivedBy = event ? undefined : this.retainedBy(link);
+    if (archivedBy) this.archived.set(archivedBy, (this.archived.get(archivedBy) ?? 0) + 1);
+    else if (!event) this.eventGone(link);
     else if (link.computed !== link.hash && !named) {
       const problem = this.error({ kind: 'altered', id: link.id, seq: link.seq,
         message: `event ${link.id} at seq ${link.seq} was altered after sealing (its hash does not match its content)` });
@@ -355,8 +372,28 @@ export async function verifyAuditChain(knex: Knex, checkpointKey: Buffer, option
     validBySeq.set(c.seq, list);
   }
 
+  // Retention markers: only validly signed ones excuse missing events, and only as many as each counts.
+  const markers = await loadRetentionMarkers(knex);
+  const retained: typeof markers = [];
+  for (const m of markers) {
+    const valid = verifyRetention(checkpointKey, m);
+    // A partition is retained once: a copy of a valid marker would excuse its count twice.
+    const replay = valid && retained.some((r) => r.partition === m.partition);
+    if (valid && !replay) {
+      retained.push(m);
+      continue;
+    }
+    checkpointErrors.push({
+      kind: 'bad_retention', severity: 'error', ...(m.firstEventId !== null ? { id: m.firstEventId } : {}),
+      message: replay
+        ? `retention marker ${m.id} repeats the one for ${m.partition}: a copy, not taken as archiving anything more`
+        : `retention marker ${m.id} (${m.partition}) has an invalid signature: forged, altered, or signed under another WRIT_KEK; the events it names are not taken as archived`,
+    });
+  }
+  const spans = retainedSpans(retained);
+
   // The chain, in seq order.
-  const walk = new ChainWalk(knex, validBySeq, batchSize);
+  const walk = new ChainWalk(knex, validBySeq, batchSize, spans);
   for (let after = 0; ;) {
     const entries = await readChain(knex, after, batchSize);
     for (const entry of entries) await walk.step(entry);
@@ -365,6 +402,15 @@ export async function verifyAuditChain(knex: Knex, checkpointKey: Buffer, option
   }
   const errors = walk.errors;
   const head = walk.count > 0 ? walk.prev : undefined;
+  for (const span of spans) {
+    // Every dropped event leaves its chain row: more rows without events than the markers count were deleted.
+    const gone = walk.archived.get(span) ?? 0;
+    if (gone <= span.events) continue;
+    errors.push({
+      kind: 'deleted', severity: 'error', count: gone - span.events, id: span.firstEventId,
+      message: `${gone - span.events} event(s) deleted between events ${span.firstEventId} and ${span.lastEventId}: retention marker(s) ${span.markers.join(', ')} archived ${span.events} there, and ${gone} are gone`,
+    });
+  }
 
   // A signed checkpoint beyond the end of the chain: its tail is gone.
   const lastValid = [...checkpoints, ...external].filter((c) => c.valid).reduce<Checkpoint | undefined>((a, c) => (!a || c.seq > a.seq ? c : a), undefined);
@@ -394,6 +440,7 @@ export async function verifyAuditChain(knex: Knex, checkpointKey: Buffer, option
     sealed: { count: walk.count, firstSeq: walk.first?.seq ?? null, lastSeq: head?.seq ?? null, headId: head?.id ?? null, headHash: head?.hash ?? null },
     checkpoints: { total: checkpoints.length, valid: checkpoints.filter((c) => c.valid).length, lastSeq: lastValid?.seq ?? null, external: external.length },
     unsealed,
+    retained: { markers: retained.length, events: spans.reduce((n, s) => n + Math.min(s.events, walk.archived.get(s) ?? 0), 0) },
     problems,
     first: all[0] ?? null,
   };
@@ -469,7 +516,8 @@ export function formatVerifyReport(report: VerifyReport): string[] {
   const lines: string[] = [];
   const s = report.sealed;
   const head = s.lastSeq === null ? 'no sealed events' : `${s.count} sealed event(s), seq ${s.firstSeq}..${s.lastSeq}, head event ${s.headId} ${s.headHash?.slice(0, 16)}…`;
-  const cps = `${report.checkpoints.valid}/${report.checkpoints.total} checkpoint(s) valid${report.checkpoints.external ? ` (+${report.checkpoints.external} external)` : ''}`;
+  const cps = `${report.checkpoints.valid}/${report.checkpoints.total} checkpoint(s) valid${report.checkpoints.external ? ` (+${report.checkpoints.external} external)` : ''}`
+    + (report.retained.markers > 0 ? `; ${report.retained.events} event(s) archived by ${report.retained.markers} retention marker(s)` : '');
   if (report.ok) lines.push(`audit chain OK: ${head}; ${cps}`);
   else lines.push(`audit chain FAILED: ${report.first?.message}`, `  ${head}; ${cps}`);
   for (const p of report.problems) {

@@ -3,6 +3,7 @@ import { parseArgs } from 'node:util';
 import { checkpointsFromNdjson } from '../audit/chain.ts';
 import { AuditQueryError, exportAudit, formatTraceTree, searchAudit, traceToken, type AuditEventView, type AuditSearch } from '../audit/trace.ts';
 import { formatVerifyReport, verifyAuditChain } from '../audit/verify.ts';
+import { retainAudit, RetentionError } from '../audit/retention.ts';
 import { migrate, openDatabase, type Database } from '../store/db.ts';
 import { deriveKeys } from '../tokens/kek.ts';
 import { auditOpen } from './audit-open.ts';
@@ -14,14 +15,14 @@ import { runningServer } from './local-server.ts';
  * process may hold the data dir: while a `writ serve` runs there, these commands need it
  * stopped (or DATABASE_URL); undefined is returned after saying so.
  */
-async function withDatabase<T>(ctx: CliContext, command: string, run: (db: Database) => Promise<T>): Promise<T | undefined> {
+async function withDatabase<T>(ctx: CliContext, command: string, run: (db: Database) => Promise<T>, options: { maintenance?: boolean } = {}): Promise<T | undefined> {
   const server = ctx.config.databaseUrl ? undefined : runningServer(ctx.config.dataDir);
   if (server) {
     ctx.err(`writ audit ${command} reads the database directly, and the embedded database in ${ctx.config.dataDir} is held by a running writ serve (pid ${server.pid}).`);
     ctx.err('Stop that server and run the command again, or run Writ on PostgreSQL (DATABASE_URL) so both can use it at once.');
     return undefined;
   }
-  const db = await openDatabase({ databaseUrl: ctx.config.databaseUrl, dataDir: ctx.config.dataDir, poolMax: 2 });
+  const db = await openDatabase({ databaseUrl: ctx.config.databaseUrl, dataDir: ctx.config.dataDir, poolMax: 2, maintenance: options.maintenance ?? false });
   try {
     await migrate(db);
     return await run(db);
@@ -146,7 +147,33 @@ async function exportCommand(ctx: CliContext, args: string[]): Promise<number> {
   return 0;
 }
 
-/** `writ audit <verify|trace|search|export> …` */
+/**
+ * `writ audit retain --before YYYY-MM --archive DIR`: archives and drops every monthly
+ * partition that ended by the start of that month (never the current one).
+ */
+async function retain(ctx: CliContext, args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { before: { type: 'string' }, archive: { type: 'string' } } });
+  if (positionals.length > 0) throw new UsageError('audit retain takes --before and --archive only');
+  const month = /^(\d{4})-(\d{2})$/.exec(values.before ?? '');
+  if (!month || Number(month[2]) < 1 || Number(month[2]) > 12) throw new UsageError('audit retain needs --before YYYY-MM: months that ended by the start of that month go');
+  if (!values.archive) throw new UsageError('audit retain needs --archive DIR: each month is written there before it leaves the database');
+  const before = new Date(Date.UTC(Number(month[1]), Number(month[2]) - 1, 1));
+  try {
+    const done = await withDatabase(ctx, 'retain', (db) => retainAudit(db.knex, deriveKeys(ctx.config.kek).auditCheckpoint, {
+      before, archiveDir: values.archive!, by: `cli:${process.env.USER ?? 'unknown'}`,
+    }), { maintenance: true });
+    if (!done) return 1;
+    for (const r of done) ctx.out(`${r.partition}: ${r.events} event(s) archived to ${r.archive} (sha256 ${r.archiveSha256}) and dropped`);
+    if (done.length === 0) ctx.out(`no audit partition ended by ${before.toISOString().slice(0, 7)}`);
+    return 0;
+  } catch (err) {
+    if (!(err instanceof RetentionError) && (err as NodeJS.ErrnoException).code !== 'EEXIST' && (err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    ctx.err(`writ: audit retain stopped: ${(err as Error).message}`);
+    return 1;
+  }
+}
+
+/** `writ audit <verify|trace|search|export|retain|open> …` */
 export async function auditCommand(ctx: CliContext, argv: string[]): Promise<number> {
   const [sub, ...args] = argv;
   switch (sub) {
@@ -154,7 +181,8 @@ export async function auditCommand(ctx: CliContext, argv: string[]): Promise<num
     case 'trace': return trace(ctx, args);
     case 'search': return search(ctx, args);
     case 'export': return exportCommand(ctx, args);
+    case 'retain': return retain(ctx, args);
     case 'open': return auditOpen(ctx, args);
-    default: throw new UsageError(`unknown audit command "${sub ?? ''}" (verify, trace, search, export)`);
+    default: throw new UsageError(`unknown audit command "${sub ?? ''}" (verify, trace, search, export, retain, open)`);
   }
 }

@@ -42,7 +42,7 @@ export interface DatabaseLog {
   warn(message: string): void;
 }
 
-async function openPostgres(url: string, poolMax: number, log: DatabaseLog): Promise<Database> {
+async function openPostgres(url: string, poolMax: number, log: DatabaseLog, maintenance: boolean): Promise<Database> {
   const knex = knexFactory({
     log: {
       warn: (m: unknown) => log.warn(String(m)),
@@ -55,8 +55,8 @@ async function openPostgres(url: string, poolMax: number, log: DatabaseLog): Pro
       connectionString: url,
       // Fail closed quickly when PostgreSQL is unreachable or stuck (DESIGN.md §8, O1).
       connectionTimeoutMillis: 2000,
-      statement_timeout: 2000,
-      query_timeout: 2500,
+      // Maintenance (audit retention) scans whole partitions: no statement limit there.
+      ...(maintenance ? {} : { statement_timeout: 2000, query_timeout: 2500 }),
     } as Knex.PgConnectionConfig,
     // Idle connections are kept for 10 minutes. A new PostgreSQL backend costs ~20 ms before its
     // first audit insert lands on an idle box (connect ~10 ms, then catalog caches and trigger
@@ -146,8 +146,8 @@ async function openEmbedded(dataDir: string): Promise<Database> {
   };
 }
 
-export async function openDatabase(options: { databaseUrl: string | undefined; dataDir: string; poolMax?: number; log?: DatabaseLog }): Promise<Database> {
+export async function openDatabase(options: { databaseUrl: string | undefined; dataDir: string; poolMax?: number; log?: DatabaseLog; maintenance?: boolean }): Promise<Database> {
   return options.databaseUrl
-    ? openPostgres(options.databaseUrl, options.poolMax ?? 16, options.log ?? { warn: (m) => process.stderr.write(`${m}\n`) })
+    ? openPostgres(options.databaseUrl, options.poolMax ?? 16, options.log ?? { warn: (m) => process.stderr.write(`${m}\n`) }, options.maintenance ?? false)
     : openEmbedded(options.dataDir);
 }
