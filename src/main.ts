@@ -7,6 +7,7 @@ import { demo } from './cli/demo.ts';
 import { adminCommand, revokeCommand } from './cli/admin.ts';
 import { auditCommand } from './cli/audit.ts';
 import { keysCommand } from './cli/keys.ts';
+import { dbCommand } from './cli/db.ts';
 import { policyCommand } from './cli/policy.ts';
 import { migrateCommand, serve } from './cli/serve.ts';
 
@@ -14,6 +15,8 @@ const USAGE = `usage: writ <command>
 
   serve [--apply DIR]        start Writ (migrates first; optionally applies a policy directory)
   migrate                    apply database migrations
+  db grants [--role R] [--apply]
+                             the least privileges of the role Writ serves as (PostgreSQL)
   policy validate DIR        check policy files without applying them
   policy apply DIR [-m MSG]  set DIR's policy as a new version
   policy diff|export|history|rollback|report   see writ policy help
@@ -60,6 +63,8 @@ async function run(argv: string[]): Promise<number> {
       return adminCommand(ctx, rest);
     case 'keys':
       return keysCommand(ctx, rest);
+    case 'db':
+      return dbCommand(ctx, rest);
     case 'demo': {
       const { values } = parseArgs({ args: rest, options: { exit: { type: 'boolean' } } });
       return demo(ctx, { exit: values.exit ?? false });

@@ -8,7 +8,7 @@ import { migrate, openDatabase, type Database } from '../store/db.ts';
 import { deriveKeys } from '../tokens/kek.ts';
 import { auditOpen } from './audit-open.ts';
 import { UsageError, type CliContext } from './context.ts';
-import { runningServer } from './local-server.ts';
+import { heldByServer } from './local-server.ts';
 
 /**
  * Opens the database the way `writ policy apply` does. On the embedded database only one
@@ -16,7 +16,7 @@ import { runningServer } from './local-server.ts';
  * stopped (or DATABASE_URL); undefined is returned after saying so.
  */
 async function withDatabase<T>(ctx: CliContext, command: string, run: (db: Database) => Promise<T>, options: { maintenance?: boolean } = {}): Promise<T | undefined> {
-  const server = ctx.config.databaseUrl ? undefined : runningServer(ctx.config.dataDir);
+  const server = heldByServer(ctx);
   if (server) {
     ctx.err(`writ audit ${command} reads the database directly, and the embedded database in ${ctx.config.dataDir} is held by a running writ serve (pid ${server.pid}).`);
     ctx.err('Stop that server and run the command again, or run Writ on PostgreSQL (DATABASE_URL) so both can use it at once.');

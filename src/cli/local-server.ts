@@ -65,8 +65,17 @@ export function releaseDataDir(dataDir: string): void {
  * sends the request to the server through its local credential.
  */
 export async function onDatabaseOrServer<T>(ctx: CliContext, direct: (knex: Knex) => Promise<T>, viaServer: (server: LocalServer) => Promise<T>): Promise<T> {
-  const server = ctx.config.databaseUrl ? undefined : runningServer(ctx.config.dataDir);
-  if (server) return viaServer(server);
+  const server = heldByServer(ctx);
+  return server ? viaServer(server) : onDatabase(ctx, direct);
+}
+
+/** The `writ serve` holding the embedded database, if any: only it may open the database then. */
+export function heldByServer(ctx: CliContext): LocalServer | undefined {
+  return ctx.config.databaseUrl ? undefined : runningServer(ctx.config.dataDir);
+}
+
+/** Runs `direct` on the database, migrated first. */
+export async function onDatabase<T>(ctx: CliContext, direct: (knex: Knex) => Promise<T>): Promise<T> {
   const db = await openDatabase({ databaseUrl: ctx.config.databaseUrl, dataDir: ctx.config.dataDir });
   try {
     await migrate(db);

@@ -13,7 +13,7 @@ import {
 import { migrate, openDatabase } from '../store/db.ts';
 import { deriveKeys } from '../tokens/kek.ts';
 import { UsageError, type CliContext } from './context.ts';
-import { callServer, runningServer, type LocalServer } from './local-server.ts';
+import { callServer, heldByServer, onDatabase as withDatabase } from './local-server.ts';
 
 const USAGE = `usage: writ policy <command>
 
@@ -43,22 +43,6 @@ function loadOptions(ctx: CliContext): LoadOptions {
 }
 
 
-
-/** On the embedded database while `writ serve` holds it, only the server may open it: the CLI asks the server. */
-function heldByServer(ctx: CliContext): LocalServer | undefined {
-  return ctx.config.databaseUrl ? undefined : runningServer(ctx.config.dataDir);
-}
-
-/** Runs `body` on the database (migrated first, as apply does). */
-async function withDatabase<T>(ctx: CliContext, body: (knex: Knex) => Promise<T>): Promise<T> {
-  const db = await openDatabase({ databaseUrl: ctx.config.databaseUrl, dataDir: ctx.config.dataDir });
-  try {
-    await migrate(db);
-    return await body(db.knex);
-  } finally {
-    await db.close();
-  }
-}
 
 export async function policyValidate(ctx: CliContext, dir: string): Promise<number> {
   const result = await loadPolicyDir(dir, loadOptions(ctx));
@@ -153,7 +137,7 @@ export async function policyApply(ctx: CliContext, dir: string, message: string,
   if (preview.ok) printIssues(ctx, await checkJwksUris(preview.document, { timeoutMs: JWKS_CHECK_TIMEOUT_MS, files }));
 
   let outcome: ApplyResponse;
-  const server = ctx.config.databaseUrl ? undefined : runningServer(ctx.config.dataDir);
+  const server = heldByServer(ctx);
   if (server) {
     const response = await fetch(`${server.url}/admin/v1/local/policy/apply`, {
       method: 'POST',

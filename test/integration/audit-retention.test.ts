@@ -32,6 +32,10 @@ async function write(knex: Knex, at: Date, n: number, tag: string): Promise<void
   }
 }
 
+async function partitionExists(knex: Knex, name: string): Promise<boolean> {
+  return (await knex.raw(`SELECT to_regclass(?) AS t`, [name])).rows[0].t !== null;
+}
+
 /** Runs `fn` as a superuser with the append-only triggers off, and commits: real tampering. */
 async function tamper(knex: Knex, fn: (trx: Knex.Transaction) => Promise<unknown>): Promise<void> {
   await knex.transaction(async (trx) => {
@@ -101,7 +105,7 @@ describe.each([
       expect([Number(marker.first_event_id), Number(marker.last_event_id)]).toEqual([1, 7]);
 
       // Gone from the database; this month stays.
-      expect((await db.knex.raw(`SELECT to_regclass('${partitionOf(old)}') AS t`)).rows[0].t).toBeNull();
+      expect(await partitionExists(db.knex, partitionOf(old))).toBe(false);
       expect((await db.knex('audit_events').whereRaw("details->>'tag' = 'now'")).length).toBe(3);
       expect(await db.knex('audit_events').whereRaw("details->>'tag' = 'last'")).toHaveLength(0);
       expect(await db.knex('audit_events').where({ type: 'audit.retained' })).toHaveLength(3);
@@ -154,7 +158,7 @@ describe.each([
       const archive = dir();
       await expect(retainAudit(db.knex, KEY, { before: monthStart(0), archiveDir: archive, by: 'test' })).rejects.toThrow(RetentionError);
       await expect(retainAudit(db.knex, KEY, { before: monthStart(0), archiveDir: archive, by: 'test' })).rejects.toThrow(/not sealed yet/);
-      expect((await db.knex.raw(`SELECT to_regclass('${partitionOf(monthStart(1))}') AS t`)).rows[0].t).not.toBeNull();
+      expect(await partitionExists(db.knex, partitionOf(monthStart(1)))).toBe(true);
       // The empty older months went; the unsealed one stopped the run and left no file behind.
       expect(readdirSync(archive)).not.toContain(`${partitionOf(monthStart(1))}.ndjson`);
       expect(await db.knex('audit_events').whereRaw("details->>'tag' = 'old'")).toHaveLength(2);
@@ -174,7 +178,7 @@ describe.each([
       await tamper(db.knex, (trx) => trx('audit_events').where({ id: 2 }).update({ outcome: 'forged' }));
       const archive = dir();
       await expect(retainAudit(db.knex, KEY, { before: monthStart(0), archiveDir: archive, by: 'test' })).rejects.toThrow(RetentionError);
-      expect((await db.knex.raw(`SELECT to_regclass('${partitionOf(old)}') AS t`)).rows[0].t).not.toBeNull();
+      expect(await partitionExists(db.knex, partitionOf(old))).toBe(true);
       expect(readdirSync(archive).filter((f) => f.startsWith(partitionOf(old)))).toEqual([]);
       expect(await db.knex('audit_retention')).toHaveLength(0);
     } finally {
@@ -193,7 +197,7 @@ describe.each([
       const archive = dir();
       await expect(retainAudit(db.knex, KEY, { before: monthStart(0), archiveDir: archive, by: 'test' })).rejects.toThrow(/refused by test/);
       expect(readdirSync(archive)).toEqual([]);
-      expect((await db.knex.raw(`SELECT to_regclass('${partitionOf(old)}') AS t`)).rows[0].t).not.toBeNull();
+      expect(await partitionExists(db.knex, partitionOf(old))).toBe(true);
       expect(await db.knex('audit_events').whereRaw("details->>'tag' = 'old'")).toHaveLength(2);
     } finally {
       await db.close();

@@ -1,0 +1,71 @@
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { migrate, openDatabase, type Database } from '../../src/store/db.ts';
+import { runWrit } from '../support/cli.ts';
+import { AT, EXECUTOR_AUD, createTestDatabase, startTestWrit, type TestWrit } from '../support/harness.ts';
+
+describe('Writ serving as a role with the least privileges (writ db grants)', () => {
+  const role = `writ_app_${randomBytes(4).toString('hex')}`;
+  const dataDir = mkdtempSync(path.join(tmpdir(), 'writ-grants-'));
+  let ownerUrl: string;
+  let owner: Database;
+  let t: TestWrit;
+
+  beforeAll(async () => {
+    ownerUrl = await createTestDatabase('least_privilege');
+    owner = await openDatabase({ databaseUrl: ownerUrl, dataDir });
+    await migrate(owner);
+    await owner.knex.raw(`CREATE ROLE ${role} LOGIN`);
+    const printed = await runWrit(['db', 'grants', '--role', role], { DATABASE_URL: ownerUrl, WRIT_DATA_DIR: dataDir });
+    expect(printed.stdout).toContain(`REVOKE UPDATE, DELETE, TRUNCATE ON audit_events, audit_chain, audit_checkpoints, audit_retention FROM ${role};`);
+    const applied = await runWrit(['db', 'grants', '--role', role, '--apply'], { DATABASE_URL: ownerUrl, WRIT_DATA_DIR: dataDir });
+    expect(applied.code, applied.stderr).toBe(0);
+    const url = new URL(ownerUrl);
+    url.username = role;
+    t = await startTestWrit({ name: 'least-privilege', databaseUrl: url.toString() });
+  }, 60_000);
+
+  afterAll(async () => {
+    await t?.close();
+    await owner.knex.raw(`DROP OWNED BY ${role}`);
+    await owner.close();
+    const admin = await openDatabase({ databaseUrl: ownerUrl, dataDir });
+    await admin.knex.raw(`DROP ROLE IF EXISTS ${role}`).catch(() => undefined);
+    await admin.close();
+    rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  it('exchanges, audits and seals as that role', async () => {
+    const res = await t.exchange('planner-agent', { subject_token: await t.idp.token(t.issuer), subject_token_type: AT, audience: EXECUTOR_AUD });
+    expect(res.status).toBe(200);
+    expect(await t.auditRows({ request_id: res.headers.get('x-request-id') })).toHaveLength(1);
+    const { rows } = await t.writ.db.knex.raw<{ rows: Array<{ u: string }> }>('SELECT current_user AS u');
+    expect(rows[0]!.u).toBe(role);
+    // Partitions ahead are created through the owner's function: one dropped by the owner comes back.
+    const ahead = new Date();
+    ahead.setUTCMonth(ahead.getUTCMonth() + 3, 1);
+    const part = `audit_events_y${ahead.getUTCFullYear()}m${String(ahead.getUTCMonth() + 1).padStart(2, '0')}`;
+    await owner.knex.raw(`DROP TABLE ${part}`);
+    expect(await t.writ.auditSealer.ensurePartitions()).toBe(1);
+  });
+
+  it('cannot change or remove the audit record, nor turn its triggers off', async () => {
+    const knex = t.writ.db.knex;
+    const month = new Date();
+    const part = `audit_events_y${month.getUTCFullYear()}m${String(month.getUTCMonth() + 1).padStart(2, '0')}`;
+    for (const sql of [
+      `UPDATE audit_events SET outcome = 'forged'`,
+      'DELETE FROM audit_events',
+      `UPDATE ${part} SET outcome = 'forged'`,
+      `DELETE FROM ${part}`,
+      'DELETE FROM audit_chain',
+      'TRUNCATE audit_checkpoints',
+      'DELETE FROM audit_retention',
+    ]) await expect(knex.raw(sql), sql).rejects.toThrow(/permission denied/);
+    await expect(knex.raw('ALTER TABLE audit_events DISABLE TRIGGER ALL')).rejects.toThrow(/must be owner/);
+    await expect(knex.raw('SET session_replication_role = replica')).rejects.toThrow(/permission denied/);
+  });
+});
