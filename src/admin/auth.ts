@@ -5,7 +5,7 @@ import type { CompiledPolicy } from '../policy/compiled.ts';
 import type { AdminScope } from '../policy/model.ts';
 
 export interface AdminCaller {
-  /** The admin client, or `local-cli` for the CLI's local credential. */
+  /** The admin client; for the CLI's local credential, `cli:<user>` as the CLI names it, or `local-cli`. */
   clientId: string;
   scopes: ReadonlySet<AdminScope>;
 }
@@ -33,6 +33,15 @@ export function presentsLocalCredential(ctx: ParameterizedContext, localToken: s
   return localToken !== undefined && presented !== undefined && equal(presented, localToken);
 }
 
+/** The CLI names its user in this header beside the local credential (which only it can read). */
+export const CLI_USER_HEADER = 'x-writ-cli-user';
+
+/** Who the record names for a call with the local credential: the CLI's user, as a direct CLI call records it. */
+function localCaller(ctx: ParameterizedContext): string {
+  const named = ctx.get(CLI_USER_HEADER);
+  return /^cli:[\x21-\x7e]{1,64}$/.test(named) ? named : 'local-cli';
+}
+
 /**
  * Admin API callers present a token Writ issued through client_credentials to an admin client
  * (RFC 6750 bearer). The scopes that count are the token's, cut down to what the client holds
@@ -47,7 +56,7 @@ export async function authenticateAdmin(
   const presented = bearer(ctx);
   if (!presented) return { ok: false, status: 401, error: 'invalid_token' };
   if (presentsLocalCredential(ctx, deps.localToken())) {
-    return { ok: true, caller: { clientId: 'local-cli', scopes: new Set(ALL_SCOPES) } };
+    return { ok: true, caller: { clientId: localCaller(ctx), scopes: new Set(ALL_SCOPES) } };
   }
   const token = await deps.provider.ClientCredentials.find(presented);
   if (!token || token.isExpired) return { ok: false, status: 401, error: 'invalid_token' };

@@ -101,14 +101,12 @@ export function registerPolicyVersionRoutes(router: Router, helpers: AdminRouteH
   router.post('/policy/rollback', requires('writ:policy.write'), audited, async (ctx) => {
     const body = await readJsonBody(ctx).catch((e: unknown) => e) as { version?: unknown; message?: unknown } | BodyError;
     if (body instanceof BodyError) return problem(ctx, 400, 'invalid_request', body.message);
-    const { version, message, applied_by: appliedBy } = (body && typeof body === 'object' && !Array.isArray(body) ? body : {}) as { version?: unknown; message?: unknown; applied_by?: unknown };
+    const { version, message } = (body && typeof body === 'object' && !Array.isArray(body) ? body : {}) as { version?: unknown; message?: unknown };
     if (typeof version !== 'number' || !isVersion(version)) return problem(ctx, 400, 'invalid_request', 'version must be a positive integer');
     if (message !== undefined && typeof message !== 'string') return problem(ctx, 400, 'invalid_request', 'message must be a string');
     try {
-      const caller = (ctx.state as { admin?: AdminCaller }).admin?.clientId ?? 'admin';
       const result = await rollbackTo(knex, version, {
-        // The CLI through its local credential names its user, as a direct rollback records it.
-        appliedBy: caller === 'local-cli' && typeof appliedBy === 'string' && /^cli:[\x21-\x7e]{1,64}$/.test(appliedBy) ? appliedBy : caller,
+        appliedBy: (ctx.state as { admin?: AdminCaller }).admin?.clientId ?? 'admin',
         message: message ?? `rollback to version ${version}`,
         secretKey: deps.secretKey,
         validate: load,

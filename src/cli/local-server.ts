@@ -3,6 +3,7 @@ import { readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import type { Knex } from 'knex';
 import { migrate, openDatabase } from '../store/db.ts';
+import { CLI_USER_HEADER } from '../admin/auth.ts';
 import type { CliContext } from './context.ts';
 
 /**
@@ -91,7 +92,11 @@ export async function callServer(server: LocalServer, method: 'GET' | 'POST', pa
   try {
     response = await fetch(`${server.url}${path}`, {
       method,
-      headers: { authorization: `Bearer ${server.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      headers: {
+        authorization: `Bearer ${server.token}`,
+        [CLI_USER_HEADER]: `cli:${process.env.USER ?? 'unknown'}`,
+        ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+      },
       ...(body === undefined ? {} : { body: JSON.stringify(body) }),
     });
   } catch (err) {

@@ -228,7 +228,7 @@ export async function policyRollback(ctx: CliContext, target: number, message: s
   let result: { version: number; digest: string; changes: PolicyChange[] };
   try {
     if (server) {
-      const res = await callServer(server, 'POST', '/admin/v1/policy/rollback', { version: target, applied_by: appliedBy(), ...(message !== undefined && { message }) });
+      const res = await callServer(server, 'POST', '/admin/v1/policy/rollback', { version: target, ...(message !== undefined && { message }) });
       if (res.status === 404 || res.status === 422) throw new RollbackError(String(res.body.error_description));
       if (res.status !== 200) throw new Error(refusal('rollback', res));
       result = { version: Number(res.body.version), digest: String(res.body.digest), changes: res.body.changes as PolicyChange[] };

@@ -50,7 +50,7 @@ describe('the writ command', () => {
   it('keeps working while writ serve holds the embedded database', async () => {
     const dataDir = tempDir();
     const port = await freePort();
-    const env = { ...SECRETS, WRIT_DATA_DIR: dataDir, PORT: String(port), WRIT_ISSUER: `http://localhost:${port}`, LOG_LEVEL: 'warn', WRIT_METRICS_ADDR: '127.0.0.1:0' };
+    const env = { ...SECRETS, WRIT_DATA_DIR: dataDir, PORT: String(port), WRIT_ISSUER: `http://localhost:${port}`, LOG_LEVEL: 'warn', WRIT_METRICS_ADDR: '127.0.0.1:0', USER: 'cli-e2e' };
     const policyDir = tempDir();
     cpSync(path.join(ROOT, 'policy/example.yaml'), path.join(policyDir, 'example.yaml'));
     const server: ChildProcess = spawn(process.execPath, [MAIN, 'serve'], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ...env } });
@@ -78,7 +78,7 @@ describe('the writ command', () => {
       expect(history.stdout.split('\n').filter((l) => /^\d/.test(l)).map((l) => l.split('\t')[0])).toEqual(['2', '1']);
       const missing = await writ(['policy', 'rollback', '9'], env);
       expect([missing.code, missing.stderr]).toEqual([1, expect.stringContaining('there is no policy version 9')]);
-      expect((await writ(['policy', 'history'], env)).stdout).toMatch(/^2\t\S+\tcli:\S+\t/m);
+      expect((await writ(['policy', 'history'], env)).stdout).toMatch(/^2\t\S+\tcli:cli-e2e\t/m);
       // Key rotation goes through the server too, and the server publishes the new key at once.
       const listed = await writ(['keys', 'list', '--json'], env);
       expect(listed.code, listed.stderr).toBe(0);
@@ -90,6 +90,10 @@ describe('the writ command', () => {
       expect(await published()).toContain(kid);
       expect((await writ(['keys', 'remove', kid], env)).code).toBe(0);
       expect(await published()).not.toContain(kid);
+      // The record names the CLI's user, as when the CLI opens the database itself.
+      const { token } = JSON.parse(readFileSync(path.join(dataDir, 'serve.json'), 'utf8')) as { token: string };
+      const removals = await (await fetch(`http://127.0.0.1:${port}/admin/v1/audit/events?type=key.removed`, { headers: { authorization: `Bearer ${token}` } })).json() as { events: Array<{ client_id: string }> };
+      expect(removals.events.map((e) => e.client_id)).toEqual(['cli:cli-e2e']);
       const migrated = await writ(['migrate'], env);
       expect(migrated.code).toBe(0);
       expect(migrated.stdout).toContain('nothing to do');
