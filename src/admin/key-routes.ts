@@ -22,7 +22,7 @@ export function describeKey(k: ScheduledKey): Record<string, unknown> {
   };
 }
 
-const describeNew = (k: NewKey): Record<string, unknown> => ({ kid: k.kid, alg: k.alg, activates_at: k.activatesAt.toISOString() });
+export const describeNew = (k: NewKey): Record<string, unknown> => ({ kid: k.kid, alg: k.alg, activates_at: k.activatesAt.toISOString() });
 
 const ANSWER: Record<KeyOperationError['code'], [number, string]> = {
   invalid_request: [400, 'invalid_request'], unknown_kid: [404, 'not_found'], already_pending: [409, 'already_pending'], already_removed: [409, 'already_removed'],

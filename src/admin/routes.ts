@@ -16,7 +16,7 @@ import { isPlainText } from '../store/text.ts';
 import { authenticateAdmin, type AdminCaller } from './auth.ts';
 import { ExplainInputError, explain, parseExplainRequest } from './explain.ts';
 import { registerKeyRoutes, type KeyRouteDeps } from './key-routes.ts';
-import { isVersion, registerPolicyVersionRoutes } from './policy-version-routes.ts';
+import { isVersion, parseFilesBody, registerPolicyVersionRoutes } from './policy-version-routes.ts';
 import type { AdminRouteHelpers } from './route-helpers.ts';
 
 export interface AdminDeps {
@@ -155,13 +155,12 @@ export function adminRoutes(deps: AdminDeps): Middleware {
   router.put('/policy', requires('writ:policy.write'), audited, async (ctx) => {
     const body = await readJsonBody(ctx).catch((e: unknown) => e);
     if (body instanceof BodyError) return problem(ctx as Ctx, 400, 'invalid_request', body.message);
-    const b = body as { files?: Array<{ name: string; text: string }>; env?: Record<string, string>; message?: string };
-    if (!Array.isArray(b.files) || !b.files.every((f) => typeof f?.name === 'string' && typeof f?.text === 'string')) {
-      return problem(ctx as Ctx, 400, 'invalid_request', 'expected {files: [{name, text}], env?, message?}');
-    }
-    const outcome = await applyPolicyFiles(deps.knex, b.files, {
-      env: b.env ?? {}, selfIssuer: deps.issuer, maxTtl: deps.maxTtl,
-      appliedBy: (ctx.state as { admin?: AdminCaller }).admin!.clientId, message: String(b.message ?? ''), secretKey: deps.secretKey,
+    const input = parseFilesBody(body);
+    if (typeof input === 'string') return problem(ctx as Ctx, 400, 'invalid_request', input);
+    const { message } = body as { message?: unknown };
+    const outcome = await applyPolicyFiles(deps.knex, input.files, {
+      env: input.env, selfIssuer: deps.issuer, maxTtl: deps.maxTtl,
+      appliedBy: (ctx.state as { admin?: AdminCaller }).admin!.clientId, message: String(message ?? ''), secretKey: deps.secretKey,
     });
     if (!outcome.ok) return problem(ctx as Ctx, 422, 'invalid_policy', 'the policy does not validate', { errors: outcome.errors, warnings: outcome.warnings });
     await deps.reloadPolicy();

@@ -40,7 +40,7 @@ export function verifyRetention(key: Buffer, m: RetentionMarker): boolean {
   return expected.length === presented.length && timingSafeEqual(expected, presented);
 }
 
-const num = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
+export const num = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
 
 export async function loadRetentionMarkers(knex: Knex): Promise<RetentionMarker[]> {
   // A database migrated only as far as the audit chain has no markers to read.

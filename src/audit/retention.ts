@@ -4,7 +4,7 @@ import path from 'node:path';
 import type { Knex } from 'knex';
 import { GENESIS_HASH, OCCURRED_AT_SQL, eventHash, verifyCheckpoint, type ChainEvent } from './chain.ts';
 import { toRow } from './event.ts';
-import { signRetention, type RetentionFields } from './retention-marker.ts';
+import { num, signRetention, type RetentionFields } from './retention-marker.ts';
 import { verifyAuditChain } from './verify.ts';
 
 /** Serialises retention runs. */
@@ -14,8 +14,6 @@ const RETENTION_LOCK = 7369660;
 export class RetentionError extends Error {
   override name = 'RetentionError';
 }
-
-const num = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
 
 const PARTITION = /^audit_events_y(\d{4})m(\d{2})$/;
 

@@ -1,5 +1,5 @@
 import { parseArgs } from 'node:util';
-import { describeKey } from '../admin/key-routes.ts';
+import { describeKey, describeNew } from '../admin/key-routes.ts';
 import type { SigningAlg } from '../policy/model.ts';
 import { deriveKeys } from '../tokens/kek.ts';
 import { DEFAULT_PREPUBLISH_SECONDS, KeyOperationError, removeKey, rotateKeys } from '../tokens/key-rotation.ts';
@@ -60,7 +60,7 @@ export async function keysCommand(ctx: CliContext, argv: string[]): Promise<numb
         const delay = values.now ? 0 : values['activate-in'] !== undefined ? parseDelay(values['activate-in']) : DEFAULT_PREPUBLISH_SECONDS;
         const created = await onDatabaseOrServer(ctx,
           async (knex) => (await rotateKeys(knex, encryptionKey(), { ...(algs.length ? { algs } : {}), activateInSeconds: delay, by }))
-            .map((k): Listed => ({ kid: k.kid, alg: k.alg, activates_at: k.activatesAt.toISOString() })),
+            .map(describeNew),
           async (server) => fromServer(await callServer(server, 'POST', '/admin/v1/keys/rotation', { ...(algs.length ? { algs } : {}), activate_in: delay }), 201).keys as Listed[]);
         for (const k of created) ctx.out(`${k.alg} ${k.kid} is published now and signs from ${k.activates_at}`);
         if (delay === 0) ctx.err('The new keys sign at once: a resource server that cached the JWKS learns them only when it refetches on an unknown kid.');
@@ -73,7 +73,7 @@ export async function keysCommand(ctx: CliContext, argv: string[]): Promise<numb
         const result = await onDatabaseOrServer(ctx,
           async (knex) => {
             const r = await removeKey(knex, encryptionKey(), { kid, by });
-            return { removed: r.removed, replacement: r.replacement ? { kid: r.replacement.kid, alg: r.replacement.alg } : null };
+            return { removed: r.removed, replacement: r.replacement ? describeNew(r.replacement) : null };
           },
           async (server) => fromServer(await callServer(server, 'POST', `/admin/v1/keys/${encodeURIComponent(kid)}/removal`), 200) as { removed: string; replacement: Listed | null });
         ctx.out(`removed ${result.removed}: no longer published, and Writ refuses the tokens it signed`);

@@ -6,7 +6,7 @@ import { readJsonStream } from './json-body.ts';
 import { applyPolicyFilesWithDiff } from '../policy/versions.ts';
 import type { AdminScope } from '../policy/model.ts';
 import { PolicyApplyError } from '../policy/store.ts';
-import type { PolicyFile } from '../policy/load.ts';
+import { parseFilesBody } from '../admin/policy-version-routes.ts';
 
 export interface LocalAdminDeps {
   /** The credential `writ serve` wrote to its data dir; undefined when there is none. */
@@ -17,22 +17,6 @@ export interface LocalAdminDeps {
   secretKey: Buffer;
   /** Makes the new version take effect on this instance before answering. */
   reloadPolicy: () => Promise<void>;
-}
-
-interface ApplyBody {
-  files: PolicyFile[];
-  env: Record<string, string>;
-  message?: string;
-  appliedBy?: string;
-}
-
-function isApplyBody(v: unknown): v is ApplyBody {
-  if (!v || typeof v !== 'object') return false;
-  const b = v as Record<string, unknown>;
-  return Array.isArray(b.files)
-    && b.files.every((f) => f && typeof f === 'object' && typeof (f as PolicyFile).name === 'string' && typeof (f as PolicyFile).text === 'string')
-    && !!b.env && typeof b.env === 'object'
-    && Object.values(b.env as object).every((x) => typeof x === 'string');
 }
 
 /**
@@ -81,17 +65,20 @@ export function localAdmin(deps: LocalAdminDeps): Middleware {
       }
       return;
     }
-    if (!isApplyBody(body)) {
+    const input = parseFilesBody(body);
+    // The CLI always sends the variables its files reference, even none.
+    if (typeof input === 'string' || !Object.hasOwn(body as object, 'env')) {
       ctx.status = 400;
       ctx.body = { error: 'invalid_request', error_description: 'expected {files: [{name, text}], env: {}}' };
       return;
     }
-    const outcome = await applyPolicyFilesWithDiff(deps.knex, body.files, {
-      env: body.env,
+    const { message, appliedBy } = body as { message?: unknown; appliedBy?: unknown };
+    const outcome = await applyPolicyFilesWithDiff(deps.knex, input.files, {
+      env: input.env,
       selfIssuer: deps.selfIssuer,
       maxTtl: deps.maxTtl,
-      appliedBy: body.appliedBy ?? 'local-cli',
-      message: body.message ?? '',
+      appliedBy: typeof appliedBy === 'string' ? appliedBy : 'local-cli',
+      message: typeof message === 'string' ? message : '',
       secretKey: deps.secretKey,
     });
     if (outcome.ok) await deps.reloadPolicy();

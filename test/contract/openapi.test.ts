@@ -1117,6 +1117,10 @@ describe('openapi.yaml against a running Writ', () => {
       expect(Object.keys(broken.body as Json).sort()).toEqual(required('PolicyInvalidError'));
       const shapeless = expectDocumented('/admin/v1/policy', 'put', await send('PUT', '/admin/v1/policy', { auth, json: { files: 'nope' } }));
       expect(shapeless.status).toBe(400);
+      for (const json of [null, [], { files: policyFiles, env: { X: 1 } }]) {
+        const bad = expectDocumented('/admin/v1/policy', 'put', await send('PUT', '/admin/v1/policy', { auth, json }));
+        expect([bad.status, (bad.body as Json).error], JSON.stringify(json)).toEqual([400, 'invalid_request']);
+      }
       expect(t.writ.policy.policy.version).toBe((applied.body as Json).version);
     });
 
