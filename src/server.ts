@@ -22,7 +22,7 @@ import { introspectionHandler, revocationHandler, tokenExchangeHandler } from '.
 import { VerifiedTokenCache } from './http/introspection.ts';
 import { VerifiedSignatures } from './tokens/verified-signatures.ts';
 import { findClientMetadata } from './oauth/client-metadata.ts';
-import { createProvider } from './oauth/provider.ts';
+import { createProvider, ROUTES } from './oauth/provider.ts';
 import { Metrics, serveMetrics } from './metrics.ts';
 import { PolicyState } from './policy/state.ts';
 import { RevocationState } from './revocation/state.ts';
@@ -31,7 +31,6 @@ import { deriveKeys, type DerivedKeys } from './tokens/kek.ts';
 import { UpstreamKeys, writKeyResolver } from './tokens/key-resolver.ts';
 import { SigningKeyRing } from './tokens/signing-keys.ts';
 import { jwksRoute } from './http/jwks.ts';
-import { ROUTES } from './oauth/provider.ts';
 
 export interface Writ {
   config: Config;
