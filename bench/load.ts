@@ -3,10 +3,10 @@
  * runner for the fixed-rate target, CPU accounting from /proc, and percentiles.
  */
 import { readFileSync, readdirSync } from 'node:fs';
-import http from 'node:http';
 import os from 'node:os';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import autocannon, { type AutocannonRequest } from 'autocannon';
+import { RawPool, serialiseRequest } from './raw-http.ts';
 
 export interface LoadRequest {
   method: 'GET' | 'POST';
@@ -58,6 +58,16 @@ export interface RunResult {
    * from when a request was due, so a stall here shows up as server latency that it is not.
    */
   driver_stall_ms?: number;
+  /**
+   * Writ's open-loop runs only: its garbage-collection pauses during the run, from its own
+   * `writ_nodejs_gc_duration_seconds` (each pause holds up every request in flight).
+   */
+  gc?: { minor: GcPauses; major: GcPauses };
+}
+
+export interface GcPauses {
+  count: number;
+  mean_ms: number;
 }
 
 export function percentile(sorted: ArrayLike<number>, p: number): number {
@@ -272,10 +282,12 @@ export async function openLoop(options: {
   samples?: number[];
 }): Promise<Omit<RunResult, 'scenario' | 'server'>> {
   const target = new URL(options.url);
-  const agent = new http.Agent({ keepAlive: true, maxSockets: options.maxSockets, maxFreeSockets: options.maxSockets });
+  const pool = new RawPool(target.hostname, Number(target.port), options.maxSockets);
   const total = Math.round(options.rate * options.duration);
   const interval = 1000 / options.rate;
-  const bodies = options.request.bodies;
+  const { method, path, headers } = options.request;
+  const serialise = (body: string | undefined): Buffer => serialiseRequest({ method, host: target.host, path, headers, ...(body !== undefined ? { body } : {}) });
+  const requests = options.request.bodies.length > 0 ? options.request.bodies.map(serialise) : [serialise(undefined)];
   const latencies: number[] = [];
   let non2xx = 0;
   let ok = 0;
@@ -292,29 +304,15 @@ export async function openLoop(options: {
       if (done === total) resolve();
     };
     const fire = (due: number, index: number): void => {
-      const body = bodies.length > 0 ? bodies[index % bodies.length]! : undefined;
-      const req = http.request({
-        agent,
-        host: target.hostname,
-        port: target.port,
-        method: options.request.method,
-        path: options.request.path,
-        headers: { ...options.request.headers, ...(body !== undefined ? { 'content-length': Buffer.byteLength(body) } : {}) },
-      }, (res) => {
-        res.resume();
-        res.once('end', () => {
-          latencies.push(performance.now() - due);
-          if (res.statusCode === undefined || res.statusCode < 200 || res.statusCode >= 300) non2xx++;
-          else ok++;
-          finish();
-        });
-      });
-      req.setTimeout(10_000, () => req.destroy(new Error('timeout')));
-      req.once('error', () => {
+      pool.request(requests[index % requests.length]!).then((response) => {
+        latencies.push(performance.now() - due);
+        if (response.status < 200 || response.status >= 300) non2xx++;
+        else ok++;
+        finish();
+      }, () => {
         errors++;
         finish();
       });
-      req.end(body);
     };
     const tick = (): void => {
       const now = performance.now();
@@ -330,7 +328,7 @@ export async function openLoop(options: {
   options.samples?.push(...latencies);
   const cpu = options.cpu.end();
   stall.disable();
-  agent.destroy();
+  pool.destroy();
   return {
     mode: 'open',
     driver_stall_ms: Math.round(stall.max / 1e5) / 10,

@@ -12,6 +12,8 @@
  *                     machine has, at least 1: PostgreSQL and the load generator share the box)
  *   --only=LIST       Writ scenarios to run, of direct,chained,introspection,jwks,open,flood
  *                     (default all; the floor still runs unless --skip-floor)
+ *   --open-rates=LIST also run the open-loop direct exchange (Writ and the floor) at these rates,
+ *                     req/s, e.g. 250,500,750: where the p99 target is met on this machine
  *   --wait-quiet=S    first wait up to S seconds for the machine to be idle (< 15 % busy over
  *                     3 s): other processes on a 2-core box distort every figure
  *   --cpu-prof[=direct|chained|introspection|open|floor]
@@ -34,7 +36,7 @@ import pg from 'pg';
 import { inlineIssuerKeys } from '../src/policy/overlay.ts';
 import { formatDecideResults, runDecideBench, type DecideCaseResult } from './decide.ts';
 import { measureJitter, type Jitter } from './jitter.ts';
-import { closedLoop, CpuMeter, openLoop, summarise, type LoadRequest, type RunResult } from './load.ts';
+import { closedLoop, CpuMeter, openLoop, summarise, type GcPauses, type LoadRequest, type RunResult } from './load.ts';
 import { formatProfile, summariseProfile, type ProfileSummary } from './profile.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
@@ -71,6 +73,7 @@ const { values: args } = parseArgs({
     workers: { type: 'string' },
     'cpu-prof': { type: 'string' },
     'wait-quiet': { type: 'string' },
+    'open-rates': { type: 'string' },
   },
   allowPositionals: false,
   strict: true,
@@ -84,6 +87,9 @@ if (profileScenario !== undefined && !['direct', 'chained', 'introspection', 'op
   throw new Error('--cpu-prof takes direct, chained, introspection, open or floor');
 }
 const concurrencies = quick ? [10] : [10, 50];
+/** Open-loop rates run besides the target's (which always runs with `open`), ascending. */
+const extraRates = (args['open-rates'] ?? '').split(',').filter((r) => r.trim() !== '').map(Number).sort((a, b) => a - b);
+if (extraRates.some((r) => !Number.isInteger(r) || r < 1)) throw new Error('--open-rates takes whole numbers ≥ 1, e.g. 250,500,750');
 /** Alternating pairs of flood-victim runs (alone, under the flood), pooled for the target. */
 const floodPairs = quick ? 1 : 3;
 const SCENARIOS = ['direct', 'chained', 'introspection', 'jwks', 'open', 'flood'] as const;
@@ -253,6 +259,7 @@ interface WritProcess {
   dbUrl: string;
   issuer: string;
   secrets: Record<string, string>;
+  metricsUrl: string;
   profileDir?: string;
 }
 
@@ -277,6 +284,7 @@ async function startWrit(dbUrl: string, idp: Idp, profileDir?: string): Promise<
     ...(profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []),
     'src/main.ts', 'serve', '--apply', policyDir,
   ];
+  const metricsPort = await freePort();
   const child = spawnChild(argv, {
     DATABASE_URL: dbUrl,
     WRIT_ISSUER: issuer,
@@ -285,14 +293,42 @@ async function startWrit(dbUrl: string, idp: Idp, profileDir?: string): Promise<
     WRIT_DATA_DIR: dataDir,
     WRIT_KEK: randomBytes(32).toString('base64'),
     WRIT_WORKERS: String(workers),
-    WRIT_METRICS_ADDR: `127.0.0.1:${await freePort()}`,
+    WRIT_METRICS_ADDR: `127.0.0.1:${metricsPort}`,
     LOG_LEVEL: 'warn',
     ...secrets,
   });
   child.process.once('exit', () => rmSync(dataDir, { recursive: true, force: true }));
   const url = `http://127.0.0.1:${port}`;
   await waitFor(`${url}/readyz`, child, 60_000);
-  return { dbUrl, child, url, issuer, secrets, ...(profileDir ? { profileDir } : {}) };
+  return { dbUrl, child, url, issuer, secrets, metricsUrl: `http://127.0.0.1:${metricsPort}/metrics`, ...(profileDir ? { profileDir } : {}) };
+}
+
+type GcTotals = Record<'minor' | 'major', { count: number; seconds: number }>;
+
+/** Writ's cumulative GC pauses by kind, from its metrics listener. */
+async function gcTotals(writ: WritProcess): Promise<GcTotals> {
+  const text = await (await fetch(writ.metricsUrl)).text();
+  const read = (kind: string, stat: 'sum' | 'count'): number => {
+    const match = new RegExp(`^writ_nodejs_gc_duration_seconds_${stat}\\{kind="${kind}"\\} (\\S+)$`, 'm').exec(text);
+    return match ? Number(match[1]) : 0;
+  };
+  return {
+    minor: { count: read('minor', 'count'), seconds: read('minor', 'sum') },
+    major: { count: read('major', 'count'), seconds: read('major', 'sum') },
+  };
+}
+
+/** An open-loop run against Writ, with the GC pauses it saw during the run. */
+async function openLoopWithGc(writ: WritProcess, options: Parameters<typeof openLoop>[0]): Promise<Omit<RunResult, 'scenario' | 'server'>> {
+  const before = await gcTotals(writ);
+  const result = await openLoop(options);
+  const after = await gcTotals(writ);
+  const pauses = (kind: keyof GcTotals): GcPauses => {
+    const count = after[kind].count - before[kind].count;
+    const seconds = after[kind].seconds - before[kind].seconds;
+    return { count, mean_ms: count > 0 ? Math.round((seconds / count) * 10_000) / 10 : 0 };
+  };
+  return { ...result, gc: { minor: pauses('minor'), major: pauses('major') } };
 }
 
 async function exchangeOnce(writ: WritProcess, auth: string, body: string): Promise<string> {
@@ -386,7 +422,7 @@ const results: RunResult[] = [];
 function record(server: RunResult['server'], scenario: string, result: Omit<RunResult, 'scenario' | 'server'>): void {
   const row = { server, scenario, ...result };
   results.push(row);
-  log(`  ${server} ${scenario} ${row.mode} c=${row.connections}${row.offered ? ` @${row.offered}/s` : ''}: ${row.rps} req/s, p50 ${row.latency_ms.p50} ms, p99 ${row.latency_ms.p99} ms, non-2xx ${row.non2xx}, errors ${row.errors}${row.driver_stall_ms !== undefined ? `, load generator stalled up to ${row.driver_stall_ms} ms` : ''}${row.cpu_percent.kdamond !== null ? `, kdamond ${row.cpu_percent.kdamond}% of a core` : ''}`);
+  log(`  ${server} ${scenario} ${row.mode} c=${row.connections}${row.offered ? ` @${row.offered}/s` : ''}: ${row.rps} req/s, p50 ${row.latency_ms.p50} ms, p99 ${row.latency_ms.p99} ms, non-2xx ${row.non2xx}, errors ${row.errors}${row.driver_stall_ms !== undefined ? `, load generator stalled up to ${row.driver_stall_ms} ms` : ''}${row.cpu_percent.kdamond !== null ? `, kdamond ${row.cpu_percent.kdamond}% of a core` : ''}${row.gc ? `, GC pauses ${row.gc.minor.count} minor (mean ${row.gc.minor.mean_ms} ms), ${row.gc.major.count} major (mean ${row.gc.major.mean_ms} ms)` : ''}`);
 }
 
 /**
@@ -463,8 +499,14 @@ async function benchWrit(writ: WritProcess, idp: Idp): Promise<void> {
     for (const connections of concurrencies) record('writ', 'jwks', await closedLoop({ url, request: jwks, connections, duration, cpu }));
   }
 
-  if (want('open')) await settle();
-  if (want('open')) record('writ', 'direct exchange', await openLoop({ url, request: direct, rate: TARGETS.rate, duration, maxSockets: 64, cpu }));
+  if (want('open')) {
+    for (const rate of extraRates.filter((r) => r !== TARGETS.rate)) {
+      await settle();
+      record('writ', 'direct exchange', await openLoopWithGc(writ, { url, request: direct, rate, duration, maxSockets: 64, cpu }));
+    }
+    await settle();
+    record('writ', 'direct exchange', await openLoopWithGc(writ, { url, request: direct, rate: TARGETS.rate, duration, maxSockets: 64, cpu }));
+  }
   if (want('open') && !quick) await settle();
   if (want('open') && !quick) record('writ', 'direct exchange', await closedLoop({ url, request: direct, connections: 10, duration, overallRate: TARGETS.rate, cpu }));
   if (!want('flood')) return;
@@ -509,6 +551,9 @@ async function benchFloor(dbUrl: string, idp: Idp, audience: string, subjects: L
     log(`warm-up (${quick ? 1 : 3} s)`);
     await closedLoop({ url, request, connections: 10, duration: quick ? 1 : 3, cpu });
     for (const connections of concurrencies) record('floor', 'direct exchange', await closedLoop({ url, request, connections, duration, cpu }));
+    for (const rate of extraRates.filter((r) => r !== TARGETS.rate)) {
+      record('floor', 'direct exchange', await openLoop({ url, request, rate, duration, maxSockets: 64, cpu }));
+    }
     record('floor', 'direct exchange', await openLoop({ url, request, rate: TARGETS.rate, duration, maxSockets: 64, cpu }));
   } finally {
     await stopChild(child);
@@ -565,7 +610,7 @@ function evaluateTargets(decideResults: DecideCaseResult[]): TargetResult[] {
       pass: ratio >= TARGETS.floorRatio,
     });
   }
-  const paced = results.find((r) => r.server === 'writ' && r.scenario === 'direct exchange' && r.mode === 'open');
+  const paced = results.find((r) => r.server === 'writ' && r.scenario === 'direct exchange' && r.mode === 'open' && r.offered === TARGETS.rate);
   if (paced) {
     const kept = paced.rps >= TARGETS.rate * 0.98 && paced.errors === 0 && paced.non2xx === 0;
     out.push({
@@ -721,7 +766,7 @@ async function main(): Promise<void> {
       machine: { cpus: os.cpus().length, cpu_model: os.cpus()[0]?.model ?? null, memory_gb: Math.round(os.totalmem() / 2 ** 30), loadavg_before: loadBefore },
       node: process.version,
       postgres: pgVersion,
-      settings: { duration_s: duration, concurrencies, quick, open_loop_rate: TARGETS.rate, writ_workers: workers },
+      settings: { duration_s: duration, concurrencies, quick, open_loop_rate: TARGETS.rate, extra_open_loop_rates: extraRates, writ_workers: workers },
       machine_jitter: jitter,
       results,
       decide: decideResults,
