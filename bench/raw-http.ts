@@ -41,7 +41,7 @@ export function serialiseRequest(options: {
 class Connection {
   private readonly socket: net.Socket;
   private buffer: Buffer = Buffer.alloc(0);
-  private pending: { resolve: (r: RawResponse) => void; reject: (e: Error) => void } | undefined;
+  private pending: { resolve: (r: RawResponse) => void; reject: (e: Error) => void; timer: NodeJS.Timeout } | undefined;
   readonly ready: Promise<void>;
   closed = false;
 
@@ -60,34 +60,25 @@ class Connection {
   send(request: Buffer, timeoutMs: number): Promise<RawResponse> {
     if (this.closed) return Promise.reject(new Error('connection closed'));
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.fail(new Error('timeout'));
-        this.socket.destroy();
-      }, timeoutMs);
-      this.pending = {
-        resolve: (response) => {
-          clearTimeout(timer);
-          resolve(response);
-        },
-        reject: (error) => {
-          clearTimeout(timer);
-          reject(error);
-        },
-      };
+      this.pending = { resolve, reject, timer: setTimeout(() => this.fail(new Error('timeout')), timeoutMs) };
       this.socket.write(request);
     });
   }
 
   close(): void {
-    this.closed = true;
-    this.socket.destroy();
+    this.fail(new Error('connection closed'));
   }
 
+  /** Closes the connection for good; a request waiting on it fails with `error`. */
   private fail(error: Error): void {
     this.closed = true;
+    this.socket.destroy();
     const pending = this.pending;
     this.pending = undefined;
-    pending?.reject(error);
+    if (pending) {
+      clearTimeout(pending.timer);
+      pending.reject(error);
+    }
   }
 
   private onData(chunk: Buffer): void {
@@ -96,21 +87,16 @@ class Connection {
     if (end < 0) return;
     const head = this.buffer.subarray(0, end).toString('latin1');
     const length = contentLength(head);
-    if (length === undefined) {
-      this.fail(new Error('response without Content-Length'));
-      this.socket.destroy();
-      return;
-    }
+    if (length === undefined) return this.fail(new Error('response without Content-Length'));
     if (this.buffer.length < end + 4 + length) return;
-    if (this.buffer.length > end + 4 + length) {
-      this.fail(new Error('bytes after the response'));
-      this.socket.destroy();
-      return;
-    }
+    if (this.buffer.length > end + 4 + length) return this.fail(new Error('bytes after the response'));
     this.buffer = Buffer.alloc(0);
     const pending = this.pending;
     this.pending = undefined;
-    pending?.resolve({ status: Number(head.slice(9, 12)) });
+    if (pending) {
+      clearTimeout(pending.timer);
+      pending.resolve({ status: Number(head.slice(9, 12)) });
+    }
   }
 }
 
@@ -138,8 +124,7 @@ export class RawPool {
       return response;
     } catch (error) {
       connection.close();
-      this.all.delete(connection);
-      this.handOff();
+      this.retire(connection);
       throw error;
     }
   }
@@ -172,18 +157,15 @@ export class RawPool {
   }
 
   private release(connection: Connection): void {
-    if (connection.closed) {
-      this.all.delete(connection);
-      this.handOff();
-      return;
-    }
+    if (connection.closed) return this.retire(connection);
     const next = this.waiting.shift();
     if (next) next.resolve(connection);
     else this.idle.push(connection);
   }
 
   /** A connection went away: the next waiting request gets a new one. */
-  private handOff(): void {
+  private retire(connection: Connection): void {
+    this.all.delete(connection);
     const next = this.waiting.shift();
     if (next) this.open().then(next.resolve, next.reject);
   }

@@ -90,6 +90,8 @@ const concurrencies = quick ? [10] : [10, 50];
 /** Open-loop rates run besides the target's (which always runs with `open`), ascending. */
 const extraRates = (args['open-rates'] ?? '').split(',').filter((r) => r.trim() !== '').map(Number).sort((a, b) => a - b);
 if (extraRates.some((r) => !Number.isInteger(r) || r < 1)) throw new Error('--open-rates takes whole numbers ≥ 1, e.g. 250,500,750');
+/** Every open-loop rate, the target's last. */
+const openRates = [...extraRates.filter((r) => r !== TARGETS.rate), TARGETS.rate];
 /** Alternating pairs of flood-victim runs (alone, under the flood), pooled for the target. */
 const floodPairs = quick ? 1 : 3;
 const SCENARIOS = ['direct', 'chained', 'introspection', 'jwks', 'open', 'flood'] as const;
@@ -499,13 +501,9 @@ async function benchWrit(writ: WritProcess, idp: Idp): Promise<void> {
     for (const connections of concurrencies) record('writ', 'jwks', await closedLoop({ url, request: jwks, connections, duration, cpu }));
   }
 
-  if (want('open')) {
-    for (const rate of extraRates.filter((r) => r !== TARGETS.rate)) {
-      await settle();
-      record('writ', 'direct exchange', await openLoopWithGc(writ, { url, request: direct, rate, duration, maxSockets: 64, cpu }));
-    }
+  if (want('open')) for (const rate of openRates) {
     await settle();
-    record('writ', 'direct exchange', await openLoopWithGc(writ, { url, request: direct, rate: TARGETS.rate, duration, maxSockets: 64, cpu }));
+    record('writ', 'direct exchange', await openLoopWithGc(writ, { url, request: direct, rate, duration, maxSockets: 64, cpu }));
   }
   if (want('open') && !quick) await settle();
   if (want('open') && !quick) record('writ', 'direct exchange', await closedLoop({ url, request: direct, connections: 10, duration, overallRate: TARGETS.rate, cpu }));
@@ -551,10 +549,7 @@ async function benchFloor(dbUrl: string, idp: Idp, audience: string, subjects: L
     log(`warm-up (${quick ? 1 : 3} s)`);
     await closedLoop({ url, request, connections: 10, duration: quick ? 1 : 3, cpu });
     for (const connections of concurrencies) record('floor', 'direct exchange', await closedLoop({ url, request, connections, duration, cpu }));
-    for (const rate of extraRates.filter((r) => r !== TARGETS.rate)) {
-      record('floor', 'direct exchange', await openLoop({ url, request, rate, duration, maxSockets: 64, cpu }));
-    }
-    record('floor', 'direct exchange', await openLoop({ url, request, rate: TARGETS.rate, duration, maxSockets: 64, cpu }));
+    for (const rate of openRates) record('floor', 'direct exchange', await openLoop({ url, request, rate, duration, maxSockets: 64, cpu }));
   } finally {
     await stopChild(child);
   }
