@@ -19,9 +19,11 @@
 import { randomUUID } from 'node:crypto';
 import * as querystring from 'node:querystring';
 import type { IncomingMessage } from 'node:http';
-import { generateKeyPair, importJWK, jwtVerify, SignJWT, type CryptoKey, type JWK } from 'jose';
+import { CompactSign, generateKeyPair, importJWK, jwtVerify, type CryptoKey, type JWK } from 'jose';
 import Koa from 'koa';
 import pg from 'pg';
+
+const encoder = new TextEncoder();
 
 const LIMIT = 56 * 1024;
 
@@ -109,15 +111,13 @@ export async function startFloor(options: {
     const exp = now + 120;
     const jti = randomUUID();
     const act = { sub: 'planner-agent' };
-    const accessToken = await new SignJWT({
-      sub: claims.sub as string,
-      sub_id: { format: 'iss_sub', iss: claims.iss, sub: claims.sub },
-      client_id: 'planner-agent',
-      scope: 'payment.read',
-      act,
-    }).setProtectedHeader({ alg: 'ES256', typ: 'at+jwt', kid })
-      .setIssuer(selfIssuer).setAudience(form.audience).setIssuedAt(now).setExpirationTime(exp).setJti(jti)
-      .sign(signKey);
+    // Signed as Writ signs (jose's CompactSign over claims built here), so neither pays for
+    // SignJWT's copy of the claims.
+    const accessToken = await new CompactSign(encoder.encode(JSON.stringify({
+      iss: selfIssuer, sub: claims.sub as string, aud: form.audience, iat: now, exp, jti,
+      client_id: 'planner-agent', scope: 'payment.read',
+      sub_id: { format: 'iss_sub', iss: claims.iss, sub: claims.sub }, act,
+    }))).setProtectedHeader({ alg: 'ES256', typ: 'at+jwt', kid }).sign(signKey);
     await pool.query(
       'INSERT INTO floor_audit (jti, event_type, client_id, subject, occurred_at, expires_at, details) VALUES ($1, $2, $3, $4, to_timestamp($5), to_timestamp($6), $7)',
       [jti, 'exchange.granted', 'planner-agent', `${String(claims.iss)}|${String(claims.sub)}`, now, exp,

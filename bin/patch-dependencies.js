@@ -5,9 +5,9 @@
 // A patch names the exact version it was written for and the exact text it replaces. If the
 // installed version or text is anything else the install fails, so an upgrade is reviewed
 // rather than silently left unpatched. Running it again on patched files changes nothing.
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, realpathSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { fileURLToPath } from 'node:url';
 
 /**
  * @typedef {object} Patch
@@ -46,7 +46,9 @@ export const PATCHES = [
   const provider = this;
   const OIDC_CONTEXT = Symbol('oidc context');
   function oidcContext() {
-    this[OIDC_CONTEXT] ||= new provider.OIDCContext(this);
+    if (!Object.hasOwn(this, OIDC_CONTEXT)) {
+      Object.defineProperty(this, OIDC_CONTEXT, { value: new provider.OIDCContext(this) });
+    }
     return this[OIDC_CONTEXT];
   }
   const ensureOIDC = async (ctx, next) => {
@@ -93,8 +95,11 @@ export function applyPatches(nodeModules) {
   });
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(path.resolve(process.argv[1])).href) {
-  const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+// Run as a command (npm's postinstall), not when a test imports it. Both sides are resolved
+// through symlinks: a linked checkout must not skip the patch silently.
+const self = realpathSync(fileURLToPath(import.meta.url));
+if (process.argv[1] && realpathSync(path.resolve(process.argv[1])) === self) {
+  const root = path.resolve(path.dirname(self), '..');
   try {
     for (const line of applyPatches(path.join(root, 'node_modules'))) process.stdout.write(`${line}\n`);
   } catch (err) {

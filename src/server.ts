@@ -22,6 +22,7 @@ import { introspectionHandler, revocationHandler, tokenExchangeHandler } from '.
 import { VerifiedTokenCache } from './http/introspection.ts';
 import { VerifiedSignatures } from './tokens/verified-signatures.ts';
 import { findClientMetadata } from './oauth/client-metadata.ts';
+import { requestContextPatched } from './oauth/internals.ts';
 import { createProvider, ROUTES } from './oauth/provider.ts';
 import { Metrics, serveMetrics } from './metrics.ts';
 import { PolicyState } from './policy/state.ts';
@@ -121,6 +122,9 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
     };
     const introspected = new VerifiedTokenCache();
     keys.onChange(() => introspected.clear());
+    if (!requestContextPatched()) {
+      logger.warn('oidc-provider is not patched (installed with --ignore-scripts?): finished requests stay in memory until a full GC; run npm ci');
+    }
     const provider = createProvider({
       issuer: config.issuer,
       keys: keys.current(),

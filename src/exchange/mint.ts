@@ -66,6 +66,10 @@ export async function mint(grant: Grant, issuer: string, clientId: string, keys:
   const key = keys.active.get(grant.signingAlg);
   if (!key) throw new Error(`no active ${grant.signingAlg} signing key`);
   const claims = buildClaims(grant, issuer, clientId, newJti());
+  // JSON would write a NaN lifetime as null, a token that never expires: refuse it here too.
+  if (!Number.isFinite(claims.iat) || !Number.isFinite(claims.exp) || claims.exp <= claims.iat) {
+    throw new Error(`refusing to sign a token with iat ${claims.iat} and exp ${claims.exp}`);
+  }
   // The claims are built and typed here, so jose's JWT layer (SignJWT) has nothing to check;
   // it would also deep-copy them (structuredClone) and keep the copy in a WeakMap per token.
   const jwt = await new CompactSign(encoder.encode(JSON.stringify(claims)))

@@ -9,6 +9,8 @@
  * exact version, `installStructuredTokenHandlers` checks the shape it expects and throws at
  * start if an upgrade changed it, and test/contract/oidc-provider-internals.test.ts covers it.
  */
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import type { Middleware, ParameterizedContext } from 'koa';
 // @ts-expect-error deep imports of the pinned version; their shape is asserted below.
 import introspectionAction from 'oidc-provider/lib/actions/introspection.js';
@@ -88,4 +90,14 @@ export function patchStructuredTokenActions(): void {
 /** Writ's introspection and revocation handlers for one provider. */
 export function registerStructuredTokenHandlers(provider: object, handlers: StructuredTokenHandlers): void {
   byProvider.set(provider, handlers);
+}
+
+/**
+ * Whether bin/patch-dependencies.js's change to oidc-provider's request context is installed.
+ * An install with `--ignore-scripts` lacks it: Writ works, but keeps every finished request in
+ * memory until the next full garbage collection, so the server says so at start.
+ */
+export function requestContextPatched(): boolean {
+  const file = fileURLToPath(import.meta.resolve('oidc-provider/lib/helpers/initialize_app.js'));
+  return readFileSync(file, 'utf8').includes('Patched by Writ (bin/patch-dependencies.js)');
 }

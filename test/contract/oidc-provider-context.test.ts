@@ -5,6 +5,9 @@ import Koa from 'koa';
 import mount from 'koa-mount';
 import Provider from 'oidc-provider';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+// @ts-expect-error plain JavaScript run by npm at install.
+import { PATCHES } from '../../bin/patch-dependencies.js';
+import { requestContextPatched } from '../../src/oauth/internals.ts';
 
 /**
  * bin/patch-dependencies.js gives oidc-provider's `ctx.oidc` one getter for every request (a
@@ -56,5 +59,11 @@ describe('oidc-provider request context (as patched)', () => {
     expect(a.again).toBe(a.first);
     expect(b.first).not.toBe(a.first);
     expect(a.route).toBe('discovery');
+  });
+
+  it('is what the server checks at start (it warns when the patch is missing)', () => {
+    expect(requestContextPatched()).toBe(true);
+    // The server looks for the patch's own marker line.
+    expect((PATCHES as Array<{ to: string }>)[0]!.to).toContain('Patched by Writ (bin/patch-dependencies.js)');
   });
 });

@@ -1,4 +1,5 @@
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -57,6 +58,32 @@ describe('bin/patch-dependencies.js', () => {
       expect(() => patch(p.from.replace('ctx', 'context'), p)).toThrow(/not there exactly once/);
       expect(() => patch(`${p.from}\n${p.from}`, p)).toThrow(/not there exactly once/);
     }
+  });
+
+  it('runs as npm runs it, through a symlinked path too, and fails the install on another version', () => {
+    const script = path.resolve(import.meta.dirname, '../../bin/patch-dependencies.js');
+    const project = (version: (p: Patch) => string): string => {
+      const root = mkdtempSync(path.join(os.tmpdir(), 'writ-patch-project-'));
+      dirs.push(root);
+      mkdirSync(path.join(root, 'bin'));
+      copyFileSync(script, path.join(root, 'bin', 'patch-dependencies.js'));
+      const nodeModules = fakeNodeModules(version, (p) => p.from);
+      symlinkSync(nodeModules, path.join(root, 'node_modules'));
+      return root;
+    };
+
+    const ok = project((p) => p.version);
+    const link = path.join(ok, 'linked-patch.js');
+    symlinkSync(path.join(ok, 'bin', 'patch-dependencies.js'), link);
+    const run = spawnSync(process.execPath, [link], { cwd: ok, encoding: 'utf8' });
+    expect(run.status).toBe(0);
+    expect(run.stdout).toContain(': patched');
+    for (const p of patches) expect(readFileSync(path.join(ok, 'node_modules', p.pkg, p.file), 'utf8')).toBe(p.to);
+
+    const stale = project((p) => `${p.version}-next`);
+    const refused = spawnSync(process.execPath, ['bin/patch-dependencies.js'], { cwd: stale, encoding: 'utf8' });
+    expect(refused.status).toBe(1);
+    expect(refused.stderr).toMatch(/the patch is for/);
   });
 
   it('is in effect in the installed packages', () => {
