@@ -300,6 +300,23 @@ describe.each(backends)('tamper-evident audit log on $backend', ({ embedded }) =
     ]);
   });
 
+  it('seals only events older than the grace, in id order: a young event holds back older ones after it', async () => {
+    const passes = await tampered(knex, async (trx) => {
+      const inTrx = new AuditSealer(trx, { checkpointKey: key, logger: captureLogger([]), graceMs: 0 });
+      while ((await inTrx.sealOnce({ graceMs: 0 })) > 0) { /* a clean head */ }
+      const minuteAgo = new Date(Date.now() - 60_000);
+      // Ids in this order: a minute old, just now, a minute old. (Inserted with the triggers off,
+      // so that this open transaction leaves no in-flight marker, which would hold the sealer.)
+      await trx('audit_events').insert({ type: 'key.generated', outcome: 'ok', details: '{}', occurred_at: minuteAgo });
+      await trx('audit_events').insert({ type: 'key.generated', outcome: 'ok', details: '{}' });
+      await trx('audit_events').insert({ type: 'key.generated', outcome: 'ok', details: '{}', occurred_at: minuteAgo });
+      const withGrace = [await inTrx.sealOnce({ graceMs: 30_000 }), await inTrx.sealOnce({ graceMs: 30_000 })];
+      return [...withGrace, await inTrx.sealOnce({ graceMs: 0 }), (await verifyAuditChain(trx, key)).problems.length];
+    });
+    // The first alone; nothing while the young one is within the grace; then both, in order.
+    expect(passes).toEqual([1, 0, 2, 0]);
+  });
+
   it('leaves events sharing an id unsealed, and names them once the chain moves past', async () => {
     const lines: string[] = [];
     const { sealedNow, r, id } = await tampered(knex, async (trx) => {
