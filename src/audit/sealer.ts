@@ -359,35 +359,32 @@ async function readHead(knex: Knex): Promise<Head | undefined> {
   return { seq: Number(row.seq), id: Number(row.event_id), hash: row.hash, occurredMs };
 }
 
-/**
- * Unsealed events above the head's event id, in id order: a range scan of each partition's
- * primary key (id, occurred_at). Above the head nothing is sealed unless the chain was
- * tampered with out of id order; the anti-join keeps such an event from being sealed twice.
- * Its bound on c.event_id keeps it to the chain rows above the head too (none, normally):
- * PostgreSQL would otherwise hash the whole of audit_chain on every pass.
- */
-/**
- * The events above the head that this pass may seal, in id order. The pass stops at the first
- * in-flight id or the first event younger than the grace, so the read stops there too: at
- * 1,000 exchanges/s an unbounded read returned each event 3–4 times (every 200 ms pass within
- * its 500 ms grace) for the main thread to parse. The loop in sealOnce still checks both.
- */
 const MAX_BIGINT = '9223372036854775807';
 
+/**
+ * The unsealed events above the head's event id that this pass may seal, in id order: a range
+ * scan of each partition's primary key (id, occurred_at). Above the head nothing is sealed
+ * unless the chain was tampered with out of id order; the anti-join keeps such an event from
+ * being sealed twice. Its bound on c.event_id keeps it to the chain rows above the head too
+ * (none, normally): PostgreSQL would otherwise hash the whole of audit_chain on every pass.
+ *
+ * A pass stops at the first in-flight id or the first event younger than the grace, so the read
+ * stops there too: unbounded, at 1,000 exchanges/s it returned each event 3–4 times (a pass
+ * every 200 ms, a 500 ms grace) for the main thread to parse. sealOnce still checks both.
+ */
 async function readCandidates(
   knex: Knex, headId: number, limit: number, stop: { watermark: number; youngFromMs: number },
 ): Promise<CandidateRow[]> {
-  const below = Number.isFinite(stop.watermark) ? String(stop.watermark) : null;
+  const below = Number.isFinite(stop.watermark) ? String(stop.watermark) : MAX_BIGINT;
   const result = await knex.raw<{ rows: CandidateRow[] }>(`
     SELECT e.id, ${OCCURRED_AT_SQL} AS occurred_at, extract(epoch FROM e.occurred_at) * 1000 AS occurred_ms,
       e.type, e.outcome, e.reason, e.request_id, e.client_id, e.jti, e.parent_jti, e.task_id, e.subject, e.audience,
       e.policy_version, e.details
     FROM audit_events e
     WHERE e.id > ? AND NOT EXISTS (SELECT 1 FROM audit_chain c WHERE c.event_id = e.id AND c.event_id > ?)
-      AND e.id < LEAST(
-        coalesce(?::bigint, ${MAX_BIGINT}),
-        coalesce((SELECT min(y.id) FROM audit_events y
-          WHERE y.id > ? AND y.occurred_at >= to_timestamp(?::double precision / 1000)), ${MAX_BIGINT}))
+      AND e.id < ?::bigint
+      AND e.id < coalesce((SELECT min(y.id) FROM audit_events y
+        WHERE y.id > ? AND y.occurred_at >= to_timestamp(?::double precision / 1000)), ${MAX_BIGINT})
     ORDER BY e.id, e.occurred_at LIMIT ?`, [headId, headId, below, headId, stop.youngFromMs, limit]);
   return result.rows;
 }
