@@ -53,10 +53,16 @@ export interface AuditRow extends AuditTextColumns {
   details: string;
 }
 
+/** An event's columns with `details` still a value, for an event that travels inside a larger JSON document. */
+export interface AuditColumns extends AuditTextColumns {
+  policy_version: number | null;
+  details: unknown;
+}
+
 /** Request-derived values may hold what PostgreSQL cannot store: they are recorded, made storable. */
 const text = (v: string | null | undefined): string | null => (v === null || v === undefined ? null : storableText(v));
 
-export function toRow(e: AuditEvent): AuditRow {
+export function toColumns(e: AuditEvent): AuditColumns {
   return {
     type: e.type,
     outcome: e.outcome,
@@ -69,8 +75,13 @@ export function toRow(e: AuditEvent): AuditRow {
     subject: text(e.subject),
     audience: text(e.audience),
     policy_version: e.policyVersion ?? null,
-    details: JSON.stringify(storableJson(e.details ?? {})),
+    details: storableJson(e.details ?? {}),
   };
+}
+
+export function toRow(e: AuditEvent): AuditRow {
+  const columns = toColumns(e);
+  return { ...columns, details: JSON.stringify(columns.details) };
 }
 
 export const AUDIT_COLUMNS = [

@@ -196,13 +196,16 @@ export async function exchange(deps: ExchangeDeps, call: ExchangeCall): Promise<
           kid: minted.kid,
         },
       },
-      deniedIfParentRevoked: {
-        ...common,
-        type: 'exchange.denied',
-        outcome: 'denied',
-        reason: 'parent_revoked',
-        details: { detail: 'the parent token was revoked while this exchange ran', rule: grant.ruleId },
-      },
+      // Only a chained grant can find its parent revoked when it commits.
+      ...(grant.parentJti !== null ? {
+        deniedIfParentRevoked: {
+          ...common,
+          type: 'exchange.denied',
+          outcome: 'denied',
+          reason: 'parent_revoked',
+          details: { detail: 'the parent token was revoked while this exchange ran', rule: grant.ruleId },
+        },
+      } : {}),
     }).catch((err: unknown) => {
       throw new StorageUnavailable((err as Error).message);
     });

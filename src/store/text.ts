@@ -20,6 +20,19 @@ export function storableJson<T>(value: T): T {
   return value;
 }
 
+/**
+ * The escapes PostgreSQL's json and jsonb cannot turn into text: U+0000 and unpaired surrogates
+ * (JSON.stringify writes those as `\udXXX`). An escaped backslash followed by such letters
+ * matches too, and only costs the slower path.
+ */
+const UNSTORABLE_ESCAPE = /\\u(?:0000|d[89a-f])/i;
+
+/** `JSON.stringify(storableJson(value))`, without copying the value when nothing in it needs it. */
+export function storableJsonText(value: unknown): string {
+  const json = JSON.stringify(value);
+  return UNSTORABLE_ESCAPE.test(json) ? JSON.stringify(storableJson(value)) : json;
+}
+
 /** Identifiers (subjects, targets) must be plain text: no control characters, no broken UTF-16. */
 export function isPlainText(value: string): boolean {
   return value.isWellFormed() && !/[\u0000-\u001F\u007F]/.test(value);

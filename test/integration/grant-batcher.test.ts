@@ -27,9 +27,11 @@ function grant(parentJti: string | null, n: number): GrantRecord {
       policyVersion: 1, iat: now, exp: now + 300,
     },
     granted: { ...common, type: 'exchange.granted', outcome: 'granted', jti, details: { rule: 'r1', n } },
-    deniedIfParentRevoked: {
-      ...common, type: 'exchange.denied', outcome: 'denied', reason: 'parent_revoked', details: { rule: 'r1', n },
-    },
+    ...(parentJti ? {
+      deniedIfParentRevoked: {
+        ...common, type: 'exchange.denied', outcome: 'denied', reason: 'parent_revoked', details: { rule: 'r1', n },
+      } satisfies AuditEvent,
+    } : {}),
   };
 }
 
@@ -100,6 +102,43 @@ describe.each(backends)('group commit of grants and refusals on $backend', ({ em
     expect(events.sort()).toEqual(['req-200', 'req-202', 'req-203']);
   });
 
+  it('stores what PostgreSQL cannot hold as U+FFFD, in a batch as alone', async () => {
+    const batcher = new GrantBatcher(db.knex, { maxInFlight: 1, isStorageError });
+    // Upstream claims and audit details are made storable before they are sent; the batch's
+    // JSON is checked as a whole too, so a value that reached it unchecked cannot fail the batch.
+    const odd = (n: number): GrantRecord => {
+      const r = grant(null, n);
+      r.lineage.root = { ...r.lineage.root, claims: { 'na\u0000me': 'x\ud800y', list: ['\u0000'] } };
+      r.lineage.scopes = ['payments:\udc00read'];
+      r.granted.details = { note: 'a\u0000b\ud83d' };
+      return r;
+    };
+    const records = [odd(400), odd(401), odd(402)];
+    expect(await Promise.all(records.map((r) => batcher.record(r)))).toEqual([true, true, true]);
+    const lineage = await db.knex('token_lineage').whereIn('jti', records.map((r) => r.lineage.jti)).select('root_claims', 'scopes');
+    expect(lineage).toHaveLength(3);
+    for (const l of lineage) {
+      expect(l.root_claims).toEqual({ 'na\uFFFDme': 'x\uFFFDy', list: ['\uFFFD'] });
+      expect(l.scopes).toEqual(['payments:\uFFFDread']);
+    }
+    const details = await db.knex('audit_events').whereIn('request_id', ['req-400', 'req-401', 'req-402']).pluck('details');
+    expect(details).toEqual([0, 1, 2].map(() => ({ note: 'a\uFFFDb\uFFFD' })));
+  });
+
+  it('refuses a chained grant that has no denial to record, and sends nothing for it', async () => {
+    const batcher = new GrantBatcher(db.knex, { maxInFlight: 1, isStorageError });
+    const parent = grant(null, 500);
+    expect(await batcher.record(parent)).toBe(true);
+    const child = grant(parent.lineage.jti, 501);
+    delete child.deniedIfParentRevoked;
+    await expect(batcher.record(child)).rejects.toThrow(/no denial/);
+    const [alone, inBatch] = [grant(parent.lineage.jti, 502), grant(parent.lineage.jti, 503)];
+    delete inBatch.deniedIfParentRevoked;
+    const settled = await Promise.allSettled([grant(null, 504), alone, inBatch].map((r) => batcher.record(r)));
+    expect(settled.map((s) => s.status)).toEqual(['fulfilled', 'fulfilled', 'rejected']);
+    expect(await db.knex('token_lineage').whereIn('jti', [child, alone, inBatch].map((r) => r.lineage.jti)).pluck('jti')).toEqual([alone.lineage.jti]);
+  });
+
   const denial = (n: number, policyVersion: unknown = 1): AuditEvent => ({
     type: 'exchange.denied', outcome: 'denied', reason: 'no_rule', requestId: `deny-${embedded}-${n}`, clientId: 'flood-agent',
     subject: 'https://idp.example.com|alice', audience: 'https://payments.example.com', policyVersion: policyVersion as number, details: { n },
@@ -143,7 +182,8 @@ describe('the grants statement under a cached generic plan (PostgreSQL)', () => 
     const plan = await db.knex.transaction(async (trx) => {
       await trx.raw('SET LOCAL plan_cache_mode = force_generic_plan');
       await trx.raw(`PREPARE probe_grants AS ${RECORD_GRANTS.text.replace(/\?/g, '\\?')}`);
-      const nulls = RECORD_GRANTS.text.match(/\$\d+/g)!.map(() => 'NULL').slice(0, 26).join(', ');
+      const parameters = new Set(RECORD_GRANTS.text.match(/\$\d+/g));
+      const nulls = [...parameters].map(() => 'NULL').join(', ');
       const { rows } = await trx.raw<{ rows: Array<{ 'QUERY PLAN': string }> }>(`EXPLAIN EXECUTE probe_grants(${nulls})`);
       await trx.raw('DEALLOCATE probe_grants');
       return rows.map((r) => r['QUERY PLAN']).join('\n');
