@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
   GENESIS_HASH, canonicalEvent, chainHash, checkpointMessage, checkpointsFromNdjson, eventHash, occurredAtIso,
@@ -25,6 +26,71 @@ const event = (over: Partial<ChainEvent> = {}): ChainEvent => ({
 });
 
 const key = deriveKeys(Buffer.alloc(32, 7)).auditCheckpoint;
+
+/**
+ * The chain's definition, written plainly: stable JSON (keys sorted by code unit, undefined members
+ * dropped) of the event's columns and its position. Events chained by earlier releases were hashed
+ * over exactly these bytes, so the sealer's faster writing of them must not differ by one.
+ */
+function referenceStableJson(value: unknown): string {
+  if (value === null || value === undefined) return 'null';
+  if (Array.isArray(value)) return `[${value.map((v) => (v === undefined ? 'null' : referenceStableJson(v))).join(',')}]`;
+  if (typeof value === 'object') {
+    if (value instanceof Date) return JSON.stringify(value.toISOString());
+    const entries = Object.entries(value as Record<string, unknown>)
+      .filter(([, v]) => v !== undefined)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${referenceStableJson(v)}`).join(',')}}`;
+  }
+  if (typeof value === 'bigint') return value.toString();
+  if (typeof value === 'number' && !Number.isFinite(value)) return 'null';
+  return JSON.stringify(value);
+}
+
+function referenceCanonical(e: ChainEvent, seq: number): string {
+  const details = typeof e.details === 'string' ? (() => {
+    try { return JSON.parse(e.details) as unknown; } catch { return e.details; }
+  })() : e.details ?? {};
+  return referenceStableJson({
+    v: 1, seq: String(seq), id: String(e.id), occurred_at: occurredAtIso(e.occurred_at), type: e.type, outcome: e.outcome,
+    reason: e.reason ?? null, request_id: e.request_id ?? null, client_id: e.client_id ?? null, jti: e.jti ?? null,
+    parent_jti: e.parent_jti ?? null, task_id: e.task_id ?? null, subject: e.subject ?? null, audience: e.audience ?? null,
+    policy_version: e.policy_version === null || e.policy_version === undefined ? null : Number(e.policy_version), details,
+  });
+}
+
+const anyText = fc.string({ unit: fc.oneof(fc.string({ unit: 'binary', minLength: 1, maxLength: 1 }), fc.constantFrom('"', '\\', '\u0000', '\ud800', 'é')) });
+const anyValue = fc.letrec<{ value: unknown }>((tie) => ({
+  value: fc.oneof(
+    { depthSize: 'small' },
+    anyText, fc.integer(), fc.double(), fc.boolean(), fc.constant(null), fc.constant(undefined), fc.bigInt(), fc.date({ noInvalidDate: true }),
+    fc.array(tie('value'), { maxLength: 4 }),
+    fc.dictionary(anyText, tie('value'), { maxKeys: 5 }),
+  ),
+})).value;
+
+describe('audit chain canonical form, against its plain definition', () => {
+  it('stableJson writes exactly the reference bytes for any value', () => {
+    fc.assert(fc.property(anyValue, (value) => {
+      expect(stableJson(value)).toBe(referenceStableJson(value));
+    }), { numRuns: 3_000 });
+  });
+
+  it('canonicalEvent writes exactly the reference bytes for any event', () => {
+    const nullableText = fc.option(anyText, { nil: null });
+    const anyEvent = fc.record({
+      id: fc.oneof(fc.nat(), fc.bigInt({ min: 0n, max: 2n ** 62n }), fc.nat().map(String)),
+      occurred_at: fc.oneof(fc.date({ noInvalidDate: true, min: new Date(0), max: new Date('9999-12-31') }), fc.constant('2026-11-22T04:29:00.104123Z')),
+      type: anyText, outcome: anyText, reason: nullableText, request_id: nullableText, client_id: nullableText, jti: nullableText,
+      parent_jti: nullableText, task_id: nullableText, subject: nullableText, audience: nullableText,
+      policy_version: fc.oneof(fc.constant(null), fc.nat(), fc.nat().map(String)),
+      details: fc.oneof(anyValue, fc.jsonValue().map((v) => JSON.stringify(v)), anyText),
+    });
+    fc.assert(fc.property(anyEvent, fc.nat(), (e, seq) => {
+      expect(canonicalEvent(e as ChainEvent, seq)).toBe(referenceCanonical(e as ChainEvent, seq));
+    }), { numRuns: 3_000 });
+  });
+});
 
 describe('audit chain (pure)', () => {
   it('stable JSON sorts keys at every level and drops undefined members', () => {
