@@ -37,6 +37,10 @@ export class GrantBatcher {
 
   /** Resolves once the grant is committed: true if granted, false if its parent was revoked first. */
   record(record: GrantRecord): Promise<boolean> {
+    // Refused before it joins a batch, which would otherwise fall back to one statement a grant.
+    if (record.lineage.parentJti !== null && !record.deniedIfParentRevoked) {
+      return Promise.reject(new Error(`grant ${record.lineage.jti} has a parent but no denial to record if it is revoked`));
+    }
     return this.#commit.write(record);
   }
 }

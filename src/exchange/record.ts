@@ -132,7 +132,11 @@ interface GrantInputRow {
   d_details: unknown;
 }
 
-/** Each field of GrantInputRow with the type json_to_recordset gives it. */
+/**
+ * Each field of GrantInputRow with the type json_to_recordset gives it. A JSON null becomes SQL
+ * NULL even in a jsonb column (not jsonb 'null'): the jsonb fields here are always arrays or
+ * objects, and the denial's are NULL exactly when a grant has no parent.
+ */
 const INPUT_COLUMNS = {
   ord: 'int', jti: 'text', parent_jti: 'text', client_id: 'text', audience: 'text', scopes: 'jsonb',
   root_issuer: 'text', root_sub: 'text', root_claims: 'jsonb', task_id: 'text', depth: 'int', depth_bound: 'int',

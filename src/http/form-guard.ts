@@ -42,21 +42,25 @@ export function formGuard(paths: ReadonlySet<string>, onRejected: (ctx: Paramete
       onRejected(ctx, `more than ${MAX_FORM_PARAMETERS} parameters`);
       return;
     }
-    // The provider reads the body with `req.iterator()` once it sees `req.readable`: both are
-    // shadowed, on this request only, by own data properties that replay the bytes read here.
-    // (Not a Proxy around the request: every later `ctx.req` access then went through a trap
-    // and bound a function. Not accessors either: V8 keeps a per-request accessor in the old
-    // generation, and the request alive with it.)
+    // The provider reads the body with `req.iterator()` once it sees `req.readable`: these, and
+    // `for await` over the request, are shadowed on this request only by own data properties
+    // that replay the bytes read here. (Not a Proxy around the request: every later `ctx.req`
+    // access then went through a trap and bound a function. Not accessors either: V8 keeps a
+    // per-request accessor in the old generation, and the request alive with it.)
     const req = ctx.req as ReplayableRequest;
-    // defineProperty: assigning would reach the prototype's `readable` setter instead.
-    Object.defineProperty(req, 'readable', { value: true, writable: true, configurable: true, enumerable: false });
-    req.iterator = () => (async function* replayBody() {
+    const replay = (): AsyncGenerator<Buffer> => (async function* replayBody() {
       req.readable = false;
       if (body.length > 0) yield body;
     })();
+    // defineProperty: assigning would reach the prototype's `readable` setter instead.
+    Object.defineProperty(req, 'readable', { value: true, writable: true, configurable: true, enumerable: false });
+    req.iterator = replay;
+    req[Symbol.asyncIterator] = replay;
     try {
       await next();
     } finally {
+      // Newest first, so that V8 can return the request to the shape it had.
+      delete req[Symbol.asyncIterator];
       delete req.iterator;
       delete req.readable;
     }
@@ -78,8 +82,9 @@ export function countParameters(body: Buffer): number {
   return parameters;
 }
 
-/** The request while its body is replayed: `readable` and `iterator` as own, writable members. */
+/** The request while its body is replayed: `readable` and both iterators as own, writable members. */
 interface ReplayableRequest {
   readable?: boolean;
   iterator?: () => AsyncGenerator<Buffer>;
+  [Symbol.asyncIterator]?: () => AsyncGenerator<Buffer>;
 }

@@ -13,9 +13,9 @@ export function storableJson<T>(value: T): T {
   if (typeof value === 'string') return storableText(value) as T;
   if (Array.isArray(value)) return value.map(storableJson) as T;
   if (value && typeof value === 'object') {
-    const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(value)) out[storableText(k)] = storableJson(v);
-    return out as T;
+    // fromEntries defines each key as an own property: "__proto__" from a parsed token stays a
+    // member, as JSON.stringify writes it, instead of setting the copy's prototype.
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [storableText(k), storableJson(v)])) as T;
   }
   return value;
 }

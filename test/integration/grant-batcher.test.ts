@@ -6,7 +6,7 @@ import knexFactory from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { auditCommitter, type AuditEvent } from '../../src/audit/event.ts';
 import { GrantBatcher } from '../../src/exchange/grant-batcher.ts';
-import { RECORD_GRANTS, type GrantRecord } from '../../src/exchange/record.ts';
+import { RECORD_GRANTS, recordGrant, recordGrants, type GrantRecord } from '../../src/exchange/record.ts';
 import { isStorageError } from '../../src/exchange/service.ts';
 import { migrate, openDatabase, type Database } from '../../src/store/db.ts';
 import { retryOnConflict } from '../../src/store/retry.ts';
@@ -125,18 +125,32 @@ describe.each(backends)('group commit of grants and refusals on $backend', ({ em
     expect(details).toEqual([0, 1, 2].map(() => ({ note: 'a\uFFFDb\uFFFD' })));
   });
 
-  it('refuses a chained grant that has no denial to record, and sends nothing for it', async () => {
-    const batcher = new GrantBatcher(db.knex, { maxInFlight: 1, isStorageError });
+  it('refuses a chained grant that has no denial to record, before it joins a batch', async () => {
+    const sizes: number[] = [];
+    const batcher = new GrantBatcher(db.knex, { maxInFlight: 1, isStorageError, onBatch: (n) => sizes.push(n) });
     const parent = grant(null, 500);
     expect(await batcher.record(parent)).toBe(true);
     const child = grant(parent.lineage.jti, 501);
     delete child.deniedIfParentRevoked;
     await expect(batcher.record(child)).rejects.toThrow(/no denial/);
-    const [alone, inBatch] = [grant(parent.lineage.jti, 502), grant(parent.lineage.jti, 503)];
-    delete inBatch.deniedIfParentRevoked;
-    const settled = await Promise.allSettled([grant(null, 504), alone, inBatch].map((r) => batcher.record(r)));
+    const [first, second, bad] = [grant(null, 502), grant(parent.lineage.jti, 503), grant(parent.lineage.jti, 504)];
+    delete bad.deniedIfParentRevoked;
+    const settled = await Promise.allSettled([first, second, bad].map((r) => batcher.record(r)));
     expect(settled.map((s) => s.status)).toEqual(['fulfilled', 'fulfilled', 'rejected']);
-    expect(await db.knex('token_lineage').whereIn('jti', [child, alone, inBatch].map((r) => r.lineage.jti)).pluck('jti')).toEqual([alone.lineage.jti]);
+    // The parent, then the first alone, then the second: the refused ones were never sent.
+    expect(sizes).toEqual([1, 1, 1]);
+    expect((await db.knex('token_lineage').whereIn('jti', [child, first, second, bad].map((r) => r.lineage.jti)).pluck('jti')).sort())
+      .toEqual([first.lineage.jti, second.lineage.jti].sort());
+  });
+
+  it('a chained grant with no denial is refused by the statement builders too', async () => {
+    const parent = grant(null, 510);
+    expect(await recordGrant(db.knex, parent)).toBe(true);
+    const child = grant(parent.lineage.jti, 511);
+    delete child.deniedIfParentRevoked;
+    await expect(recordGrant(db.knex, child)).rejects.toThrow(/no denial/);
+    await expect(recordGrants(db.knex, [grant(null, 512), child])).rejects.toThrow(/no denial/);
+    expect(await db.knex('audit_events').whereIn('request_id', ['req-511', 'req-512']).pluck('request_id')).toEqual([]);
   });
 
   const denial = (n: number, policyVersion: unknown = 1): AuditEvent => ({

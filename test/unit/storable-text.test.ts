@@ -12,7 +12,7 @@ const anyJson = fc.letrec<{ value: unknown }>((tie) => ({
     fc.boolean(),
     fc.constant(null),
     fc.array(tie('value'), { maxLength: 4 }),
-    fc.dictionary(anyString, tie('value'), { maxKeys: 4 }),
+    fc.dictionary(fc.oneof(anyString, fc.constant('__proto__')), tie('value'), { maxKeys: 4 }),
   ),
 })).value;
 
@@ -37,6 +37,14 @@ describe('storableJsonText', () => {
         expect(s.includes('\u0000')).toBe(false);
       }
     }), { numRuns: 2_000 });
+  });
+
+  it('keeps a "__proto__" member, on the fast path and the copying one alike', () => {
+    const parsed = JSON.parse('{"__proto__":{"admin":true},"sub":"alice"}') as Record<string, unknown>;
+    expect(storableJsonText(parsed)).toBe('{"__proto__":{"admin":true},"sub":"alice"}');
+    const odd = JSON.parse('{"__proto__":{"admin":true},"sub":"a\\u0000"}') as Record<string, unknown>;
+    expect(storableJsonText(odd)).toBe('{"__proto__":{"admin":true},"sub":"a\uFFFD"}');
+    expect(Object.getPrototypeOf(storableJson(odd))).toBe(Object.prototype);
   });
 
   it('leaves well-formed text as it is, an escaped backslash before "u0000" included', () => {
