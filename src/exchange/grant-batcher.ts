@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
 import { GroupCommit } from '../store/group-commit.ts';
-import { recordGrant, recordGrants, type GrantRecord } from './record.ts';
+import { recordGrant, recordGrants, unrecordable, type GrantRecord } from './record.ts';
 
 export interface GrantBatcherOptions {
   /** Statements allowed in flight at once; a grant that arrives while they are all busy waits for the next one. */
@@ -38,9 +38,8 @@ export class GrantBatcher {
   /** Resolves once the grant is committed: true if granted, false if its parent was revoked first. */
   record(record: GrantRecord): Promise<boolean> {
     // Refused before it joins a batch, which would otherwise fall back to one statement a grant.
-    if (record.lineage.parentJti !== null && !record.deniedIfParentRevoked) {
-      return Promise.reject(new Error(`grant ${record.lineage.jti} has a parent but no denial to record if it is revoked`));
-    }
+    const refused = unrecordable(record);
+    if (refused) return Promise.reject(refused);
     return this.#commit.write(record);
   }
 }

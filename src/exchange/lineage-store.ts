@@ -1,7 +1,8 @@
 import type { Knex } from 'knex';
 import type { Lineage } from './types.ts';
 
-interface LineageRow {
+/** A token_lineage row as the driver returns it. */
+export interface LineageRow {
   jti: string;
   parent_jti: string | null;
   client_id: string;

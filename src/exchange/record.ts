@@ -1,7 +1,8 @@
 import type { Knex } from 'knex';
-import { toColumns, toRow, type AuditColumns, type AuditEvent } from '../audit/event.ts';
+import { toColumns, type AuditColumns, type AuditEvent } from '../audit/event.ts';
 import { runPrepared, type PreparedStatement } from '../store/prepared.ts';
 import { storableJsonText } from '../store/text.ts';
+import type { LineageRow } from './lineage-store.ts';
 import type { Lineage } from './types.ts';
 
 /**
@@ -14,7 +15,8 @@ import type { Lineage } from './types.ts';
  *
  * It is the busiest statement Writ runs, so it is prepared: PostgreSQL parses and plans it
  * once per connection. Under load, concurrent grants share one statement instead
- * (RECORD_GRANTS, sent by grant-batcher.ts).
+ * (RECORD_GRANTS, sent by grant-batcher.ts). Its $1…$26 are a GrantInputRow's columns in
+ * INPUT_COLUMNS' order (grantValues): one grant as it is alone, taken apart.
  */
 const RECORD_GRANT: PreparedStatement = {
   name: 'writ_record_grant_v1',
@@ -53,71 +55,21 @@ export interface GrantRecord {
   deniedIfParentRevoked?: AuditEvent;
 }
 
-function denialOf({ lineage, deniedIfParentRevoked }: GrantRecord): AuditEvent | null {
-  if (lineage.parentJti === null) return null;
-  if (!deniedIfParentRevoked) throw new Error(`grant ${lineage.jti} has a parent but no denial to record if it is revoked`);
-  return deniedIfParentRevoked;
+/** Why a grant cannot be recorded as it is, if it cannot: a chained grant must carry its denial. */
+export function unrecordable({ lineage, deniedIfParentRevoked }: GrantRecord): Error | undefined {
+  if (lineage.parentJti !== null && !deniedIfParentRevoked) {
+    return new Error(`grant ${lineage.jti} has a parent but no denial to record if it is revoked`);
+  }
+  return undefined;
 }
 
-/** The 26 values of one grant, in the order of RECORD_GRANT's parameters. */
-function grantValues(record: GrantRecord): unknown[] {
-  const { lineage } = record;
-  const g = toRow(record.granted);
-  const denial = denialOf(record);
-  const d = denial ? toRow(denial) : null;
-  return [
-    lineage.jti,
-    lineage.parentJti,
-    lineage.clientId,
-    lineage.audience,
-    storableJsonText(lineage.scopes),
-    lineage.root.issuer,
-    lineage.root.sub,
-    // Claims the upstream issuer vouched for, kept for `root` selectors: odd characters made storable.
-    storableJsonText(lineage.root.claims),
-    lineage.taskId,
-    lineage.depth,
-    lineage.depthBound,
-    storableJsonText(lineage.actors),
-    lineage.ruleId,
-    lineage.policyVersion,
-    lineage.iat,
-    lineage.exp,
-    g.request_id,
-    g.subject,
-    g.type,
-    g.outcome,
-    g.reason,
-    g.details,
-    d?.type ?? null,
-    d?.outcome ?? null,
-    d?.reason ?? null,
-    d?.details ?? null,
-  ];
-}
-
-export async function recordGrant(knex: Knex, record: GrantRecord): Promise<boolean> {
-  const rows = await runPrepared<{ granted: number }>(knex, RECORD_GRANT, grantValues(record));
-  return rows[0]?.granted === 1;
-}
-
-/** One grant as an element of RECORD_GRANTS' input: JSON values stay JSON, not JSON in a string. */
-interface GrantInputRow {
+/**
+ * One grant as an element of RECORD_GRANTS' input (and, in order, RECORD_GRANT's parameters): its
+ * token_lineage row with times as epoch seconds, then the audit columns of the event it records
+ * and of the denial recorded instead if its parent was revoked meanwhile. JSON values stay JSON.
+ */
+interface GrantInputRow extends Omit<LineageRow, 'iat' | 'exp' | 'revoked_at'> {
   ord: number;
-  jti: string;
-  parent_jti: string | null;
-  client_id: string;
-  audience: string;
-  scopes: string[];
-  root_issuer: string;
-  root_sub: string;
-  root_claims: Record<string, unknown>;
-  task_id: string | null;
-  depth: number;
-  depth_bound: number;
-  actors: string[];
-  rule_id: string;
-  policy_version: number;
   iat: number;
   exp: number;
   request_id: string | null;
@@ -147,9 +99,10 @@ const INPUT_COLUMNS = {
 
 function inputRow(record: GrantRecord, ord: number): GrantInputRow {
   const { lineage } = record;
+  const refused = unrecordable(record);
+  if (refused) throw refused;
   const g = toColumns(record.granted);
-  const denial = denialOf(record);
-  const d: AuditColumns | null = denial ? toColumns(denial) : null;
+  const d: AuditColumns | null = lineage.parentJti !== null && record.deniedIfParentRevoked ? toColumns(record.deniedIfParentRevoked) : null;
   return {
     ord,
     jti: lineage.jti,
@@ -180,6 +133,19 @@ function inputRow(record: GrantRecord, ord: number): GrantInputRow {
     d_reason: d?.reason ?? null,
     d_details: d?.details ?? null,
   };
+}
+
+const SINGLE_GRANT_COLUMNS = Object.entries(INPUT_COLUMNS).filter(([name]) => name !== 'ord') as Array<[keyof GrantInputRow, string]>;
+
+/** RECORD_GRANT's $1…$26: the columns of GrantInputRow in INPUT_COLUMNS' order, `ord` left out, JSON as text. */
+function grantValues(record: GrantRecord): unknown[] {
+  const row = inputRow(record, 0);
+  return SINGLE_GRANT_COLUMNS.map(([name, type]) => (type === 'jsonb' && row[name] !== null ? storableJsonText(row[name]) : row[name]));
+}
+
+export async function recordGrant(knex: Knex, record: GrantRecord): Promise<boolean> {
+  const rows = await runPrepared<{ granted: number }>(knex, RECORD_GRANT, grantValues(record));
+  return rows[0]?.granted === 1;
 }
 
 /** The batch as one JSON parameter, every string in it storable. */
