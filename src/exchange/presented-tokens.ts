@@ -44,7 +44,8 @@ export function clientsInAct(act: { sub: string; client_id?: string; act?: unkno
  * An unacceptable subject token is `invalid_request` (RFC 8693 §2.2.2).
  */
 export async function verifySubjectToken(req: ExchangeRequest, ctx: PresentedTokenContext): Promise<VerifiedSubject> {
-  const inspected = inspectCompactJws(req.subjectToken, { role: 'subject' });
+  // A token verified before was inspected then: its structure is a pure function of the string.
+  const inspected = ctx.signatures.structureOf(req.subjectToken) ?? inspectCompactJws(req.subjectToken, { role: 'subject' });
   const iss = issuerOf(inspected);
   if (iss === ctx.selfIssuer) {
     if (req.subjectTokenType === 'id_token') {
@@ -114,7 +115,7 @@ export async function verifySubjectToken(req: ExchangeRequest, ctx: PresentedTok
 /** The actor token: "never a Writ token", from a trusted upstream issuer (DESIGN.md §7). */
 export async function verifyActorToken(req: ExchangeRequest, ctx: PresentedTokenContext): Promise<VerifiedActor | undefined> {
   if (!req.actorToken || !req.actorTokenType) return undefined;
-  const inspected = inspectCompactJws(req.actorToken, { role: 'actor' });
+  const inspected = ctx.signatures.structureOf(req.actorToken) ?? inspectCompactJws(req.actorToken, { role: 'actor' });
   const iss = issuerOf(inspected);
   if (iss === ctx.selfIssuer) throw new ExchangeDenied('actor_token_writ', 'a Writ token cannot be an actor token', 'actor');
   const issuer = iss === undefined ? undefined : ctx.policy.issuers.get(iss);

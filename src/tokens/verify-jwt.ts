@@ -44,11 +44,11 @@ export interface UpstreamVerifyOptions {
   leeway?: number;
   /** Cap on `exp - iat`, seconds. Default 86400 (O3). */
   maxLifetime?: number;
-  /** Structural limits (token length, JSON depth). */
+  /** Structural limits (token length, JSON depth). Tokens checked under other limits than the defaults are not kept in `signatures`. */
   limits?: Omit<InspectOptions, 'role'>;
-  /** This very token's structure, already checked by `inspectCompactJws` (to route it): not checked twice. */
+  /** This very token's structure, already checked by `inspectCompactJws` with `limits` (to route it): not checked twice. */
   inspected?: InspectedJws;
-  /** Signatures verified before, to skip verifying the same token under the same key again. */
+  /** Tokens verified before, to skip verifying the same token under the same key again. */
   signatures?: VerifiedSignatures;
 }
 
@@ -71,10 +71,11 @@ export interface WritVerifyOptions {
   /** Default 0: Writ's own clock minted it. */
   leeway?: number;
   role?: TokenRole;
+  /** As for upstream tokens. */
   limits?: Omit<InspectOptions, 'role'>;
-  /** This very token's structure, already checked by `inspectCompactJws`: not checked twice. */
+  /** This very token's structure, already checked by `inspectCompactJws` with `limits`: not checked twice. */
   inspected?: InspectedJws;
-  /** Signatures verified before, to skip verifying the same token under the same key again. */
+  /** Tokens verified before, to skip verifying the same token under the same key again. */
   signatures?: VerifiedSignatures;
 }
 
@@ -212,6 +213,11 @@ function fromJose(err: unknown, role: TokenRole): ExchangeDenied {
   return new ExchangeDenied('signature_invalid', 'key cannot verify this token', role);
 }
 
+/** The cache of verified tokens, unless the structure was checked under other limits than the defaults it assumes. */
+function keptUnder(opts: { limits?: unknown; signatures?: VerifiedSignatures }): VerifiedSignatures | undefined {
+  return opts.limits === undefined ? opts.signatures : undefined;
+}
+
 /** Everything jose is asked to check except the clock, as one comparable string. */
 function optionsFingerprint(options: JWTVerifyOptions): string {
   return JSON.stringify({ ...options, currentDate: undefined });
@@ -273,7 +279,7 @@ async function verifySignatureAndClaims(
   return {
     claims,
     keep: () => {
-      if (signatures && isNumericDate(exp)) signatures.add(token, key, fingerprint, exp + tolerance);
+      if (signatures && isNumericDate(exp)) signatures.add(token, inspected, key, fingerprint, exp + tolerance);
     },
   };
 }
@@ -360,7 +366,7 @@ export async function verifyUpstreamToken(token: string, opts: UpstreamVerifyOpt
     clockTolerance: leeway,
     currentDate: new Date(now * 1000),
     requiredClaims: ['iss', 'sub', 'aud', 'exp', 'iat'],
-  }, role, opts.signatures);
+  }, role, keptUnder(opts));
 
   const { iat, exp } = checkTimes(claims, now, leeway, { maxLifetime, maxAge: issuer.max_token_age }, role);
   if (!nonEmptyString(claims.sub, MAX_UPSTREAM_SUB_LENGTH)) {
@@ -421,7 +427,7 @@ export async function verifyWritToken(token: string, opts: WritVerifyOptions): P
     currentDate: new Date(now * 1000),
     // RFC 9068 §2.2 required claims, plus Writ's own (§5).
     requiredClaims: ['iss', 'sub', 'aud', 'exp', 'iat', 'jti', 'client_id', 'scope', 'sub_id', 'act'],
-  }, role, opts.signatures);
+  }, role, keptUnder(opts));
 
   const { iat, exp } = checkTimes(claims, now, leeway, { maxLifetime: DEFAULT_MAX_LIFETIME }, role);
   const { sub, aud, client_id: clientId, scope, jti, sub_id: subId } = claims;

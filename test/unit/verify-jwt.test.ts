@@ -5,6 +5,7 @@ import { ExchangeDenied, type ReasonCode } from '../../src/exchange/reasons.ts';
 import type { IssuerPolicy } from '../../src/policy/model.ts';
 import { RemoteJwks, type KeyResolver } from '../../src/tokens/jwks-cache.ts';
 import { VerifiedSignatures } from '../../src/tokens/verified-signatures.ts';
+import { inspectCompactJws } from '../../src/tokens/jws-structure.ts';
 import {
   peekIssuer, verifyUpstreamToken, verifyWritToken, type UpstreamVerifyOptions, type WritVerifyOptions,
 } from '../../src/tokens/verify-jwt.ts';
@@ -667,9 +668,35 @@ describe('signatures verified before (VerifiedSignatures)', () => {
     const first = await verifyUpstreamToken(token, upstreamOpts({ signatures }));
     const second = await verifyUpstreamToken(token, upstreamOpts({ signatures, now: NOW + 30 }));
     expect(second).toEqual(first);
-    expect(second.claims).not.toBe(first.claims);
     expect([signatures.misses, signatures.hits, signatures.size]).toEqual([1, 1, 1]);
   });
+
+  it('keeps the token\'s structure, shared by every later use and frozen so that no request can change it for another', async () => {
+    const signatures = new VerifiedSignatures();
+    const token = await upstreamToken({ set: { groups: ['payments'], address: { country: 'NL' } } });
+    expect(signatures.structureOf(token)).toBeUndefined();
+    const first = await verifyUpstreamToken(token, upstreamOpts({ signatures }));
+    const structure = signatures.structureOf(token)!;
+    expect(structure).toEqual(inspectCompactJws(token));
+    const second = await verifyUpstreamToken(token, upstreamOpts({ signatures, now: NOW + 30, inspected: structure }));
+    expect(second.claims).toBe(first.claims);
+    expect(second.claims).toBe(structure.payload);
+    for (const part of [structure.header, structure.payload, structure.payload.groups, structure.payload.address]) {
+      expect(Object.isFrozen(part)).toBe(true);
+    }
+    expect(() => { (second.claims as { sub: string }).sub = 'mallory'; }).toThrow(TypeError);
+    // Another spelling of the same claims is another token: nothing is shared with it.
+    expect(signatures.structureOf(token + 'A')).toBeUndefined();
+  });
+
+  it('does not keep tokens checked under other structural limits than the defaults', async () => {
+    const signatures = new VerifiedSignatures();
+    const token = await upstreamToken();
+    await verifyUpstreamToken(token, upstreamOpts({ signatures, limits: { maxLength: 4096 } }));
+    expect([signatures.misses, signatures.size]).toEqual([0, 0]);
+    expect(signatures.structureOf(token)).toBeUndefined();
+  });
+
 
   it('is used only for the exact token string: a borrowed signature still fails', async () => {
     const signatures = new VerifiedSignatures();
@@ -727,7 +754,7 @@ describe('signatures verified before (VerifiedSignatures)', () => {
     expect(signatures.size).toBe(0);
   });
 
-  it('stays within its count and total length, the least recently used going first', async () => {
+  it('stays within its count and total length, a token unused since it was kept going first', async () => {
     const signatures = new VerifiedSignatures({ maxEntries: 2 });
     const tokens = await Promise.all(['a', 'b', 'c'].map((jti) => upstreamToken({ set: { jti } })));
     await verifyUpstreamToken(tokens[0]!, upstreamOpts({ signatures }));
