@@ -6,6 +6,7 @@ import type { CliContext } from './context.ts';
 import { claimDataDir, releaseDataDir, runningServer, type LocalServer } from './local-server.ts';
 import { policyApply } from './policy.ts';
 import { superviseWorkers, workerIndex } from './workers.ts';
+import { tuneHeapForServing } from '../http/heap-tuning.ts';
 
 export interface Serving {
   writ: Writ;
@@ -50,6 +51,7 @@ export async function startServing(ctx: CliContext, options: { applyDir?: string
 
 export async function serve(ctx: CliContext, options: { applyDir?: string }): Promise<number> {
   if (cluster.isPrimary && ctx.config.workers > 1) return superviseWorkers(ctx, options);
+  tuneHeapForServing();
   // A worker: the primary has prepared the database and applied any policy already.
   const worker = cluster.isWorker ? { index: workerIndex() } : undefined;
   const serving = await startServing(ctx, worker ? { worker } : options);
