@@ -467,8 +467,11 @@ async function benchWrit(writ: WritProcess, idp: Idp): Promise<void> {
   const direct = await requests.direct();
   await preflight(url, direct, granted, 'direct exchange');
   // Every worker process has to reach steady state (JIT, pools, the database's plans) before
-  // anything is measured: 3 s of warm-up per worker, at the higher concurrency.
-  const warmUp = quick ? 1 : 3 * workers;
+  // anything is measured: 10 s of warm-up per worker, at the higher concurrency. V8 moves the
+  // functions every exchange calls from its mid-tier compiler to its optimising one only after
+  // some 10,000 exchanges, all in one burst that took 55–80 % of a core for 200–400 ms on
+  // these two cores (--trace-opt); after a 3 s warm-up that burst fell inside the next run.
+  const warmUp = quick ? 1 : 10 * workers;
   log(`warm-up (${warmUp} s)`);
   await closedLoop({ url, request: direct, connections: quick ? 10 : 50, duration: warmUp, cpu });
 
