@@ -6,7 +6,7 @@ import type { CliContext } from './context.ts';
 import { claimDataDir, releaseDataDir, runningServer, type LocalServer } from './local-server.ts';
 import { policyApply } from './policy.ts';
 import { superviseWorkers, workerIndex } from './workers.ts';
-import { tuneHeapForServing } from '../http/heap-tuning.ts';
+import { tuneHeapForServing } from './heap-tuning.ts';
 
 export interface Serving {
   writ: Writ;

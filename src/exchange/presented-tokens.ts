@@ -18,7 +18,7 @@ export interface PresentedTokenContext {
   revocations: RevocationState;
   lineage: LineageCache;
   knex: Knex;
-  /** Signatures verified before (same token string, same key, same options). */
+  /** Tokens verified before (same token string, same key, same options), with their structure. */
   signatures: VerifiedSignatures;
 }
 

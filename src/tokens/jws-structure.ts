@@ -142,6 +142,14 @@ function checkHeader(header: Record<string, unknown>, role: TokenRole | undefine
   }
 }
 
+/** Results of `inspectCompactJws` under its default limits: only these may be kept for reuse. */
+const underDefaults = new WeakSet<InspectedJws>();
+
+/** Whether `inspected` came from `inspectCompactJws` with its default limits. */
+export function inspectedUnderDefaults(inspected: InspectedJws): boolean {
+  return underDefaults.has(inspected);
+}
+
 /**
  * Splits and decodes a compact JWS and applies every check that needs no key. The returned
  * header and payload are NOT verified: use them only to choose a verifier and its key.
@@ -171,5 +179,7 @@ export function inspectCompactJws(token: string, limits: InspectOptions = {}): I
   if (s.length === 0) deny('token_malformed', 'empty signature segment', role);
   decodeSegment(s, 'signature', role);
   const { value: payload, escapedNames: escapedPayload } = decodeJsonObject(p, 'payload', maxDepth, role);
-  return { header, payload, escapedNames: escapedHeader || escapedPayload };
+  const inspected: InspectedJws = { header, payload, escapedNames: escapedHeader || escapedPayload };
+  if (limits.maxLength === undefined && limits.maxDepth === undefined) underDefaults.add(inspected);
+  return inspected;
 }

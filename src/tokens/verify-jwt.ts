@@ -44,11 +44,11 @@ export interface UpstreamVerifyOptions {
   leeway?: number;
   /** Cap on `exp - iat`, seconds. Default 86400 (O3). */
   maxLifetime?: number;
-  /** Structural limits (token length, JSON depth). Tokens checked under other limits than the defaults are not kept in `signatures`. */
+  /** Structural limits (token length, JSON depth). A token inspected under other limits than the defaults is not kept in `signatures`. */
   limits?: Omit<InspectOptions, 'role'>;
-  /** This very token's structure, already checked by `inspectCompactJws` with `limits` (to route it): not checked twice. */
+  /** This very token's structure, already checked by `inspectCompactJws` with `limits` (to route it): not checked twice. Frozen if the token is kept. */
   inspected?: InspectedJws;
-  /** Tokens verified before, to skip verifying the same token under the same key again. */
+  /** Tokens verified before, to skip verifying the same token under the same key again; a token that passes is kept there with its structure. */
   signatures?: VerifiedSignatures;
 }
 
@@ -73,9 +73,9 @@ export interface WritVerifyOptions {
   role?: TokenRole;
   /** As for upstream tokens. */
   limits?: Omit<InspectOptions, 'role'>;
-  /** This very token's structure, already checked by `inspectCompactJws` with `limits`: not checked twice. */
+  /** As for upstream tokens. */
   inspected?: InspectedJws;
-  /** Tokens verified before, to skip verifying the same token under the same key again. */
+  /** As for upstream tokens. */
   signatures?: VerifiedSignatures;
 }
 
@@ -213,11 +213,6 @@ function fromJose(err: unknown, role: TokenRole): ExchangeDenied {
   return new ExchangeDenied('signature_invalid', 'key cannot verify this token', role);
 }
 
-/** The cache of verified tokens, unless the structure was checked under other limits than the defaults it assumes. */
-function keptUnder(opts: { limits?: unknown; signatures?: VerifiedSignatures }): VerifiedSignatures | undefined {
-  return opts.limits === undefined ? opts.signatures : undefined;
-}
-
 /** Everything jose is asked to check except the clock, as one comparable string. */
 function optionsFingerprint(options: JWTVerifyOptions): string {
   return JSON.stringify({ ...options, currentDate: undefined });
@@ -238,7 +233,7 @@ function stillInTime(payload: Record<string, unknown>, now: number, tolerance: n
 interface SignatureChecked {
   /** Writ's own reading of the claims set (see strict-json.ts). */
   claims: Record<string, unknown>;
-  /** To call once every other check passed: remembers the signature (no-op on a hit). */
+  /** To call once Writ's claim rules passed: keeps the token and its structure (no-op on a hit). */
   keep: () => void;
 }
 
@@ -366,7 +361,7 @@ export async function verifyUpstreamToken(token: string, opts: UpstreamVerifyOpt
     clockTolerance: leeway,
     currentDate: new Date(now * 1000),
     requiredClaims: ['iss', 'sub', 'aud', 'exp', 'iat'],
-  }, role, keptUnder(opts));
+  }, role, opts.signatures);
 
   const { iat, exp } = checkTimes(claims, now, leeway, { maxLifetime, maxAge: issuer.max_token_age }, role);
   if (!nonEmptyString(claims.sub, MAX_UPSTREAM_SUB_LENGTH)) {
@@ -427,7 +422,7 @@ export async function verifyWritToken(token: string, opts: WritVerifyOptions): P
     currentDate: new Date(now * 1000),
     // RFC 9068 §2.2 required claims, plus Writ's own (§5).
     requiredClaims: ['iss', 'sub', 'aud', 'exp', 'iat', 'jti', 'client_id', 'scope', 'sub_id', 'act'],
-  }, role, keptUnder(opts));
+  }, role, opts.signatures);
 
   const { iat, exp } = checkTimes(claims, now, leeway, { maxLifetime: DEFAULT_MAX_LIFETIME }, role);
   const { sub, aud, client_id: clientId, scope, jti, sub_id: subId } = claims;

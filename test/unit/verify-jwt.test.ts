@@ -685,16 +685,40 @@ describe('signatures verified before (VerifiedSignatures)', () => {
       expect(Object.isFrozen(part)).toBe(true);
     }
     expect(() => { (second.claims as { sub: string }).sub = 'mallory'; }).toThrow(TypeError);
-    // Another spelling of the same claims is another token: nothing is shared with it.
-    expect(signatures.structureOf(token + 'A')).toBeUndefined();
+    // The same claims signed again (ES256 signatures are randomised) are another token string:
+    // verified on its own, sharing nothing with the first.
+    const again = await upstreamToken({ set: { groups: ['payments'], address: { country: 'NL' } } });
+    expect(again).not.toBe(token);
+    expect(signatures.structureOf(again)).toBeUndefined();
+    const third = await verifyUpstreamToken(again, upstreamOpts({ signatures }));
+    expect(third.claims).toEqual(first.claims);
+    expect(third.claims).not.toBe(first.claims);
+    expect([signatures.misses, signatures.hits]).toEqual([2, 1]);
   });
 
-  it('does not keep tokens checked under other structural limits than the defaults', async () => {
+  it('keeps only structures inspected under the default limits', async () => {
     const signatures = new VerifiedSignatures();
     const token = await upstreamToken();
     await verifyUpstreamToken(token, upstreamOpts({ signatures, limits: { maxLength: 4096 } }));
-    expect([signatures.misses, signatures.size]).toEqual([0, 0]);
-    expect(signatures.structureOf(token)).toBeUndefined();
+    expect(signatures.size).toBe(0);
+    // Nor a structure that did not come from inspecting the token at all.
+    const forged = { ...inspectCompactJws(token), payload: { ...inspectCompactJws(token).payload, sub: 'mallory' } };
+    await verifyUpstreamToken(token, upstreamOpts({ signatures, inspected: forged }));
+    expect(signatures.size).toBe(0);
+    await verifyUpstreamToken(token, upstreamOpts({ signatures, inspected: inspectCompactJws(token) }));
+    expect(signatures.structureOf(token)?.payload.sub).toBe('alice');
+  });
+
+  it('counts a token\'s decoded objects against its size, not only its characters', async () => {
+    const plain = await upstreamToken();
+    const nested = await upstreamToken({ set: { groups: Array.from({ length: 200 }, () => ({})) } });
+    // Room for the plain token twice over, and for the nested one's characters, but not for its 200 objects.
+    const signatures = new VerifiedSignatures({ maxSize: Math.max(plain.length * 2 + 64 * 10, nested.length + 64 * 20) });
+    await verifyUpstreamToken(plain, upstreamOpts({ signatures }));
+    await verifyUpstreamToken(nested, upstreamOpts({ signatures }));
+    expect(signatures.structureOf(plain)).toBeDefined();
+    expect(signatures.structureOf(nested)).toBeUndefined();
+    expect(() => new VerifiedSignatures({ maxEntries: 0 })).toThrow(RangeError);
   });
 
 
@@ -759,14 +783,16 @@ describe('signatures verified before (VerifiedSignatures)', () => {
     const tokens = await Promise.all(['a', 'b', 'c'].map((jti) => upstreamToken({ set: { jti } })));
     await verifyUpstreamToken(tokens[0]!, upstreamOpts({ signatures }));
     await verifyUpstreamToken(tokens[1]!, upstreamOpts({ signatures }));
-    await verifyUpstreamToken(tokens[0]!, upstreamOpts({ signatures })); // a used again: b is now the oldest
+    await verifyUpstreamToken(tokens[0]!, upstreamOpts({ signatures })); // a used again: spared once, so b goes
     await verifyUpstreamToken(tokens[2]!, upstreamOpts({ signatures }));
     expect(signatures.size).toBe(2);
     await verifyUpstreamToken(tokens[0]!, upstreamOpts({ signatures }));
     await verifyUpstreamToken(tokens[1]!, upstreamOpts({ signatures }));
     expect([signatures.hits, signatures.misses]).toEqual([2, 4]);
 
-    const small = new VerifiedSignatures({ maxChars: tokens[0]!.length * 2 + 10 });
+    // As documented: a token's characters, and 64 for each object or array it decodes to.
+    const objects = (v: unknown): number => (v !== null && typeof v === 'object' ? 1 + Object.values(v).reduce<number>((n, m) => n + objects(m), 0) : 0);
+    const small = new VerifiedSignatures({ maxSize: (tokens[0]!.length + 64 * objects(inspectCompactJws(tokens[0]!))) * 2 + 10 });
     for (const t of tokens) await verifyUpstreamToken(t, upstreamOpts({ signatures: small }));
     expect(small.size).toBe(2);
   });
