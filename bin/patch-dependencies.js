@@ -56,6 +56,24 @@ export const PATCHES = [
     return als.run(ctx, () => next());
   };`,
   },
+  {
+    pkg: 'oidc-provider',
+    version: '9.13.3',
+    file: 'lib/shared/selective_body.js',
+    why: 'no warning when Writ\'s form guard hands over the body it read',
+    // Writ's form guard reads every form body first, to refuse one with more parameters than
+    // node:querystring keeps, and hands the bytes to the provider through `ctx.request.body`,
+    // which the provider parses as it parses what it reads itself. Its one-time warning about an
+    // "upstream middleware parser" would only mislead whoever reads Writ's log.
+    from: `        if (!warned) {
+          warned = true;
+          attention.warn('already parsed request body detected, having upstream middleware parser \\
+is not recommended, resolving to use req.body or request.body instead');
+        }
+`,
+    to: `        // Patched by Writ (bin/patch-dependencies.js): its form guard read the body on purpose.
+`,
+  },
 ];
 
 export class PatchError extends Error {}

@@ -13,8 +13,16 @@ export class FormRejected extends Error {
  * oidc-provider parses form bodies with node:querystring, which silently drops every key after
  * the 1,000th: a duplicate `subject_token` or `scope` hidden behind 1,000 junk parameters would
  * go unseen, and a gateway reading the whole body would see another request than Writ. The body
- * is read here first, a request with too many parameters is refused, and the provider reads the
- * very same bytes, replayed.
+ * is read here first, a request with too many parameters is refused, and the provider parses the
+ * very same bytes.
+ *
+ * They reach it through `ctx.request.body`, which the provider reads when the request stream has
+ * already ended (oidc-provider's selective_body; bin/patch-dependencies.js removes the warning it
+ * prints then). It parses them as it parses what it reads itself: decoded with the declared
+ * charset, then node:querystring. The request itself is left as it is: members put on it for
+ * the provider to replay the body from (`readable`, `iterator`) kept finished requests alive
+ * through young-generation collections, a few megabytes each time at 1,000 requests/s
+ * (bench/README.md).
  */
 export function formGuard(paths: ReadonlySet<string>, onRejected: (ctx: Parameters<Middleware>[0], why: string) => void): Middleware {
   return async (ctx, next) => {
@@ -42,28 +50,19 @@ export function formGuard(paths: ReadonlySet<string>, onRejected: (ctx: Paramete
       onRejected(ctx, `more than ${MAX_FORM_PARAMETERS} parameters`);
       return;
     }
-    // The provider reads the body with `req.iterator()` once it sees `req.readable`: these, and
-    // `for await` over the request, are shadowed on this request only by own data properties
-    // that replay the bytes read here. (Not a Proxy around the request: every later `ctx.req`
-    // access then went through a trap and bound a function. Not accessors either: V8 keeps a
-    // per-request accessor in the old generation, and the request alive with it.)
-    const req = ctx.req as ReplayableRequest;
-    const replay = (): AsyncGenerator<Buffer> => (async function* replayBody() {
-      req.readable = false;
-      if (body.length > 0) yield body;
-    })();
-    // defineProperty: assigning would reach the prototype's `readable` setter instead.
-    Object.defineProperty(req, 'readable', { value: true, writable: true, configurable: true, enumerable: false });
-    req.iterator = replay;
-    req[Symbol.asyncIterator] = replay;
-    try {
-      await next();
-    } finally {
-      // Newest first, so that V8 can return the request to the shape it had.
-      delete req[Symbol.asyncIterator];
-      delete req.iterator;
-      delete req.readable;
+    let text: Buffer | string = body;
+    // The expression the provider decodes by (koa delegates `ctx.charset` to the response).
+    const charset = ctx.charset;
+    if (charset) {
+      try {
+        text = new TextDecoder(charset).decode(body);
+      } catch {
+        onRejected(ctx, 'the request body could not be read');
+        return;
+      }
     }
+    (ctx.request as ReadRequest).body = text;
+    return next();
   };
 }
 
@@ -82,9 +81,7 @@ export function countParameters(body: Buffer): number {
   return parameters;
 }
 
-/** The request while its body is replayed: `readable` and both iterators as own, writable members. */
-interface ReplayableRequest {
-  readable?: boolean;
-  iterator?: () => AsyncGenerator<Buffer>;
-  [Symbol.asyncIterator]?: () => AsyncGenerator<Buffer>;
+/** Where the provider finds a body read before it (oidc-provider's selective_body). */
+interface ReadRequest {
+  body?: Buffer | string;
 }
