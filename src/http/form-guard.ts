@@ -18,11 +18,10 @@ export class FormRejected extends Error {
  *
  * They reach it through `ctx.request.body`, which the provider reads when the request stream has
  * already ended (oidc-provider's selective_body; bin/patch-dependencies.js removes the warning it
- * prints then). It parses them as it parses what it reads itself: decoded with the declared
- * charset, then node:querystring. The request itself is left as it is: members put on it for
- * the provider to replay the body from (`readable`, `iterator`) kept finished requests alive
- * through young-generation collections, a few megabytes each time at 1,000 requests/s
- * (bench/README.md).
+ * prints then), and parses as it parses what it reads itself: node:querystring over the bytes as
+ * UTF-8 (it would decode a `ctx.charset` first, which koa 3 does not define). The request itself
+ * is left as it is: members put on it for the provider to replay the body from (`readable`,
+ * `iterator`) kept finished requests alive through young-generation collections (bench/README.md).
  */
 export function formGuard(paths: ReadonlySet<string>, onRejected: (ctx: Parameters<Middleware>[0], why: string) => void): Middleware {
   return async (ctx, next) => {
@@ -45,23 +44,17 @@ export function formGuard(paths: ReadonlySet<string>, onRejected: (ctx: Paramete
       onRejected(ctx, err instanceof FormRejected ? err.message : 'the request body could not be read');
       return;
     }
+    // node:http already holds a body to its Content-Length; the provider checked it again itself.
+    if (declared !== undefined && size !== declared) {
+      onRejected(ctx, 'the request body could not be read');
+      return;
+    }
     const body = Buffer.concat(chunks, size);
     if (countParameters(body) > MAX_FORM_PARAMETERS) {
       onRejected(ctx, `more than ${MAX_FORM_PARAMETERS} parameters`);
       return;
     }
-    let text: Buffer | string = body;
-    // The expression the provider decodes by (koa delegates `ctx.charset` to the response).
-    const charset = ctx.charset;
-    if (charset) {
-      try {
-        text = new TextDecoder(charset).decode(body);
-      } catch {
-        onRejected(ctx, 'the request body could not be read');
-        return;
-      }
-    }
-    (ctx.request as ReadRequest).body = text;
+    (ctx.request as ReadRequest).body = body;
     return next();
   };
 }
@@ -83,5 +76,5 @@ export function countParameters(body: Buffer): number {
 
 /** Where the provider finds a body read before it (oidc-provider's selective_body). */
 interface ReadRequest {
-  body?: Buffer | string;
+  body?: Buffer;
 }
