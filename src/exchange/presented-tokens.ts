@@ -22,6 +22,14 @@ export interface PresentedTokenContext {
   signatures: VerifiedSignatures;
 }
 
+/**
+ * The token's structure: kept from when it was verified before (a pure function of the string),
+ * else checked now.
+ */
+function inspect(token: string, role: 'subject' | 'actor', ctx: PresentedTokenContext): InspectedJws {
+  return ctx.signatures.structureOf(token) ?? inspectCompactJws(token, { role });
+}
+
 /** The unverified `iss`, only to route the token to the verifier that will check it. */
 function issuerOf(inspected: InspectedJws): string | undefined {
   return typeof inspected.payload.iss === 'string' ? inspected.payload.iss : undefined;
@@ -44,8 +52,7 @@ export function clientsInAct(act: { sub: string; client_id?: string; act?: unkno
  * An unacceptable subject token is `invalid_request` (RFC 8693 §2.2.2).
  */
 export async function verifySubjectToken(req: ExchangeRequest, ctx: PresentedTokenContext): Promise<VerifiedSubject> {
-  // A token verified before was inspected then: its structure is a pure function of the string.
-  const inspected = ctx.signatures.structureOf(req.subjectToken) ?? inspectCompactJws(req.subjectToken, { role: 'subject' });
+  const inspected = inspect(req.subjectToken, 'subject', ctx);
   const iss = issuerOf(inspected);
   if (iss === ctx.selfIssuer) {
     if (req.subjectTokenType === 'id_token') {
@@ -115,7 +122,7 @@ export async function verifySubjectToken(req: ExchangeRequest, ctx: PresentedTok
 /** The actor token: "never a Writ token", from a trusted upstream issuer (DESIGN.md §7). */
 export async function verifyActorToken(req: ExchangeRequest, ctx: PresentedTokenContext): Promise<VerifiedActor | undefined> {
   if (!req.actorToken || !req.actorTokenType) return undefined;
-  const inspected = ctx.signatures.structureOf(req.actorToken) ?? inspectCompactJws(req.actorToken, { role: 'actor' });
+  const inspected = inspect(req.actorToken, 'actor', ctx);
   const iss = issuerOf(inspected);
   if (iss === ctx.selfIssuer) throw new ExchangeDenied('actor_token_writ', 'a Writ token cannot be an actor token', 'actor');
   const issuer = iss === undefined ? undefined : ctx.policy.issuers.get(iss);

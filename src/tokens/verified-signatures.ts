@@ -2,8 +2,6 @@ import { inspectedUnderDefaults, type InspectedJws } from './jws-structure.ts';
 import type { VerificationKey } from './jwks-cache.ts';
 
 interface Entry {
-  /** The token, copied: the caller's string may be a slice of a whole request body. */
-  token: string;
   /** Its header and claims, frozen: shared by every later request that presents this token. */
   inspected: InspectedJws;
   key: VerificationKey;
@@ -78,7 +76,7 @@ export class VerifiedSignatures {
     const entry = this.entries.get(token);
     if (entry === undefined) return false;
     if (entry.until <= now) {
-      this.remove(entry);
+      this.remove(token, entry);
       return false;
     }
     if (entry.key !== key || entry.options !== options) return false;
@@ -93,25 +91,25 @@ export class VerifiedSignatures {
    */
   add(token: string, inspected: InspectedJws, key: VerificationKey, options: string, until: number): void {
     const previous = this.entries.get(token);
-    if (previous !== undefined) this.remove(previous);
+    if (previous !== undefined) this.remove(token, previous);
     if (!inspectedUnderDefaults(inspected)) return;
     const size = token.length + BYTES_PER_OBJECT * freezeAndCount(inspected);
     if (size > this.maxSize) return;
     while (this.entries.size >= this.maxEntries || this.totalSize + size > this.maxSize) {
       if (!this.evictOne()) break;
     }
-    const own = ownCopy(token);
-    this.entries.set(own, { token: own, inspected, key, options, until, size, used: false });
+    // The map's key is a copy: the caller's string may be a slice of a whole request body.
+    this.entries.set(ownCopy(token), { inspected, key, options, until, size, used: false });
     this.totalSize += size;
   }
 
   /** Drops the oldest insertion not used since; a used one moves to the back instead, once. */
   private evictOne(): boolean {
-    for (const entry of this.entries.values()) {
-      this.entries.delete(entry.token);
+    for (const [token, entry] of this.entries) {
+      this.entries.delete(token);
       if (entry.used) {
         entry.used = false;
-        this.entries.set(entry.token, entry);
+        this.entries.set(token, entry);
         continue;
       }
       this.totalSize -= entry.size;
@@ -120,8 +118,8 @@ export class VerifiedSignatures {
     return false;
   }
 
-  private remove(entry: Entry): void {
-    if (this.entries.delete(entry.token)) this.totalSize -= entry.size;
+  private remove(token: string, entry: Entry): void {
+    if (this.entries.delete(token)) this.totalSize -= entry.size;
   }
 }
 
