@@ -253,6 +253,6 @@ export function isStorageError(err: unknown): boolean {
     if (/^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|EHOSTUNREACH|ENOTFOUND|EAI_AGAIN)$/.test(code)) return true;
     if (/^(08|28|53|55|57)[0-9A-Z]{3}$/.test(code) || code === '3D000') return true;
   }
-  return err.name === 'KnexTimeoutError'
+  return err.name === 'KnexTimeoutError' || err.name === 'PostgresNotAnswering'
     || /Connection terminated|ECONNREFUSED|timeout exceeded|Query read timeout|statement timeout|connection error|PGlite is closed/i.test(err.message);
 }

@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { readdir } from 'node:fs/promises';
 import knexFactory, { type Knex } from 'knex';
 import pg from 'pg';
+import { PostgresNotAnswering, StatementWatchdog } from './statement-watchdog.ts';
 
 // Keep PostgreSQL types as the code expects them: bigint counts as numbers (they stay far
 // below 2^53 here) and timestamps as Date.
@@ -42,7 +43,34 @@ export interface DatabaseLog {
   warn(message: string): void;
 }
 
+/**
+ * PostgreSQL cancels a statement after 2 s itself; one it has not answered 500 ms after that
+ * means the server is hung or cut off (DESIGN.md §8, O1: fail closed with 503).
+ */
+const STATEMENT_TIMEOUT_MS = 2000;
+const UNANSWERED_LIMIT_MS = 2500;
+
+/** Resolves once PostgreSQL answers `SELECT 1` on a connection of its own, within ~1 s. */
+async function answers(url: string): Promise<void> {
+  // A rare statement (only while stalled), so pg's own per-statement timer is fine here.
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 1000, query_timeout: 1000 });
+  client.on('error', () => undefined);
+  try {
+    await client.connect();
+    await client.query('SELECT 1');
+  } finally {
+    void client.end().catch(() => undefined);
+  }
+}
+
 async function openPostgres(url: string, poolMax: number, log: DatabaseLog, maintenance: boolean): Promise<Database> {
+  const watchdog = maintenance ? undefined : new StatementWatchdog({
+    limitMs: UNANSWERED_LIMIT_MS,
+    intervalMs: 100,
+    onStall: ({ waitedMs }) => log.warn(`PostgreSQL left a statement unanswered for ${waitedMs} ms: its connection was closed, and statements are refused until it answers again`),
+    probe: () => answers(url),
+    onRecovery: () => log.warn('PostgreSQL answers again'),
+  });
   const knex = knexFactory({
     log: {
       warn: (m: unknown) => log.warn(String(m)),
@@ -56,7 +84,7 @@ async function openPostgres(url: string, poolMax: number, log: DatabaseLog, main
       // Fail closed quickly when PostgreSQL is unreachable or stuck (DESIGN.md §8, O1).
       connectionTimeoutMillis: 2000,
       // Maintenance (audit retention) scans whole partitions: no statement limit there.
-      ...(maintenance ? {} : { statement_timeout: 2000, query_timeout: 2500 }),
+      ...(maintenance ? {} : { statement_timeout: STATEMENT_TIMEOUT_MS }),
     } as Knex.PgConnectionConfig,
     // Idle connections are kept for 10 minutes. A new PostgreSQL backend costs ~20 ms before its
     // first audit insert lands on an idle box (connect ~10 ms, then catalog caches and trigger
@@ -65,6 +93,17 @@ async function openPostgres(url: string, poolMax: number, log: DatabaseLog, main
     pool: { min: 0, max: poolMax, acquireTimeoutMillis: 2000, idleTimeoutMillis: 600_000 },
     acquireConnectionTimeout: 2000,
   });
+  if (watchdog) {
+    // knex's dialect contract: every statement gets its connection from acquireConnection, and
+    // every pooled connection is opened by acquireRawConnection. While PostgreSQL is not
+    // answering neither waits: a request would otherwise sit out acquireTimeoutMillis or
+    // connectionTimeoutMillis on a server already known to be stalled.
+    const client = knex.client as unknown as { acquireConnection(): Promise<unknown>; acquireRawConnection(): Promise<pg.Client> };
+    const acquire = client.acquireConnection.bind(client);
+    const open = client.acquireRawConnection.bind(client);
+    client.acquireConnection = () => (watchdog.stalled ? Promise.reject(new PostgresNotAnswering()) : acquire());
+    client.acquireRawConnection = () => watchdog.open(open);
+  }
   const listeners = new Set<{ stop: () => Promise<void> }>();
   return {
     knex,
@@ -116,6 +155,7 @@ async function openPostgres(url: string, poolMax: number, log: DatabaseLog, main
     async close() {
       await Promise.all([...listeners].map((l) => l.stop()));
       await knex.destroy();
+      watchdog?.stop();
     },
   };
 }
