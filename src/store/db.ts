@@ -13,6 +13,8 @@ pg.types.setTypeParser(20, (v) => Number(v));
 export interface Database {
   knex: Knex;
   kind: 'postgres' | 'embedded';
+  /** Runs `run` with no limit on how long PostgreSQL may take to answer a statement. */
+  unlimited<T>(run: () => Promise<T>): Promise<T>;
   /** Subscribes to a NOTIFY channel; resolves once listening. */
   listen(channel: string, onPayload: (payload: string) => void): Promise<() => Promise<void>>;
   close(): Promise<void>;
@@ -34,7 +36,8 @@ class DirectoryMigrations implements Knex.MigrationSource<string> {
 }
 
 export async function migrate(db: Database): Promise<string[]> {
-  const [, applied] = await db.knex.migrate.latest({ migrationSource: new DirectoryMigrations() }) as [number, string[]];
+  // A migration may rewrite a large table; its statements lift statement_timeout themselves.
+  const [, applied] = await db.unlimited(() => db.knex.migrate.latest({ migrationSource: new DirectoryMigrations() })) as [number, string[]];
   return applied;
 }
 
@@ -94,20 +97,32 @@ async function openPostgres(url: string, poolMax: number, log: DatabaseLog, main
     acquireConnectionTimeout: 2000,
   });
   if (watchdog) {
-    // knex's dialect contract: every statement gets its connection from acquireConnection, and
-    // every pooled connection is opened by acquireRawConnection. While PostgreSQL is not
-    // answering neither waits: a request would otherwise sit out acquireTimeoutMillis or
-    // connectionTimeoutMillis on a server already known to be stalled.
-    const client = knex.client as unknown as { acquireConnection(): Promise<unknown>; acquireRawConnection(): Promise<pg.Client> };
+    // knex's dialect contract: every statement gets its connection from acquireConnection, every
+    // pooled connection is opened by acquireRawConnection, which connects with
+    // _acquireOnlyConnection before its first statement (the server version). While PostgreSQL
+    // is not answering nothing waits on it: a request would otherwise sit out
+    // acquireTimeoutMillis or connectionTimeoutMillis on a server already known to be stalled.
+    const client = knex.client as unknown as {
+      acquireConnection(): Promise<unknown>;
+      acquireRawConnection(): Promise<pg.Client>;
+      _acquireOnlyConnection(): Promise<pg.Client>;
+    };
     const acquire = client.acquireConnection.bind(client);
     const open = client.acquireRawConnection.bind(client);
+    const connect = client._acquireOnlyConnection.bind(client);
     client.acquireConnection = () => (watchdog.stalled ? Promise.reject(new PostgresNotAnswering()) : acquire());
     client.acquireRawConnection = () => watchdog.open(open);
+    client._acquireOnlyConnection = async () => {
+      const connection = await connect();
+      watchdog.watch(connection);
+      return connection;
+    };
   }
   const listeners = new Set<{ stop: () => Promise<void> }>();
   return {
     knex,
     kind: 'postgres',
+    unlimited: (run) => (watchdog ? watchdog.unlimited(run) : run()),
     async listen(channel, onPayload) {
       // One dedicated connection per channel, re-established after PostgreSQL comes back;
       // callers keep a poll as backstop for whatever is sent while it is down.
@@ -175,6 +190,7 @@ async function openEmbedded(dataDir: string): Promise<Database> {
   return {
     knex,
     kind: 'embedded',
+    unlimited: (run) => run(),
     async listen(channel, onPayload) {
       const unsubscribe = await pglite.listen(channel, onPayload);
       return async () => unsubscribe();

@@ -2,7 +2,7 @@ import type pg from 'pg';
 
 /** What the watchdog reports when it gives up on PostgreSQL. */
 export interface StalledStatement {
-  /** How long the oldest unanswered statement had waited, ms. */
+  /** How long the longest-waiting statement had gone with no byte back, ms. */
   waitedMs: number;
 }
 
@@ -53,12 +53,14 @@ const bytesRead = (client: pg.Client): number => (client.connection.stream as { 
  * One interval timer looks at each pooled connection instead: a statement out (pg's own
  * `readyForQuery` flag down) with no byte read for longer than the limit is one PostgreSQL has
  * not answered. A live server answers every statement, cancelling its own after
- * `statement_timeout`, so a connection never waits that long on one.
+ * `statement_timeout`; bytes that do come back (rows, notices) restart the count.
  *
- * Such a connection is closed, with every other connection that waits for a reply (pg would keep
- * a stalled statement at the head of its connection, every later one queued behind it). What was
- * sent on them fails with "Connection terminated unexpectedly": a storage error, so 503. Idle
- * connections stay pooled. From then until PostgreSQL answers a probe sent outside the pool, no
+ * A server that leaves a statement that long has stopped answering (hung, cut off, or unable to
+ * commit: `statement_timeout` does not cover waiting on a synchronous standby), so every pooled
+ * connection is closed, idle ones too: after a failover or a lost route an idle socket would
+ * only stall again. Statements out on them fail with "Connection terminated unexpectedly" (in a
+ * transaction, "not queryable"): storage errors, so 503. knex drops the connections from its
+ * pool. From then until PostgreSQL answers a probe on a connection of its own, no pooled
  * connection is handed out or opened ({@link PostgresNotAnswering}), so no request waits on a
  * stalled server more than once.
  */
@@ -70,10 +72,13 @@ export class StatementWatchdog {
   readonly #timer: NodeJS.Timeout;
   #stalled = false;
   #probing = false;
+  #suspended = 0;
+  #lastCheck: number;
 
   constructor(options: StatementWatchdogOptions) {
     if (!(options.limitMs > 0) || !(options.intervalMs > 0)) throw new RangeError('limitMs and intervalMs must be positive');
     this.#options = { now: () => performance.now(), onRecovery: () => undefined, ...options };
+    this.#lastCheck = this.#options.now();
     this.#timer = setInterval(() => this.check(), options.intervalMs);
     this.#timer.unref();
   }
@@ -84,8 +89,8 @@ export class StatementWatchdog {
   }
 
   /**
-   * Opens a pooled connection with `connect` and watches it. Refused at once while stalled; a
-   * connect still waiting when a stall is found is given up then, not at its own timeout.
+   * Opens a pooled connection with `connect`. Refused at once while stalled; a connect still
+   * waiting when a stall is found is given up then, not at its own timeout.
    */
   async open(connect: () => Promise<pg.Client>): Promise<pg.Client> {
     if (this.#stalled) throw new PostgresNotAnswering();
@@ -93,9 +98,7 @@ export class StatementWatchdog {
     const given = Promise.withResolvers<never>();
     this.#opening.add(given.reject);
     try {
-      const client = await Promise.race([attempt, given.promise]);
-      this.watch(client);
-      return client;
+      return await Promise.race([attempt, given.promise]);
     } catch (err) {
       if (err instanceof PostgresNotAnswering) attempt.then((late) => late.end(), () => undefined).catch(() => undefined);
       throw err;
@@ -104,7 +107,20 @@ export class StatementWatchdog {
     }
   }
 
-  /** Looks after `client` from now on, until it ends. */
+  /**
+   * Runs `run` with no limit on how long a statement may go unanswered (schema migrations, whose
+   * statements lift `statement_timeout` themselves).
+   */
+  async unlimited<T>(run: () => Promise<T>): Promise<T> {
+    this.#suspended += 1;
+    try {
+      return await run();
+    } finally {
+      this.#suspended -= 1;
+    }
+  }
+
+  /** Looks after `client` from now on, until it ends: call it as soon as it is connected. */
   watch(client: pg.Client): void {
     const entry: Watched = { client, read: bytesRead(client), waitingSince: 0 };
     this.#watched.add(entry);
@@ -112,26 +128,27 @@ export class StatementWatchdog {
   }
 
   /**
-   * Once a statement has waited past the limit, closes every connection with a statement still
-   * unanswered (all wait on the same server); while stalled, probes.
+   * Once a statement has waited past the limit, closes every pooled connection; while stalled,
+   * probes.
    */
   check(): void {
     const now = this.#options.now();
+    // A timer this late means the event loop was blocked: answers may be waiting unread in the
+    // socket. Start the count again rather than blame PostgreSQL for it.
+    const blocked = now - this.#lastCheck > 3 * this.#options.intervalMs;
+    this.#lastCheck = now;
     let waitedMs = 0;
     for (const entry of this.#watched) {
       const read = bytesRead(entry.client);
       if (!isWaiting(entry.client)) entry.waitingSince = 0;
       // Bytes came back: the statement waiting now (this one or the next) waits from here.
-      else if (read !== entry.read || entry.waitingSince === 0) entry.waitingSince = now;
+      else if (read !== entry.read || entry.waitingSince === 0 || blocked || this.#suspended > 0) entry.waitingSince = now;
       entry.read = read;
       if (entry.waitingSince > 0) waitedMs = Math.max(waitedMs, now - entry.waitingSince);
     }
     if (waitedMs > this.#options.limitMs || (this.#stalled && waitedMs > 0)) {
-      for (const entry of this.#watched) {
-        if (entry.waitingSince === 0) continue;
-        this.#watched.delete(entry);
-        entry.client.connection.stream.destroy();
-      }
+      for (const entry of this.#watched) entry.client.connection.stream.destroy();
+      this.#watched.clear();
       for (const reject of this.#opening) reject(new PostgresNotAnswering());
       this.#opening.clear();
       if (!this.#stalled) {

@@ -15,22 +15,35 @@ export interface StallingProxy {
 
 export async function startStallingProxy(databaseUrl: string): Promise<StallingProxy> {
   const target = new URL(databaseUrl);
-  const sockets = new Set<Socket>();
+  const pairs = new Set<[Socket, Socket]>();
   let stalled = false;
+
+  // pipe() resumes its source whenever the destination drains, so a stall takes the pipes apart.
+  const connect = ([a, b]: [Socket, Socket]): void => {
+    a.pipe(b);
+    b.pipe(a);
+  };
+  const disconnect = ([a, b]: [Socket, Socket]): void => {
+    a.unpipe(b);
+    b.unpipe(a);
+    a.pause();
+    b.pause();
+  };
 
   const server = createServer((client) => {
     const upstream = createConnection({ host: target.hostname, port: Number(target.port || 5432) });
-    for (const socket of [client, upstream]) {
-      sockets.add(socket);
-      socket.on('close', () => sockets.delete(socket));
+    const pair: [Socket, Socket] = [client, upstream];
+    pairs.add(pair);
+    for (const socket of pair) {
       socket.on('error', () => undefined);
+      socket.on('close', () => {
+        pairs.delete(pair);
+        client.destroy();
+        upstream.destroy();
+      });
     }
-    client.pipe(upstream);
-    upstream.pipe(client);
-    // After pipe(), which starts the flow itself.
-    if (stalled) for (const socket of [client, upstream]) socket.pause();
-    client.on('close', () => upstream.destroy());
-    upstream.on('close', () => client.destroy());
+    if (stalled) disconnect(pair);
+    else connect(pair);
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const address = server.address();
@@ -43,14 +56,14 @@ export async function startStallingProxy(databaseUrl: string): Promise<StallingP
     url: url.href,
     stall() {
       stalled = true;
-      for (const socket of sockets) socket.pause();
+      for (const pair of pairs) disconnect(pair);
     },
     resume() {
       stalled = false;
-      for (const socket of sockets) socket.resume();
+      for (const pair of pairs) connect(pair);
     },
     async close() {
-      for (const socket of sockets) socket.destroy();
+      for (const pair of pairs) for (const socket of pair) socket.destroy();
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };
