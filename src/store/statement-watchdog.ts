@@ -18,8 +18,6 @@ export interface StatementWatchdogOptions {
    */
   probe: () => Promise<void>;
   onRecovery?: () => void;
-  /** Milliseconds on a monotonic clock; performance.now() unless a test steers time. */
-  now?: () => number;
 }
 
 /** Refused without being sent: PostgreSQL has not answered since a statement stalled. */
@@ -77,8 +75,8 @@ export class StatementWatchdog {
 
   constructor(options: StatementWatchdogOptions) {
     if (!(options.limitMs > 0) || !(options.intervalMs > 0)) throw new RangeError('limitMs and intervalMs must be positive');
-    this.#options = { now: () => performance.now(), onRecovery: () => undefined, ...options };
-    this.#lastCheck = this.#options.now();
+    this.#options = { onRecovery: () => undefined, ...options };
+    this.#lastCheck = performance.now();
     this.#timer = setInterval(() => this.check(), options.intervalMs);
     this.#timer.unref();
   }
@@ -132,7 +130,7 @@ export class StatementWatchdog {
    * probes.
    */
   check(): void {
-    const now = this.#options.now();
+    const now = performance.now();
     // A timer this late means the event loop was blocked: answers may be waiting unread in the
     // socket. Start the count again rather than blame PostgreSQL for it.
     const blocked = now - this.#lastCheck > 3 * this.#options.intervalMs;

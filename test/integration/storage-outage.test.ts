@@ -2,6 +2,7 @@ import { decodeJwt } from 'jose';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, inject } from 'vitest';
 import { AT, EXECUTOR_AUD, PAYMENTS, basicAuth, startTestWrit, type TestWrit } from '../support/harness.ts';
+import { expectEveryTokenRecorded } from '../support/expect.ts';
 
 /** PostgreSQL going away under load: fail closed with 503, never a token without its record; recover by itself. */
 describe('PostgreSQL unavailable', () => {
@@ -79,9 +80,6 @@ describe('PostgreSQL unavailable', () => {
 
     // Every token that left has its lineage row and its audit event.
     expect(issued.length).toBeGreaterThan(10);
-    const recorded = await t.writ.db.knex('audit_events').where({ type: 'exchange.granted' }).whereIn('jti', issued).count<Array<{ count: number }>>('* as count');
-    expect(Number(recorded[0]!.count)).toBe(issued.length);
-    const lineage = await t.writ.db.knex('token_lineage').whereIn('jti', issued).count<Array<{ count: number }>>('* as count');
-    expect(Number(lineage[0]!.count)).toBe(issued.length);
+    await expectEveryTokenRecorded(t, issued);
   }, 30_000);
 });

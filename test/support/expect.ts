@@ -24,3 +24,11 @@ export async function lineageCount(t: TestWrit): Promise<number> {
   const rows = await t.writ.db.knex('token_lineage').count<Array<{ count: number }>>('* as count');
   return Number(rows[0]?.count ?? 0);
 }
+
+/** No token without its records: every jti that left has its lineage row and its granted audit event. */
+export async function expectEveryTokenRecorded(t: TestWrit, jtis: string[]): Promise<void> {
+  const recorded = await t.writ.db.knex('audit_events').where({ type: 'exchange.granted' }).whereIn('jti', jtis).count<Array<{ count: number }>>('* as count');
+  expect(Number(recorded[0]!.count)).toBe(jtis.length);
+  const lineage = await t.writ.db.knex('token_lineage').whereIn('jti', jtis).count<Array<{ count: number }>>('* as count');
+  expect(Number(lineage[0]!.count)).toBe(jtis.length);
+}
