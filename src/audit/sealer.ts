@@ -223,7 +223,13 @@ export class AuditSealer {
     const graceMs = options.graceMs ?? this.graceMs;
     const logged: LoggedCheckpoint[] = [];
     const sealedNow = await this.knex.transaction(async (trx) => {
-      const lock = await trx.raw<{ rows: Array<{ ok: boolean }> }>('SELECT pg_try_advisory_xact_lock(?) AS ok', [AUDIT_SEAL_LOCK]);
+      // No parallel workers for the rest of the pass. Once the events table holds some 100,000
+      // rows, its planner estimates put the candidate read (a bounded range scan of ~200 rows)
+      // on two parallel workers: PostgreSQL launched both on every pass, five times a second,
+      // and the read took 7 ms instead of under 1 (10-20 ms under load), in bursts that took the
+      // same cores as the exchanges (bench/README.md, "The sealer's parallel workers").
+      const lock = await trx.raw<{ rows: Array<{ ok: boolean }> }>(
+        "SELECT pg_try_advisory_xact_lock(?) AS ok, set_config('max_parallel_workers_per_gather', '0', true)", [AUDIT_SEAL_LOCK]);
       if (!lock.rows[0]?.ok) return 0;
 
       // 1. In-flight markers and the clock, then the sequence (so every marker's id ≤ lastId).
