@@ -43,7 +43,10 @@ export function lineageFromRow(row: LineageRow): Lineage {
   };
 }
 
-/** Above this many distinct lists or roots the tables start afresh (entries keep theirs). */
+/**
+ * Above this many distinct lists or roots the tables start afresh (entries keep theirs); until
+ * then a root stays in the table, with its claims, after the last entry holding it is gone.
+ */
 const MAX_SHARED = 20_000;
 
 /**
@@ -59,7 +62,7 @@ const MAX_SHARED = 20_000;
 export class LineageCache {
   private readonly entries = new Map<string, Lineage>();
   private readonly maxEntries: number;
-  private readonly lists = new Map<string, string[]>();
+  private readonly lists = new Map<string, readonly string[]>();
   private readonly roots = new Map<string, RootSubject>();
 
   constructor(maxEntries = 200_000) {
@@ -90,18 +93,21 @@ export class LineageCache {
     return this.entries.get(jti);
   }
 
-  private sharedList(list: string[]): string[] {
+  private sharedList(list: readonly string[]): readonly string[] {
     // A NUL cannot occur in a scope token or a client id, so the joined key is unambiguous.
     const key = list.join('\0');
     const kept = this.lists.get(key);
     if (kept && kept.length === list.length) return kept;
     if (this.lists.size >= MAX_SHARED) this.lists.clear();
-    const frozen = Object.freeze([...list]) as string[];
+    const frozen = Object.freeze([...list]);
     this.lists.set(key, frozen);
     return frozen;
   }
 
   private sharedRoot(root: RootSubject): RootSubject {
+    // A chained token's root is its parent's, already one of these: kept as it is, even when
+    // the table has since moved on to a newer root of the same subject.
+    if (Object.isFrozen(root)) return root;
     const key = `${root.issuer}\0${root.sub}`;
     const kept = this.roots.get(key);
     // The same subject's claims may change from one of its tokens to the next: only the very

@@ -53,7 +53,7 @@ export interface Lineage {
   /** The client that obtained this token: the token's current actor (`act.sub`). */
   clientId: string;
   audience: string;
-  scopes: string[];
+  scopes: readonly string[];
   root: RootSubject;
   taskId: string | null;
   /** Number of `act` levels in this token. */
@@ -61,7 +61,7 @@ export interface Lineage {
   /** min(max_depth of every rule along the lineage, max_depth_cap). */
   depthBound: number;
   /** Acting clients along the chain, oldest first; the last is `clientId`. */
-  actors: string[];
+  actors: readonly string[];
   ruleId: string;
   policyVersion: number;
   iat: number;
@@ -122,7 +122,7 @@ export interface Grant {
   ruleId: string;
   policyVersion: number;
   audience: string;
-  scopes: string[];
+  scopes: readonly string[];
   iat: number;
   exp: number;
   /** The root subject's `sub`, with its issuer's `subject_prefix`. */
@@ -132,7 +132,7 @@ export interface Grant {
   taskId: string | null;
   depth: number;
   depthBound: number;
-  actors: string[];
+  actors: readonly string[];
   root: RootSubject;
   parentJti: string | null;
   signingAlg: SigningAlg;

@@ -44,8 +44,19 @@ describe('lineage cache', () => {
     expect(b.actors).toBe(a.actors);
     expect(b.root).toBe(a.root);
     expect(Object.isFrozen(a.scopes) && Object.isFrozen(a.actors) && Object.isFrozen(a.root)).toBe(true);
-    expect(() => a.scopes.push('payments:admin')).toThrow(TypeError);
+    expect(() => (a.scopes as string[]).push('payments:admin')).toThrow(TypeError);
     expect(Object.isFrozen(first.scopes) || Object.isFrozen(first.actors) || Object.isFrozen(first.root)).toBe(false);
+  });
+
+  it('keeps a chained token\'s root, its parent\'s, even after the subject\'s newer root took the table', () => {
+    const cache = new LineageCache();
+    cache.remember(lineage('parent'));
+    const parentRoot = cache.peek('parent')!.root;
+    // The same subject presents a token with other claims: its root is now the one kept.
+    cache.remember(lineage('sibling', { root: { issuer: 'https://idp.example.com', sub: 'alice', claims: { ...claims } } }));
+    cache.remember(lineage('child', { parentJti: 'parent', root: parentRoot }));
+    expect(cache.peek('child')!.root).toBe(parentRoot);
+    expect(cache.peek('sibling')!.root).not.toBe(parentRoot);
   });
 
   it('does not share what differs: other lists, the same subject with other claims, [] and [""]', () => {
