@@ -7,14 +7,14 @@ export interface LineageRow {
   parent_jti: string | null;
   client_id: string;
   audience: string;
-  scopes: string[];
+  scopes: readonly string[];
   root_issuer: string;
   root_sub: string;
   root_claims: Record<string, unknown>;
   task_id: string | null;
   depth: number;
   depth_bound: number;
-  actors: string[];
+  actors: readonly string[];
   rule_id: string;
   policy_version: number;
   iat: Date;

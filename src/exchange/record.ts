@@ -68,10 +68,8 @@ export function unrecordable({ lineage, deniedIfParentRevoked }: GrantRecord): E
  * token_lineage row with times as epoch seconds, then the audit columns of the event it records
  * and of the denial recorded instead if its parent was revoked meanwhile. JSON values stay JSON.
  */
-interface GrantInputRow extends Omit<LineageRow, 'iat' | 'exp' | 'revoked_at' | 'scopes' | 'actors'> {
+interface GrantInputRow extends Omit<LineageRow, 'iat' | 'exp' | 'revoked_at'> {
   ord: number;
-  scopes: readonly string[];
-  actors: readonly string[];
   iat: number;
   exp: number;
   request_id: string | null;
