@@ -37,6 +37,7 @@ import { inlineIssuerKeys } from '../src/policy/overlay.ts';
 import { formatDecideResults, runDecideBench, type DecideCaseResult } from './decide.ts';
 import { measureJitter, type Jitter } from './jitter.ts';
 import { closedLoop, CpuMeter, openLoop, summarise, type GcPauses, type LoadRequest, type RunResult } from './load.ts';
+import { runInProcess, type LoadJob } from './load-process.ts';
 import { formatProfile, summariseProfile, type ProfileSummary } from './profile.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
@@ -320,10 +321,21 @@ async function gcTotals(writ: WritProcess): Promise<GcTotals> {
   };
 }
 
-/** An open-loop run against Writ, with the GC pauses it saw during the run. */
-async function openLoopWithGc(writ: WritProcess, options: Parameters<typeof openLoop>[0]): Promise<Omit<RunResult, 'scenario' | 'server'>> {
+/**
+ * A paced run in a load process of its own (bench/load-process.ts: its latencies count from when
+ * each request was due, so they must not include this process's pauses). Its latencies are also
+ * appended to `samples`.
+ */
+async function paced(serverPid: number, options: Extract<LoadJob, { kind: 'open' }>['options'], samples?: number[]): Promise<Omit<RunResult, 'scenario' | 'server'>> {
+  const outcome = await runInProcess({ kind: 'open', serverPid, options }).done;
+  samples?.push(...outcome.samples);
+  return outcome.result;
+}
+
+/** A paced run against Writ, with the GC pauses it saw during the run. */
+async function pacedWithGc(writ: WritProcess, options: Extract<LoadJob, { kind: 'open' }>['options']): Promise<Omit<RunResult, 'scenario' | 'server'>> {
   const before = await gcTotals(writ);
-  const result = await openLoop(options);
+  const result = await paced(writ.child.process.pid!, options);
   const after = await gcTotals(writ);
   const pauses = (kind: keyof GcTotals): GcPauses => {
     const count = after[kind].count - before[kind].count;
@@ -506,7 +518,7 @@ async function benchWrit(writ: WritProcess, idp: Idp): Promise<void> {
 
   if (want('open')) for (const rate of openRates) {
     await settle();
-    record('writ', 'direct exchange', await openLoopWithGc(writ, { url, request: direct, rate, duration, maxSockets: 64, cpu }));
+    record('writ', 'direct exchange', await pacedWithGc(writ, { url, request: direct, rate, duration, maxSockets: 64 }));
   }
   if (want('open') && !quick) await settle();
   if (want('open') && !quick) record('writ', 'direct exchange', await closedLoop({ url, request: direct, connections: 10, duration, overallRate: TARGETS.rate, cpu }));
@@ -517,17 +529,22 @@ async function benchWrit(writ: WritProcess, idp: Idp): Promise<void> {
   // victim p99 at 100/s is decided by its slowest 1 % — on these VMs the kernel's periodic
   // stalls (see "The machine's floor" in bench/README.md) — and one pair of runs moved between
   // 1× and 8× with nothing changed; the target is judged on the samples of all pairs pooled.
+  const pid = writ.child.process.pid!;
   const flooder = { ...direct, headers: { ...direct.headers, authorization: basic('flood-agent', writ.secrets.FLOOD_SECRET!) } };
   // A p99 needs samples: at least 1,500 per run (15 s at 100/s) unless --quick.
   const victimDuration = quick ? duration : Math.max(duration, 15);
   for (let pair = 1; pair <= floodPairs; pair += 1) {
     const n = floodPairs > 1 ? ` #${pair}` : '';
     await settle();
-    record('writ', `victim alone${n}`, await openLoop({ url, request: direct, rate: TARGETS.floodVictimRate, duration: victimDuration, maxSockets: 16, cpu, samples: victim.alone }));
+    record('writ', `victim alone${n}`, await paced(pid, { url, request: direct, rate: TARGETS.floodVictimRate, duration: victimDuration, maxSockets: 16 }, victim.alone));
     await settle();
-    const flood = closedLoop({ url, request: flooder, connections: 50, duration: victimDuration + 1, cpu: new CpuMeter(writ.child.process.pid!) });
-    record('writ', `victim under flood${n}`, await openLoop({ url, request: direct, rate: TARGETS.floodVictimRate, duration: victimDuration, maxSockets: 16, cpu, samples: victim.flooded }));
-    record('writ', `flooding client${n}`, await flood);
+    // The flooding client runs in a process of its own, as it would on its own machine.
+    // It starts first and outlasts the victim's run, so every victim request meets it.
+    const flood = runInProcess({ kind: 'closed', serverPid: pid, options: { url, request: flooder, connections: 50, duration: victimDuration + 2 } });
+    await flood.started;
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    record('writ', `victim under flood${n}`, await paced(pid, { url, request: direct, rate: TARGETS.floodVictimRate, duration: victimDuration, maxSockets: 16 }, victim.flooded));
+    record('writ', `flooding client${n}`, (await flood.done).result);
   }
 }
 
@@ -552,7 +569,7 @@ async function benchFloor(dbUrl: string, idp: Idp, audience: string, subjects: L
     log(`warm-up (${quick ? 1 : 3} s)`);
     await closedLoop({ url, request, connections: 10, duration: quick ? 1 : 3, cpu });
     for (const connections of concurrencies) record('floor', 'direct exchange', await closedLoop({ url, request, connections, duration, cpu }));
-    for (const rate of openRates) record('floor', 'direct exchange', await openLoop({ url, request, rate, duration, maxSockets: 64, cpu }));
+    for (const rate of openRates) record('floor', 'direct exchange', await paced(child.process.pid!, { url, request, rate, duration, maxSockets: 64 }));
   } finally {
     await stopChild(child);
   }
