@@ -13,5 +13,5 @@ COPY policy ./policy
 COPY bin ./bin
 USER node
 EXPOSE 4000 9464
-ENTRYPOINT ["node", "src/main.ts"]
+ENTRYPOINT ["node", "--no-memory-reducer", "src/main.ts"]
 CMD ["serve"]

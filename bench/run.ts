@@ -33,6 +33,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { exportJWK, generateKeyPair, SignJWT, type CryptoKey, type JWK } from 'jose';
 import pg from 'pg';
+import { SERVING_NODE_FLAGS } from '../src/cli/heap-tuning.ts';
 import { inlineIssuerKeys } from '../src/policy/overlay.ts';
 import { formatDecideResults, runDecideBench, type DecideCaseResult } from './decide.ts';
 import { measureJitter, type Jitter } from './jitter.ts';
@@ -284,6 +285,8 @@ async function startWrit(dbUrl: string, idp: Idp, profileDir?: string): Promise<
     FLOOD_SECRET: randomBytes(32).toString('base64url'),
   };
   const argv = [
+    // Started as every shipped launcher starts it.
+    ...SERVING_NODE_FLAGS,
     ...(profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []),
     'src/main.ts', 'serve', '--apply', policyDir,
   ];
