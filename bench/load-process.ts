@@ -15,9 +15,16 @@ import { closedLoop, CpuMeter, openLoop, type RunResult } from './load.ts';
 
 type Options<F extends (options: never) => unknown> = Omit<Parameters<F>[0], 'cpu' | 'samples'>;
 
+interface JobBase {
+  /** Writ or the floor server, for the CPU columns. */
+  serverPid: number;
+  /** Other load processes running beside this one, whose CPU counts as the load generator's. */
+  driverPids?: number[];
+}
+
 export type LoadJob =
-  | { kind: 'open'; serverPid: number; options: Options<typeof openLoop> }
-  | { kind: 'closed'; serverPid: number; options: Options<typeof closedLoop> };
+  | (JobBase & { kind: 'open'; options: Options<typeof openLoop> })
+  | (JobBase & { kind: 'closed'; options: Options<typeof closedLoop> });
 
 export interface LoadOutcome {
   result: Omit<RunResult, 'scenario' | 'server'>;
@@ -25,13 +32,29 @@ export interface LoadOutcome {
   samples: number[];
 }
 
+/** The fields of a result that are null when they do not apply (see RunResult and CpuShare). */
+const NULLABLE = new Set(['offered', 'kdamond']);
+
+/**
+ * A load process's output. JSON has no NaN (CPU per 2xx response when there was none, a
+ * percentile of no samples): it arrives as null, and is turned back into NaN everywhere except
+ * in the fields where null means "does not apply".
+ */
+export function parseOutcome(text: string): LoadOutcome {
+  return JSON.parse(text, (key, value: unknown) => (value === null && !NULLABLE.has(key) ? Number.NaN : value)) as LoadOutcome;
+}
+
 const SELF = fileURLToPath(import.meta.url);
 
 export interface LoadProcess {
-  /** Settles once the process has read its job and is starting the load. */
+  /** The load process's pid (to count its CPU beside another's). */
+  pid: number;
+  /** Settles once the process has read its job and is starting the load, or has ended. */
   started: Promise<void>;
-  /** The run's outcome; rejects with the process's output if it fails. */
+  /** The run's outcome; rejects with the process's output if it fails or is stopped. */
   done: Promise<LoadOutcome>;
+  /** Ends the run early (a run beside it failed); `done` then rejects. */
+  stop: () => void;
 }
 
 const STARTED = 'load started\n';
@@ -46,33 +69,41 @@ export function runInProcess(job: LoadJob): LoadProcess {
     markStarted = resolve;
   });
   const done = new Promise<LoadOutcome>((resolve, reject) => {
+    const fail = (error: Error): void => {
+      markStarted();
+      reject(error);
+    };
     child.stdout.on('data', (chunk: Buffer) => out.push(chunk));
     child.stderr.on('data', (chunk: Buffer) => {
       err += chunk.toString();
       if (err.includes(STARTED)) markStarted();
     });
-    child.once('error', reject);
-    child.once('close', (code) => {
-      markStarted();
+    child.once('error', fail);
+    child.once('close', (code, signal) => {
       if (code !== 0) {
-        reject(new Error(`load process exited ${code}:\n${err}`));
+        fail(new Error(`load process ${signal ? `stopped by ${signal}` : `exited ${code}`}:\n${err}`));
         return;
       }
-      // JSON has no NaN (CPU per 2xx response with none, a percentile of no samples): it comes
-      // back as null, as do the two fields that are null when they do not apply.
-      const nullable = new Set(['offered', 'kdamond']);
-      resolve(JSON.parse(Buffer.concat(out).toString(), (key, value: unknown) => (value === null && !nullable.has(key) ? Number.NaN : value)) as LoadOutcome);
+      markStarted();
+      try {
+        resolve(parseOutcome(Buffer.concat(out).toString()));
+      } catch (error) {
+        reject(new Error(`load process wrote no result (${(error as Error).message}):\n${err}`));
+      }
     });
   });
+  // The job (with every request body) outgrows a pipe's buffer: a process that dies before
+  // reading it all breaks the pipe, and 'close' reports why.
+  child.stdin.on('error', () => {});
   child.stdin.end(JSON.stringify(job));
-  return { started, done };
+  return { pid: child.pid ?? 0, started, done, stop: () => void child.kill('SIGTERM') };
 }
 
 async function main(): Promise<void> {
   const input: Buffer[] = [];
   for await (const chunk of process.stdin) input.push(chunk as Buffer);
   const job = JSON.parse(Buffer.concat(input).toString()) as LoadJob;
-  const cpu = new CpuMeter(job.serverPid);
+  const cpu = new CpuMeter(job.serverPid, job.driverPids ?? []);
   process.stderr.write(STARTED);
   const samples: number[] = [];
   const result = job.kind === 'open'

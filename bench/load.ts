@@ -21,7 +21,7 @@ export interface CpuShare {
   server: number;
   /** Every `postgres` process on the box. */
   postgres: number;
-  /** This process (the load generator). */
+  /** The load generator: this process, and any load process running beside it. */
   driver: number;
   /** The whole machine, % of all cores busy. */
   machine: number;
@@ -174,10 +174,20 @@ function machineTicks(): { busy: number; total: number } {
 
 export class CpuMeter {
   private readonly serverPid: number;
-  private start = { server: 0, postgres: 0, driver: 0, machine: { busy: 0, total: 0 }, kdamondNs: null as number | null, at: 0 };
+  private readonly otherDriverPids: readonly number[];
+  private start = { server: 0, postgres: 0, driver: 0, otherDrivers: 0, machine: { busy: 0, total: 0 }, kdamondNs: null as number | null, at: 0 };
 
-  constructor(serverPid: number) {
+  /** `otherDriverPids`: load processes beside this one (a flooding client beside its victim). */
+  constructor(serverPid: number, otherDriverPids: readonly number[] = []) {
     this.serverPid = serverPid;
+    this.otherDriverPids = otherDriverPids;
+  }
+
+  private otherDriverTicks(): number {
+    return this.otherDriverPids.reduce((sum, pid) => {
+      const fields = statFields(pid);
+      return sum + (fields ? Number(fields[11]) + Number(fields[12]) : 0);
+    }, 0);
   }
 
   begin(): void {
@@ -186,6 +196,7 @@ export class CpuMeter {
       server: processTicks(this.serverPid),
       postgres: postgresTicks(),
       driver: usage.user + usage.system,
+      otherDrivers: this.otherDriverTicks(),
       machine: machineTicks(),
       kdamondNs: kdamondNs(),
       at: performance.now(),
@@ -200,7 +211,7 @@ export class CpuMeter {
     const machineTotal = machine.total - this.start.machine.total;
     const server = pct(processTicks(this.serverPid) - this.start.server);
     const postgres = pct(postgresTicks() - this.start.postgres);
-    const driver = Math.round(((usage.user + usage.system - this.start.driver) / 1e6 / seconds) * 100);
+    const driver = Math.round(((usage.user + usage.system - this.start.driver) / 1e6 / seconds) * 100) + pct(this.otherDriverTicks() - this.start.otherDrivers);
     const machinePct = machineTotal > 0 ? ((machine.busy - this.start.machine.busy) / machineTotal) * 100 : 0;
     const kdamond = kdamondNs();
     return {

@@ -329,8 +329,8 @@ async function gcTotals(writ: WritProcess): Promise<GcTotals> {
  * each request was due, so they must not include this process's pauses). Its latencies are also
  * appended to `samples`.
  */
-async function paced(serverPid: number, options: Extract<LoadJob, { kind: 'open' }>['options'], samples?: number[]): Promise<Omit<RunResult, 'scenario' | 'server'>> {
-  const outcome = await runInProcess({ kind: 'open', serverPid, options }).done;
+async function paced(serverPid: number, options: Extract<LoadJob, { kind: 'open' }>['options'], samples?: number[], driverPids: number[] = []): Promise<Omit<RunResult, 'scenario' | 'server'>> {
+  const outcome = await runInProcess({ kind: 'open', serverPid, driverPids, options }).done;
   samples?.push(...outcome.samples);
   return outcome.result;
 }
@@ -544,9 +544,16 @@ async function benchWrit(writ: WritProcess, idp: Idp): Promise<void> {
     // The flooding client runs in a process of its own, as it would on its own machine.
     // It starts first and outlasts the victim's run, so every victim request meets it.
     const flood = runInProcess({ kind: 'closed', serverPid: pid, options: { url, request: flooder, connections: 50, duration: victimDuration + 2 } });
-    await flood.started;
-    await new Promise((resolve) => setTimeout(resolve, 500));
-    record('writ', `victim under flood${n}`, await paced(pid, { url, request: direct, rate: TARGETS.floodVictimRate, duration: victimDuration, maxSockets: 16 }, victim.flooded));
+    try {
+      await flood.started;
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      // The flooder's CPU is the load generator's too, not a neighbour's.
+      record('writ', `victim under flood${n}`, await paced(pid, { url, request: direct, rate: TARGETS.floodVictimRate, duration: victimDuration, maxSockets: 16 }, victim.flooded, [flood.pid]));
+    } catch (error) {
+      flood.stop();
+      await flood.done.catch(() => {});
+      throw error;
+    }
     record('writ', `flooding client${n}`, (await flood.done).result);
   }
 }
@@ -556,7 +563,8 @@ const victim = { alone: [] as number[], flooded: [] as number[] };
 
 async function benchFloor(dbUrl: string, idp: Idp, audience: string, subjects: LoadRequest): Promise<void> {
   const port = await freePort();
-  const child = spawnChild(['bench/floor.ts'], {
+  // With Writ's node flags: the floor is the same work on the same runtime.
+  const child = spawnChild([...SERVING_NODE_FLAGS, 'bench/floor.ts'], {
     FLOOR_PORT: String(port),
     DATABASE_URL: dbUrl,
     FLOOR_ISSUER: IDP,
@@ -704,7 +712,7 @@ async function main(): Promise<void> {
         await stopChild(writ.child);
         writ = undefined;
         const port = await freePort();
-        const child = spawnChild(['--cpu-prof', `--cpu-prof-dir=${profileDir}`, 'bench/floor.ts'], {
+        const child = spawnChild([...SERVING_NODE_FLAGS, '--cpu-prof', `--cpu-prof-dir=${profileDir}`, 'bench/floor.ts'], {
           FLOOR_PORT: String(port), DATABASE_URL: dbUrl, FLOOR_ISSUER: IDP, FLOOR_AUDIENCE: audience, FLOOR_ISSUER_JWK: JSON.stringify(idp.publicJwk),
         });
         const url = `http://127.0.0.1:${port}`;
@@ -760,7 +768,7 @@ async function main(): Promise<void> {
     const report = [
       '',
       `Writ benchmark — ${started.toISOString()} — ${os.cpus().length}× ${os.cpus()[0]?.model ?? 'cpu'}, Node ${process.version}, PostgreSQL ${pgVersion} (same box), Writ with ${workers} worker process${workers === 1 ? '' : 'es'}, ${duration} s per run`,
-      'req/s counts 2xx responses only; latency in ms from send (closed loop) or from when due (open loop); cpu = % of one core for the server process, all postgres processes, this load generator, and everything else on the box (should be ~0: otherwise a neighbour skewed the run)',
+      'req/s counts 2xx responses only; latency in ms from send (closed loop) or from when due (open loop); cpu = % of one core for the server process, all postgres processes, the load generator (this process, or the load processes of a paced run), and everything else on the box (should be ~0: otherwise a neighbour skewed the run)',
       '',
       formatTable(results),
       '',
