@@ -1,4 +1,4 @@
-#!/usr/bin/env -S node --no-memory-reducer
+#!/usr/bin/env node
 import cluster from 'node:cluster';
 import { parseArgs } from 'node:util';
 import { ConfigError } from './config.ts';

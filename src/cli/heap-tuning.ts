@@ -1,21 +1,25 @@
 import v8 from 'node:v8';
 
 /**
- * Node options every shipped way of starting Writ puts on the command line (the package's
- * scripts, `bin/writ.js`, `src/main.ts`'s shebang, the Dockerfile, the bench); worker processes
- * inherit them. They cannot be set from inside: NODE_OPTIONS refuses them, and set at run time
- * the first did not take (below).
+ * Node options that only node's command line takes: the npm scripts, the Dockerfile and the
+ * bench pass them, and worker processes inherit them. `NODE_OPTIONS` refuses them, and
+ * `v8.setFlagsFromString` is too late: V8 creates its memory reducer once, as it sets up the
+ * heap, and only if the flag is on then.
  *
  * `--no-memory-reducer`: when the allocation rate falls after a busy spell, V8's memory reducer
  * runs a full collection that compacts the whole heap to hand memory back. In the bench, as the
- * load stepped down to 100 exchanges/s, that collection held Writ's event loop for 94 and 101 ms
- * (`reduce_memory=1` in `--trace-gc-nvp`; every other full collection took 3–16 ms), and every
- * request in flight waited with it. Without the reducer the heap stays at the size its busiest
- * spell needed, which the caches bound; a server is better off predictable than small.
- * `v8.setFlagsFromString` at start left the reducer running: a 101.5 ms `reduce_memory=1`
- * pause in the next full bench.
+ * load stepped down to 100 exchanges/s, that collection held Writ's event loop for 94 and
+ * 101.5 ms (`reduce_memory=1` in `--trace-gc-nvp`; every other full collection took 3–16 ms),
+ * and every request in flight waited with it; the 101.5 ms one came with the flag set at run
+ * time. Without the reducer the heap stays at the size its busiest spell needed, which the
+ * caches bound; a server is better off predictable than small.
  */
 export const SERVING_NODE_FLAGS = ['--no-memory-reducer'] as const;
+
+/** Which of SERVING_NODE_FLAGS this process was started without. */
+export function missingServingFlags(execArgv: readonly string[] = process.execArgv): string[] {
+  return SERVING_NODE_FLAGS.filter((flag) => !execArgv.includes(flag));
+}
 
 /**
  * V8 settings for a process that serves requests, applied before it starts serving.

@@ -6,7 +6,7 @@ import type { CliContext } from './context.ts';
 import { claimDataDir, releaseDataDir, runningServer, type LocalServer } from './local-server.ts';
 import { policyApply } from './policy.ts';
 import { superviseWorkers, workerIndex } from './workers.ts';
-import { tuneHeapForServing } from './heap-tuning.ts';
+import { missingServingFlags, tuneHeapForServing } from './heap-tuning.ts';
 
 export interface Serving {
   writ: Writ;
@@ -29,6 +29,10 @@ export async function startServing(ctx: CliContext, options: { applyDir?: string
   }
   const base = createLogger(options.logLevel ?? config.logLevel);
   const logger = options.worker ? base.child({ worker: options.worker.index }) : base;
+  const missing = missingServingFlags();
+  if (missing.length > 0) {
+    logger.warn({ missing }, `node was started without ${missing.join(' ')}: V8 may hold every request for ~100 ms to hand memory back when the load falls; start Writ with \`node ${missing.join(' ')} src/main.ts serve\`, as npm start and the Docker image do`);
+  }
   let local: LocalServer | undefined;
   const writ = await createWrit(config, logger, {
     localToken: () => local?.token,
