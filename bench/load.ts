@@ -183,10 +183,14 @@ export class CpuMeter {
     this.otherDriverPids = otherDriverPids;
   }
 
+  /** Last ticks read per other load process: one that has exited keeps what it used. */
+  private readonly otherDriverLast = new Map<number, number>();
+
   private otherDriverTicks(): number {
     return this.otherDriverPids.reduce((sum, pid) => {
       const fields = statFields(pid);
-      return sum + (fields ? Number(fields[11]) + Number(fields[12]) : 0);
+      if (fields) this.otherDriverLast.set(pid, Number(fields[11]) + Number(fields[12]));
+      return sum + (this.otherDriverLast.get(pid) ?? 0);
     }, 0);
   }
 

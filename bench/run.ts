@@ -285,7 +285,7 @@ async function startWrit(dbUrl: string, idp: Idp, profileDir?: string): Promise<
     FLOOD_SECRET: randomBytes(32).toString('base64url'),
   };
   const argv = [
-    // Started as every shipped launcher starts it.
+    // Started as `npm start` and the Docker image start it.
     ...SERVING_NODE_FLAGS,
     ...(profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []),
     'src/main.ts', 'serve', '--apply', policyDir,
@@ -544,6 +544,9 @@ async function benchWrit(writ: WritProcess, idp: Idp): Promise<void> {
     // The flooding client runs in a process of its own, as it would on its own machine.
     // It starts first and outlasts the victim's run, so every victim request meets it.
     const flood = runInProcess({ kind: 'closed', serverPid: pid, options: { url, request: flooder, connections: 50, duration: victimDuration + 2 } });
+    // Awaited below; a flood that fails during the victim's run must not end the bench before
+    // its cleanup (the database dropped, Writ stopped).
+    flood.done.catch(() => {});
     try {
       await flood.started;
       await new Promise((resolve) => setTimeout(resolve, 500));

@@ -15,7 +15,7 @@ export interface Serving {
 }
 
 /** Starts Writ: migrate, load keys and policy, listen. On the embedded database it claims the data dir. */
-export async function startServing(ctx: CliContext, options: { applyDir?: string; logLevel?: string; metrics?: boolean; worker?: { index: number } } = {}): Promise<Serving> {
+export async function startServing(ctx: CliContext, options: { applyDir?: string; logLevel?: string; metrics?: boolean; worker?: { index: number }; checkNodeFlags?: boolean } = {}): Promise<Serving> {
   const { config } = ctx;
   const embedded = !config.databaseUrl;
   if (embedded) {
@@ -29,7 +29,8 @@ export async function startServing(ctx: CliContext, options: { applyDir?: string
   }
   const base = createLogger(options.logLevel ?? config.logLevel);
   const logger = options.worker ? base.child({ worker: options.worker.index }) : base;
-  const missing = missingServingFlags();
+  // `writ serve` only: the demo's walk-through is no place for advice on running in production.
+  const missing = options.checkNodeFlags ? missingServingFlags() : [];
   if (missing.length > 0) {
     logger.warn({ missing }, `node was started without ${missing.join(' ')}: V8 may hold every request for ~100 ms to hand memory back when the load falls; start Writ with \`node ${missing.join(' ')} src/main.ts serve\`, as npm start and the Docker image do`);
   }
@@ -58,7 +59,7 @@ export async function serve(ctx: CliContext, options: { applyDir?: string }): Pr
   tuneHeapForServing();
   // A worker: the primary has prepared the database and applied any policy already.
   const worker = cluster.isWorker ? { index: workerIndex() } : undefined;
-  const serving = await startServing(ctx, worker ? { worker } : options);
+  const serving = await startServing(ctx, { ...(worker ? { worker } : options), checkNodeFlags: true });
   await new Promise<void>((resolve) => {
     const stop = (): void => void serving.stop().then(resolve);
     const onSignal = (signal: NodeJS.Signals): void => {

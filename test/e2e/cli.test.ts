@@ -26,6 +26,8 @@ describe('the writ command', () => {
     const run = await writ(['demo', '--exit'], { WRIT_DATA_DIR: tempDir(), PORT: String(port), WRIT_ISSUER: `http://localhost:${port}` });
     expect(run.stderr).toBe('');
     expect(run.code).toBe(0);
+    // Started here without Writ's node flags: advice on them is for `writ serve`, not the walk-through.
+    expect(run.stdout).not.toContain('was started without');
     expect(run.stdout).toContain('applied policy version 1');
     expect(run.stdout).toContain('chain: alice → planner-agent → executor-agent → https://payments.example.com');
     expect(run.stdout).toMatch(/payments-api introspects the executor's token → \{"active":true,.*"act":\{"sub":"executor-agent","act":\{"sub":"planner-agent"\}\}/);
