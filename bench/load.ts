@@ -109,9 +109,11 @@ function statFields(pid: number | string): string[] | undefined {
   }
 }
 
+/** A process's own CPU ticks (utime + stime) from its stat fields; 0 once it has gone. */
+const ticks = (fields: string[] | undefined): number => (fields ? Number(fields[11]) + Number(fields[12]) : 0);
+
 /** CPU ticks of a process and its direct children (Writ's worker processes). */
 function processTicks(pid: number): number {
-  const ticks = (fields: string[] | undefined): number => (fields ? Number(fields[11]) + Number(fields[12]) : 0);
   let total = ticks(statFields(pid));
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
@@ -189,7 +191,7 @@ export class CpuMeter {
   private otherDriverTicks(): number {
     return this.otherDriverPids.reduce((sum, pid) => {
       const fields = statFields(pid);
-      if (fields) this.otherDriverLast.set(pid, Number(fields[11]) + Number(fields[12]));
+      if (fields) this.otherDriverLast.set(pid, ticks(fields));
       return sum + (this.otherDriverLast.get(pid) ?? 0);
     }, 0);
   }
