@@ -111,6 +111,11 @@ describe('protocol abuse over HTTP', () => {
       // node:querystring would drop every key after the 1,000th; Writ refuses such a body whole.
       await refused(() => raw('/token', { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: planner() }, body }), 'invalid_request', 'invalid_parameter');
     });
+    it('a duplicate hidden after 1,000 empty parameters is still a duplicate', async () => {
+      // node:querystring spends its key budget on `&&` as on `x=1&`.
+      const body = `${new URLSearchParams(await base()).toString()}${'&'.repeat(1001)}&${new URLSearchParams({ subject_token: await user({ sub: 'admin' }), scope: 'payment.transfer' }).toString()}`;
+      await refused(() => raw('/token', { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: planner() }, body }), 'invalid_request', 'invalid_parameter');
+    });
   });
 
   // -------------------------------------------------------------------------------------------
