@@ -136,6 +136,12 @@ export function createApp(deps: AppDeps): Koa {
         ctx.body = { error: 'server_error', error_description: 'an unexpected error occurred' };
       }
     } finally {
+      // RFC 6749 §5.1: no-store and Pragma: no-cache on every answer of the OAuth endpoints,
+      // refusals, rate limits and the 503 of a draining process included.
+      if (POST_ONLY.has(ctx.path) && !ctx.headerSent) {
+        ctx.set('Cache-Control', 'no-store');
+        ctx.set('Pragma', 'no-cache');
+      }
       // Method, path, status and timing only: never bodies, queries or credential headers.
       deps.logger.info({
         requestId,

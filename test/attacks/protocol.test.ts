@@ -250,6 +250,7 @@ describe('protocol abuse over HTTP', () => {
         expect({ status: res.status, error: res.body.error }).toEqual({ status: 405, error: 'invalid_request' });
         expect(res.headers.get('allow')).toBe('POST');
         expect(res.headers.get('cache-control')).toContain('no-store');
+        expect(res.headers.get('pragma')).toBe('no-cache');
         expect(res.body.access_token).toBeUndefined();
         expect(res.body.active).toBeUndefined();
       });

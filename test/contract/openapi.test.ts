@@ -168,6 +168,8 @@ const AUTH_METHOD_OF_SCHEME: Record<string, string> = {
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,64}$/;
 const DRAINING_BODY = { error: 'temporarily_unavailable', error_description: 'shutting down' };
+/** The endpoints whose every answer is no-store with Pragma: no-cache (RFC 6749 §5.1). */
+const OAUTH_ENDPOINTS = new Set(['/token', '/token/introspection', '/token/revocation', '/task/revocation']);
 
 // ---------------------------------------------------------------------------------------------
 // The document: references, schemas
@@ -1276,6 +1278,10 @@ describe('openapi.yaml against a running Writ', () => {
         expect([answer.status, answer.body], `${m} ${p}`).toEqual([503, DRAINING_BODY]);
         expect(answer.headers.get('retry-after'), `${m} ${p}`).toBe('1');
         expect(answer.headers.get('connection'), `${m} ${p}`).toBe('close');
+        if (OAUTH_ENDPOINTS.has(p)) {
+          expect(answer.headers.get('cache-control'), `${m} ${p}`).toBe('no-store');
+          expect(answer.headers.get('pragma'), `${m} ${p}`).toBe('no-cache');
+        }
       }
       const unknown = await send('GET', '/nothing-here', { base });
       expect([unknown.status, unknown.body]).toEqual([503, DRAINING_BODY]);
@@ -1478,6 +1484,7 @@ describe('openapi.yaml: rate limits against a running Writ', () => {
       expectRateLimited(answer, p);
       expect(answer.headers.get('ratelimit-limit'), p).toBe('2');
       expect(answer.headers.get('cache-control'), p).toBe('no-store');
+      expect(answer.headers.get('pragma'), p).toBe('no-cache');
     }
     expect((await t.auditRows({ reason: 'auth_rate_limited' })).length).toBeGreaterThanOrEqual(1);
   });

@@ -32,6 +32,7 @@ describe('token exchange (DESIGN.md example, PostgreSQL)', () => {
       const res = await t.exchange('planner-agent', { subject_token: await userToken(), subject_token_type: AT, audience: PAYMENTS });
       expect(res.status).toBe(200);
       expect(res.headers.get('cache-control')).toBe('no-store');
+      expect(res.headers.get('pragma')).toBe('no-cache');
       expect(res.body).toMatchObject({
         issued_token_type: 'urn:ietf:params:oauth:token-type:access_token',
         token_type: 'Bearer',

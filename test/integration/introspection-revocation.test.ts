@@ -23,6 +23,7 @@ describe('introspection (RFC 7662) and revocation (RFC 7009)', () => {
     const res = await t.post('/token/introspection', { token: hop2 }, basicAuth('payments-api'));
     expect(res.status).toBe(200);
     expect(res.headers.get('cache-control')).toContain('no-store');
+    expect(res.headers.get('pragma')).toBe('no-cache');
     const claims = decodeJwt(hop2);
     expect(res.body).toEqual({
       active: true, iss: t.issuer, sub: 'alice', sub_id: claims.sub_id, aud: PAYMENTS, client_id: 'executor-agent',

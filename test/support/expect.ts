@@ -11,6 +11,7 @@ export async function expectDenied(t: TestWrit, res: Response, error: string, re
   expect({ status: res.status, error: res.body.error }).toEqual({ status, error });
   expect(res.body.access_token).toBeUndefined();
   expect(res.headers.get('cache-control')).toContain('no-store');
+  expect(res.headers.get('pragma')).toBe('no-cache');
   const requestId = res.headers.get('x-request-id');
   expect(requestId).toBeTruthy();
   const rows = await t.auditRows({ request_id: requestId });
