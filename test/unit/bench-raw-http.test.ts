@@ -57,7 +57,9 @@ describe('bench raw HTTP client', () => {
       sockets.add(req.socket);
       req.resume();
       req.on('end', () => setTimeout(() => res.end('ok'), 5));
-    }, 50);
+    // Long enough that a busy machine does not close a connection between two requests of the
+    // burst; short enough to wait out below.
+    }, 400);
     pool = new RawPool('127.0.0.1', port, 2);
     const get = serialiseRequest({ method: 'GET', host: `127.0.0.1:${port}`, path: '/', headers: {} });
     const burst = await Promise.all(Array.from({ length: 6 }, () => pool!.request(get)));
