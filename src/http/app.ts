@@ -6,11 +6,11 @@ import type { Logger } from 'pino';
 import type Provider from 'oidc-provider';
 import type { BatchedAuditWriter } from '../audit/batch-writer.ts';
 import type { AuditEvent } from '../audit/event.ts';
-import { ROUTES } from '../oauth/provider.ts';
+import { clientAuthenticated, ROUTES } from '../oauth/provider.ts';
 import type { RateLimit } from '../policy/model.ts';
 import { TASK_FLAG } from './handlers.ts';
 import { formGuard } from './form-guard.ts';
-import { setRateLimitHeaders, type RateLimiter } from './rate-limit.ts';
+import { addressFailureLimit, setRateLimitHeaders, type RateLimiter } from './rate-limit.ts';
 import { RefusalHold } from './refusal-hold.ts';
 
 export interface AppDeps {
@@ -207,9 +207,8 @@ export function createApp(deps: AppDeps): Koa {
     const body = ctx.body as { error?: string; error_description?: string } | undefined;
     const reason = providerRejectionReason(body);
     state.writReason = reason;
-    // oidc-provider sets the client before checking its credentials: a 401 is unauthenticated.
-    const clientId = ctx.status === 401 ? null : (ctx as { oidc?: { client?: { clientId?: string } } }).oidc?.client?.clientId ?? null;
     const claimed = (ctx as { oidc?: { client?: { clientId?: string } } }).oidc?.client?.clientId ?? null;
+    const clientId = clientAuthenticated(ctx) ? claimed : null;
     const event: AuditEvent = {
       type: 'token_endpoint.rejected',
       outcome: 'rejected',
@@ -254,20 +253,24 @@ export function createApp(deps: AppDeps): Koa {
 
   const tally = new RefusalTally(deps.auditQueue);
   const hold = new RefusalHold();
-  // Failed client authentications are limited per source address and per claimed client id;
-  // once a bucket is empty further attempts are refused before any secret is checked.
+  // Failed client authentications are limited per claimed client id from one source address, and
+  // per address (src/http/rate-limit.ts: ADDRESS_FAILURE_FACTOR); once a bucket is empty further
+  // attempts are refused before any secret is checked.
+  const addressKey = (ip: string): string => `auth-fail-ip:${ip}`;
+  const clientKey = (clientId: string, ip: string): string => `auth-fail-client:${clientId}\n${ip}`;
   app.use(async (ctx, next) => {
     if (ctx.method !== 'POST' || !AUTHENTICATED.has(ctx.path)) return next();
     const limit = deps.authFailureLimit();
+    const perAddress = addressFailureLimit(limit);
     const claimed = basicClientId(ctx.get('authorization'));
-    const keys = [`auth-fail-ip:${ctx.ip}`, ...(claimed ? [`auth-fail-client:${claimed}`] : [])];
     // A client whose own bucket is empty is refused here too, before the provider parses and
     // authenticates anything: a flooding client must not crowd out the others. Only requests
     // that authenticate spend from that bucket, so nobody can empty it for someone else.
     const own = claimed ? deps.clientRateLimit(claimed) : undefined;
     const ownKey = `${ENDPOINT_NAMES.get(ctx.path)}:${claimed}`;
     const checks: Array<[string, RateLimit, string]> = [
-      ...keys.map((k): [string, RateLimit, string] => [k, limit, 'auth_rate_limited']),
+      [addressKey(ctx.ip), perAddress, 'auth_rate_limited'],
+      ...(claimed ? [[clientKey(claimed, ctx.ip), limit, 'auth_rate_limited'] as [string, RateLimit, string]] : []),
       ...(own ? [[ownKey, own, 'rate_limited'] as [string, RateLimit, string]] : []),
     ];
     for (const [key, bucketLimit, reason] of checks) {
@@ -288,10 +291,13 @@ export function createApp(deps: AppDeps): Koa {
       return;
     }
     await next();
-    if (ctx.status === 401) {
-      const client = claimed ?? (ctx as { oidc?: { client?: { clientId?: string } } }).oidc?.client?.clientId;
-      deps.limiter.spend(`auth-fail-ip:${ctx.ip}`, limit);
-      if (client) deps.limiter.spend(`auth-fail-client:${client}`, limit);
+    // A refusal by client authentication: every 401, and the provider's 400s for a client it
+    // found but did not authenticate (two mechanisms at once, say).
+    const found = (ctx as { oidc?: { client?: { clientId?: string } } }).oidc?.client?.clientId;
+    if (ctx.status === 401 || (ctx.status >= 400 && ctx.status < 500 && found !== undefined && !clientAuthenticated(ctx))) {
+      const client = claimed ?? found;
+      deps.limiter.spend(addressKey(ctx.ip), perAddress);
+      if (client) deps.limiter.spend(clientKey(client, ctx.ip), limit);
     }
   });
 

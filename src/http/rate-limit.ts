@@ -99,3 +99,16 @@ export function setRateLimitHeaders(ctx: ParameterizedContext, d: RateDecision):
 }
 
 export const DEFAULT_AUTH_FAILURE_LIMIT: RateLimit = { per_second: 1, burst: 10 };
+
+/**
+ * Failed client authentications are counted per client id from one address, at the policy's
+ * limit, and per address for any client id, at this many times it. Failures for a client id
+ * from other addresses never lock it out: nobody can deny a client its endpoints by sending
+ * wrong secrets in its name. One address still cannot try client ids without bound, and the
+ * clients behind one shared address (a NAT) do not lock one another out.
+ */
+export const ADDRESS_FAILURE_FACTOR = 10;
+
+export function addressFailureLimit(limit: RateLimit): RateLimit {
+  return { per_second: limit.per_second * ADDRESS_FAILURE_FACTOR, burst: burstOf(limit) * ADDRESS_FAILURE_FACTOR };
+}

@@ -25,6 +25,22 @@ export interface ProviderOptions {
   extraRevocationParams: (ctx: ParameterizedContext) => string[];
 }
 
+const CLIENT_AUTHENTICATED = Symbol('writ.clientAuthenticated');
+
+function markClientAuthenticated(ctx: ParameterizedContext | undefined): void {
+  if (ctx) (ctx.state as Record<symbol, unknown>)[CLIENT_AUTHENTICATED] = true;
+}
+
+/**
+ * Whether the request's client passed client authentication. The provider names the client
+ * (`ctx.oidc.client`) before it checks any credential and refuses some requests after that with
+ * a 400, so neither the client nor the status tells.
+ */
+export function clientAuthenticated(ctx: ParameterizedContext): boolean {
+  // A replayed assertion is refused (401) after its other checks passed.
+  return (ctx.state as Record<symbol, unknown>)[CLIENT_AUTHENTICATED] === true && ctx.status !== 401;
+}
+
 export const ROUTES = {
   token: '/token',
   introspection: '/token/introspection',
@@ -80,6 +96,16 @@ export function createProvider(options: ProviderOptions): Provider {
       ctx.body = out;
     },
     ttl: { AccessToken: 60, ClientCredentials: 600, Grant: 60 },
+    // Called once the assertion's signature, iss, sub, exp and an accepted aud have been checked;
+    // only its jti's replay check follows, and that refusal is a 401.
+    assertJwtClientAuthClaimsAndHeader: async (ctx, claims) => {
+      // draft-ietf-oauth-rfc7523bis §5: "the audience value MUST be the issuer identifier of the
+      // authorization server as a single string". The provider would also take an array, or the
+      // URL of the endpoint built from the request's Host, so an assertion made for another
+      // server could be replayed here.
+      if (claims.aud !== options.issuer) throw new errors.InvalidClientAuth('audience (aud) must be the issuer identifier');
+      markClientAuthenticated(ctx);
+    },
   };
   const provider = new Provider(options.issuer, configuration);
   registerStructuredTokenHandlers(provider, {
@@ -93,7 +119,9 @@ export function createProvider(options: ProviderOptions): Provider {
   const secretKey = options.secretKey;
   (provider.Client.prototype as unknown as { compareClientSecret: (this: { clientId: string; clientSecret: string }, actual: string) => Promise<boolean> })
     .compareClientSecret = async function compareClientSecret(actual: string) {
-      return verifyClientSecret(secretKey, this.clientId, actual, this.clientSecret);
+      const matches = verifyClientSecret(secretKey, this.clientId, actual, this.clientSecret);
+      if (matches) markClientAuthenticated(Provider.ctx);
+      return matches;
     };
 
   provider.registerGrantType(TOKEN_EXCHANGE, options.grant.handler, [...options.grant.params], [...options.grant.repeatable]);

@@ -170,6 +170,17 @@ describe('protocol abuse over HTTP', () => {
       const res = await refused(async () => t.post('/token', await base(), auth), 'invalid_client', 'client_auth_failed');
       expect(res.headers.get('www-authenticate')).toContain('Basic');
     });
+    it('a client named by an attestation header but never authenticated is recorded as unauthenticated', async () => {
+      // The provider finds the client, then refuses the two mechanisms with a 400: the client is
+      // named, never authenticated. Its refusal must not pass for an authenticated client's.
+      const claims = Buffer.from(JSON.stringify({ sub: 'planner-agent' })).toString('base64url');
+      const res = await t.post('/token', { ...(await base()), client_id: 'planner-agent' }, undefined, { 'oauth-client-attestation': `eyJhbGciOiJFUzI1NiJ9.${claims}.c2ln` });
+      expect({ status: res.status, error: res.body.error, token: res.body.access_token }).toEqual({ status: 400, error: 'invalid_request', token: undefined });
+      const rows = await t.auditRows({ request_id: res.headers.get('x-request-id') });
+      expect(rows).toHaveLength(1);
+      expect(rows[0]!.client_id).toBeNull();
+      expect(rows[0]!.details).toMatchObject({ authenticated: false, claimed_client_id: 'planner-agent' });
+    });
     it('Basic credentials with an empty secret → invalid_request / missing_parameter', async () => {
       await refused(async () => t.post('/token', await base(), basicAuth('planner-agent', '')), 'invalid_request', 'missing_parameter');
     });

@@ -1,4 +1,4 @@
-import { createServer, type Server } from 'node:http';
+import { createServer, request, type Server } from 'node:http';
 import { randomBytes } from 'node:crypto';
 import { createLocalJWKSet, decodeJwt, decodeProtectedHeader, exportJWK, generateKeyPair, jwtVerify, SignJWT, type CryptoKey, type JWK } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -83,7 +83,7 @@ describe('policy features over HTTP', () => {
 
   const asA = (form: Record<string, string>) => t.post('/token', { grant_type: TX, ...form }, basicAuth('agent-a', SECRET.A_SECRET));
   const asB = (form: Record<string, string>) => t.post('/token', { grant_type: TX, ...form }, basicAuth('agent-b', SECRET.B_SECRET));
-  async function asC(form: Record<string, string>, aud = t.issuer) {
+  async function asC(form: Record<string, string>, aud: string | string[] = t.issuer) {
     const now = Math.floor(Date.now() / 1000);
     const assertion = await new SignJWT({ jti: randomBytes(8).toString('hex') })
       .setProtectedHeader({ alg: 'ES256', kid: 'agent-c-1' })
@@ -121,6 +121,34 @@ describe('policy features over HTTP', () => {
     const res = await asC({ subject_token: bc, subject_token_type: AT, audience: RSA_TOOL }, 'https://elsewhere.example.com');
     expect(res.status).toBe(401);
     expect(res.body.error).toBe('invalid_client');
+  });
+
+  it('takes an assertion only with aud = the issuer identifier, as a single string (rfc7523bis)', async () => {
+    const { bc } = await chainToC();
+    const form = { subject_token: bc, subject_token_type: AT, audience: RSA_TOOL };
+    for (const aud of [[t.issuer, 'https://other-as.example'], [t.issuer], `${t.issuer}/token`]) {
+      const res = await asC(form, aud);
+      expect({ aud, status: res.status, error: res.body.error }).toEqual({ aud, status: 401, error: 'invalid_client' });
+      expect(res.body.access_token).toBeUndefined();
+    }
+    // An endpoint URL built from the Host header the request names: made for another server.
+    const now = Math.floor(Date.now() / 1000);
+    const assertion = await new SignJWT({ jti: randomBytes(8).toString('hex') })
+      .setProtectedHeader({ alg: 'ES256', kid: 'agent-c-1' })
+      .setIssuer('agent-c').setSubject('agent-c').setAudience('http://evil.example/token').setIssuedAt(now).setExpirationTime(now + 60)
+      .sign(cKey);
+    const body = new URLSearchParams({ grant_type: TX, ...form, client_assertion_type: 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer', client_assertion: assertion }).toString();
+    const url = new URL(`${t.url}/token`);
+    const answer = await new Promise<{ status: number; body: Record<string, unknown> }>((resolve, reject) => {
+      const req = request({ host: url.hostname, port: url.port, path: url.pathname, method: 'POST', headers: { host: 'evil.example', 'content-type': 'application/x-www-form-urlencoded', 'content-length': Buffer.byteLength(body) } }, (res) => {
+        let text = '';
+        res.setEncoding('utf8').on('data', (chunk: string) => { text += chunk; }).on('end', () => resolve({ status: res.statusCode!, body: JSON.parse(text) as Record<string, unknown> }));
+      });
+      req.on('error', reject).end(body);
+    });
+    expect({ status: answer.status, error: answer.body.error, token: answer.body.access_token }).toEqual({ status: 401, error: 'invalid_client', token: undefined });
+    // The issuer itself, as a string, authenticates.
+    expect((await asC(form)).status).toBe(200);
   });
 
   it('a client appearing twice in a chain is refused (act_cycle)', async () => {

@@ -5,7 +5,8 @@ import { AT, PAYMENTS, TX, basicAuth, examplePolicyFor, startTestWrit, type Test
 describe('rate limits', () => {
   let t: TestWrit;
   beforeAll(async () => {
-    t = await startTestWrit({ name: 'ratelimits', applyExample: false });
+    // Behind a trusted proxy, so that each test can speak from addresses of its own.
+    t = await startTestWrit({ name: 'ratelimits', applyExample: false, env: { WRIT_TRUST_PROXY: 'true' } });
     const text = examplePolicyFor(t.idp)
       .replace('  - client_id: planner-agent\n', '  - client_id: planner-agent\n    rate_limit: { per_second: 0.5, burst: 3 }\n')
       .concat('\nsettings:\n  subject_rate_limit: { per_second: 0.5, burst: 4 }\n  auth_failure_limit: { per_second: 0.5, burst: 5 }\n');
@@ -60,13 +61,15 @@ describe('rate limits', () => {
     expect((await exchange('executor-agent', 'calm-user')).status).toBe(400);
   });
 
+  const from = (address: string, extra: Record<string, string> = {}) => ({ 'x-forwarded-for': address, ...extra });
+
   it('failed client authentications are limited per client id and source, before any secret is checked', async () => {
     const wrong = basicAuth('payments-api', 'w'.repeat(40));
     const statuses: number[] = [];
-    for (let i = 0; i < 6; i++) statuses.push((await t.post('/token/introspection', { token: 'x' }, wrong)).status);
+    for (let i = 0; i < 6; i++) statuses.push((await t.post('/token/introspection', { token: 'x' }, wrong, from('203.0.113.7'))).status);
     expect(statuses).toEqual([401, 401, 401, 401, 401, 429]);
-    // Even the right secret is not checked now: the client id's bucket is empty.
-    const right = await t.post('/token/introspection', { token: 'x' }, basicAuth('payments-api'));
+    // Even the right secret is not checked now, from that address: its bucket is empty.
+    const right = await t.post('/token/introspection', { token: 'x' }, basicAuth('payments-api'), from('203.0.113.7'));
     expect(right.status).toBe(429);
     expect(Number(right.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
     // Refusals under a flood are recorded in aggregate: the first of each window at once.
@@ -74,5 +77,36 @@ describe('rate limits', () => {
     expect(rows.length).toBeGreaterThanOrEqual(1);
     expect(rows[0]!.details).toMatchObject({ claimed_client_id: 'payments-api', first_of_window: true });
     expect(JSON.stringify(rows)).not.toContain('w'.repeat(40));
+  });
+
+  it('wrong secrets sent in a client’s name elsewhere do not lock the client out', async () => {
+    for (let i = 0; i < 6; i++) await t.post('/token/introspection', { token: 'x' }, basicAuth('introspector-x', 'w'.repeat(40)), from('203.0.113.8'));
+    const attacker = await t.post('/token/introspection', { token: 'x' }, basicAuth('payments-api', 'w'.repeat(40)), from('203.0.113.8'));
+    expect(attacker.status).toBe(401);
+    for (let i = 0; i < 5; i++) await t.post('/token/introspection', { token: 'x' }, basicAuth('payments-api', 'w'.repeat(40)), from('203.0.113.8'));
+    expect((await t.post('/token/introspection', { token: 'x' }, basicAuth('payments-api'), from('203.0.113.8'))).status).toBe(429);
+    // The client itself, from its own address, is answered.
+    const own = await t.post('/token/introspection', { token: 'x' }, basicAuth('payments-api'), from('198.51.100.9'));
+    expect({ status: own.status, body: own.body }).toEqual({ status: 200, body: { active: false } });
+  });
+
+  it('one address cannot try client ids without bound: ten times the limit, then every id is refused', async () => {
+    const statuses: number[] = [];
+    for (let i = 0; i < 51; i++) statuses.push((await t.post('/token/introspection', { token: 'x' }, basicAuth(`guess-${i}`, 'w'.repeat(40)), from('203.0.113.9'))).status);
+    expect(statuses.slice(0, 50).every((s) => s === 401)).toBe(true);
+    expect(statuses[50]).toBe(429);
+    expect((await t.post('/token/introspection', { token: 'x' }, basicAuth('payments-api'), from('203.0.113.9'))).status).toBe(429);
+  });
+
+  it('a client the provider names but does not authenticate spends the failure budget too', async () => {
+    // Two mechanisms at once (an attestation header beside a client_id): the provider's 400.
+    const claims = Buffer.from(JSON.stringify({ sub: 'executor-agent' })).toString('base64url');
+    const headers = from('203.0.113.10', { 'oauth-client-attestation': `eyJhbGciOiJFUzI1NiJ9.${claims}.c2ln` });
+    // With no Basic header there is no client id to look up before the body is read: the
+    // address's budget (ten times the limit) is what they spend.
+    const statuses: number[] = [];
+    for (let i = 0; i < 51; i++) statuses.push((await t.post('/token/introspection', { token: 'x', client_id: 'executor-agent' }, undefined, headers)).status);
+    expect(statuses.slice(0, 50).every((s) => s === 400)).toBe(true);
+    expect(statuses[50]).toBe(429);
   });
 });
