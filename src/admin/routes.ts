@@ -10,7 +10,7 @@ import type { CompiledPolicy } from '../policy/compiled.ts';
 import type { AdminScope, PolicyDocument } from '../policy/model.ts';
 import { currentVersion } from '../policy/store.ts';
 import { KILL_SWITCH_KINDS, killSwitch } from '../revocation/kill-switch.ts';
-import type { KillSwitchKind } from '../revocation/revoke.ts';
+import type { ApplyRevocations, KillSwitchKind } from '../revocation/revoke.ts';
 import { BodyError, readJsonBody } from '../http/json-body.ts';
 import { isPlainText } from '../store/text.ts';
 import { authenticateAdmin, type AdminCaller } from './auth.ts';
@@ -30,6 +30,8 @@ export interface AdminDeps {
   maxTtl: number;
   secretKey: Buffer;
   keys: KeyRouteDeps;
+  /** This instance's revoked set, told once a kill switch or a client's disabling committed. */
+  committedRevocations?: ApplyRevocations;
 }
 
 type Ctx = ParameterizedContext<{ requestId?: string; admin?: AdminCaller }> & { params: Record<string, string> };
@@ -93,6 +95,7 @@ export function adminRoutes(deps: AdminDeps): Middleware {
     const outcome = await applyPolicyFiles(deps.knex, [{ name: 'admin-api.yaml', text }], {
       env: {}, selfIssuer: deps.issuer, maxTtl: deps.maxTtl,
       appliedBy: (ctx.state as { admin?: AdminCaller }).admin?.clientId ?? 'admin', message, secretKey: deps.secretKey,
+      committed: deps.committedRevocations,
     });
     if (!outcome.ok) {
       problem(ctx, 422, 'invalid_policy', 'the change does not validate', { errors: outcome.errors, warnings: outcome.warnings });
@@ -231,7 +234,7 @@ export function adminRoutes(deps: AdminDeps): Middleware {
     const notBefore = before === undefined ? new Date() : new Date(String(before));
     if (Number.isNaN(notBefore.getTime())) return problem(ctx as Ctx, 400, 'invalid_request', 'before must be an ISO 8601 time');
     const state = ctx.state as { requestId?: string; admin?: AdminCaller };
-    const result = await killSwitch(deps.knex, { kind: kind as KillSwitchKind, value, notBefore, revokedBy: state.admin!.clientId, ...(state.requestId ? { requestId: state.requestId } : {}) });
+    const result = await killSwitch(deps.knex, { kind: kind as KillSwitchKind, value, notBefore, revokedBy: state.admin!.clientId, committed: deps.committedRevocations, ...(state.requestId ? { requestId: state.requestId } : {}) });
     ctx.status = 201;
     ctx.body = { kind, value, not_before: notBefore.toISOString(), tokens_revoked_by_jti: result.tokens };
   });

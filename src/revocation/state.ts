@@ -94,6 +94,11 @@ export class RevocationState {
     return nowMs - this.lastSyncOk <= this.staleAfterMs;
   }
 
+  /** What this instance revoked itself, once committed (src/revocation/revoke.ts). */
+  readonly applyCommitted = (entries: readonly RevocationEntry[]): void => {
+    for (const entry of entries) this.apply(entry);
+  };
+
   apply(entry: RevocationEntry): void {
     switch (entry.kind) {
       case 'jti':

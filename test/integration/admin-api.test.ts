@@ -131,11 +131,29 @@ describe('admin API, explain and kill switches', () => {
     const direct = await t.exchange('planner-agent', { subject_token: await userToken(), subject_token_type: AT, audience: PAYMENTS });
     const res = await admin('POST', '/revocations', revoker, { kind: 'client', value: 'executor-agent' });
     expect(res.status).toBe(201);
-    await expect.poll(() => t.introspect('payments-api', hop2.body.access_token as string), { timeout: 1000, interval: 20 }).toEqual({ active: false });
+    expect(await t.introspect('payments-api', hop2.body.access_token as string)).toEqual({ active: false });
     expect(await t.introspect('payments-api', direct.body.access_token as string)).toMatchObject({ active: true });
     expect(await t.introspect('executor-agent', hop1.body.access_token as string)).toMatchObject({ active: true });
     const [event] = await t.auditRows({ type: 'kill_switch' });
     expect(event).toMatchObject({ client_id: 'ops-admin', outcome: 'revoked' });
+  });
+
+  it('a kill switch and a client’s disabling hold at this instance from their answer, without the feed', async () => {
+    const token = await adminToken('ops-admin', adminSecret, 'writ:revoke writ:policy.write');
+    const quiet = await t.exchange('planner-agent', { subject_token: await userToken({ sub: 'quiet-user' }), subject_token_type: AT, audience: PAYMENTS });
+    const held = await t.exchange('planner-agent', { subject_token: await userToken(), subject_token_type: AT, audience: EXECUTOR_AUD });
+    expect([quiet.status, held.status]).toEqual([200, 200]);
+    // Deaf to NOTIFY and the poll: only what each change applied itself counts.
+    await t.writ.revocations.stop();
+    try {
+      expect((await admin('POST', '/revocations', token, { kind: 'subject', value: `${IDP}|quiet-user` })).status).toBe(201);
+      expect(await t.introspect('payments-api', quiet.body.access_token as string)).toEqual({ active: false });
+      expect((await admin('POST', '/clients/planner-agent/disable', token)).status).toBe(200);
+      expect(await t.introspect('executor-agent', held.body.access_token as string)).toEqual({ active: false });
+    } finally {
+      await t.writ.revocations.start();
+      expect((await admin('POST', '/clients/planner-agent/enable', token)).status).toBe(200);
+    }
   });
 
   it('kill switch by subject and by rule', async () => {
@@ -144,7 +162,7 @@ describe('admin API, explain and kill switches', () => {
     const ok = await t.exchange('planner-agent', { subject_token: mallory, subject_token_type: AT, audience: PAYMENTS });
     expect(ok.status).toBe(200);
     expect((await admin('POST', '/revocations', revoker, { kind: 'subject', value: `${IDP}|mallory` })).status).toBe(201);
-    await expect.poll(() => t.introspect('payments-api', ok.body.access_token as string), { timeout: 1000, interval: 20 }).toEqual({ active: false });
+    expect(await t.introspect('payments-api', ok.body.access_token as string)).toEqual({ active: false });
     // Her upstream token was issued before the mark: it cannot be exchanged again either.
     await expectDenied(t, await t.exchange('planner-agent', { subject_token: mallory, subject_token_type: AT, audience: PAYMENTS }), 'invalid_request', 'token_revoked');
 
@@ -152,7 +170,7 @@ describe('admin API, explain and kill switches', () => {
     const child = await t.exchange('executor-agent', { subject_token: byRule.body.access_token as string, subject_token_type: AT, audience: PAYMENTS });
     const marked = await admin('POST', '/revocations', revoker, { kind: 'rule', value: 'planner-delegates-to-executor' });
     expect(marked.body.tokens_revoked_by_jti as number).toBeGreaterThanOrEqual(2);
-    await expect.poll(() => t.introspect('payments-api', child.body.access_token as string), { timeout: 1000, interval: 20 }).toEqual({ active: false });
+    expect(await t.introspect('payments-api', child.body.access_token as string)).toEqual({ active: false });
     expect(await t.introspect('executor-agent', byRule.body.access_token as string)).toEqual({ active: false });
   });
 
@@ -183,7 +201,7 @@ describe('admin API, explain and kill switches', () => {
     const held = await t.exchange('planner-agent', { subject_token: await userToken(), subject_token_type: AT, audience: EXECUTOR_AUD });
     expect((await admin('POST', '/clients/planner-agent/disable', token)).status).toBe(200);
     await expectDenied(t, await t.exchange('planner-agent', { subject_token: await userToken(), subject_token_type: AT, audience: EXECUTOR_AUD }), 'unauthorized_client', 'client_disabled');
-    await expect.poll(() => t.introspect('executor-agent', held.body.access_token as string), { timeout: 1000, interval: 20 }).toEqual({ active: false });
+    expect(await t.introspect('executor-agent', held.body.access_token as string)).toEqual({ active: false });
     expect((await admin('POST', '/clients/planner-agent/enable', token)).status).toBe(200);
     expect((await t.exchange('planner-agent', { subject_token: await userToken(), subject_token_type: AT, audience: EXECUTOR_AUD })).status).toBe(200);
   });
