@@ -490,6 +490,11 @@ function buildChain(
       return fail('subject_is_client', `the root subject's sub equals acting client ${id}`);
     }
   }
+  // RFC 9068 §5 / RFC 9700 §4.15: a resource server must be able to tell a user from a client,
+  // so no token names as its subject the id of any client, acting in this chain or not.
+  if (policy.clients.has(subject.sub)) {
+    return fail('subject_is_client', `the issued token's sub would equal client ${subject.sub}`);
+  }
 
   return pass({ act, depth, depthBound, actors }, `depth ${depth} of ${depthBound}; actors ${actors.join(' → ')}`);
 }

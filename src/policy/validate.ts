@@ -248,6 +248,18 @@ function checkIssuers(out: Collector, issuers: readonly IssuerPolicy[], options:
       out.error('invalid_uri', [...at, 'audience'], 'audience must be "self" or an absolute URI');
     }
   });
+  // RFC 9068 §5: alice at one issuer and alice at another must not become one `sub`. Prefixes
+  // keep them apart only if neither is the start of the other (no prefix is the empty one).
+  issuers.forEach((issuer, i) => {
+    const mine = issuer.subject_prefix ?? '';
+    for (let e = 0; e < i; e += 1) {
+      const theirs = issuers[e]!.subject_prefix ?? '';
+      if (mine.startsWith(theirs) || theirs.startsWith(mine)) {
+        out.warning('shared_subject_namespace', ['issuers', i, 'subject_prefix'], `issuers ${issuers[e]!.issuer} and ${issuer.issuer} can mint the same sub for different users: give each a subject_prefix that does not begin the other's`);
+        break;
+      }
+    }
+  });
 }
 
 function checkClients(

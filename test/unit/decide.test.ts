@@ -722,8 +722,18 @@ describe('decide: chain (act, depth, cycles, subject_is_client)', () => {
     expectDenied(run(p, input({ subject: s })), 'subject_is_client', 'invalid_request', 'planner-reads-payments');
   });
 
+  it('no token names a client as its subject, acting in the chain or not (RFC 9068 §5)', () => {
+    const s = upstream({ sub: 'payments-api', claims: { iss: IDP, sub: 'payments-api', groups: 'finance' } });
+    const d = run(examplePolicy(), input({ subject: s }));
+    expectDenied(d, 'subject_is_client', 'invalid_request', 'planner-reads-payments');
+    // A subject_prefix keeps the issuer's users apart from the clients: granted, as idp|payments-api.
+    const p = examplePolicy((doc) => { doc.issuers[0]!.subject_prefix = 'idp|'; });
+    expect(granted(run(p, input({ subject: s }))).sub).toBe('idp|payments-api');
+  });
+
   it('the root subject may not be any client of the chain, at a later hop too', () => {
-    const policy = examplePolicy();
+    // Prefixed, the first hop's sub is no client's id; the raw root sub still is the executor's.
+    const policy = examplePolicy((doc) => { doc.issuers[0]!.subject_prefix = 'idp|'; });
     const s = upstream({ sub: EXECUTOR, claims: { iss: IDP, sub: EXECUTOR, groups: 'finance' } });
     const parent = plannerToExecutor(policy, { subject: s });
     const d = run(policy, input({ clientId: EXECUTOR, subject: parent }));

@@ -418,6 +418,30 @@ ${lines}`;
     expectError(z, 'issuer_is_self', 'issuers[0].issuer', 'issuer: https://writ');
   });
 
+  it('warns when two issuers can mint the same sub for different users, unless their prefixes keep them apart', () => {
+    const second = (prefix: string) => `    jwks_uri: https://idp2.example.com/jwks
+    algorithms: [ES256]
+    audience: self
+${prefix}`;
+    const shared = (z: string) => warningsOf(load(z)).filter((w) => w.code === 'shared_subject_namespace');
+    // Beside the base file's issuer, which has no prefix.
+    expect(shared(issuer(second('')))).toEqual([expect.objectContaining({ file: 'z.yaml', line: 2 })]);
+    // One prefix begins the other: "idp" + "2:x" is "idp2:" + "x".
+    const both = (a: string, b: string) => `issuers:
+  - issuer: https://idp.example.com
+    jwks_uri: https://idp.example.com/jwks
+    algorithms: [ES256]
+    audience: self
+    subject_prefix: "${a}"
+  - issuer: https://idp2.example.com
+${second(`    subject_prefix: "${b}"
+`)}`;
+    const withoutIssuers = BASE.replace(/^issuers:[\s\S]*?(?=clients:)/, '');
+    const sharedAlone = (z: string) => warningsOf(load(z, withoutIssuers)).filter((w) => w.code === 'shared_subject_namespace');
+    expect(sharedAlone(both('idp', 'idp2:'))).toHaveLength(1);
+    expect(sharedAlone(both('idp1:', 'idp2:'))).toEqual([]);
+  });
+
   it('refuses an issuer named self', () => {
     const z = `issuers:
   - issuer: self
