@@ -91,6 +91,12 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
     await policy.start();
     const revocations = new RevocationState(db, logger);
     await revocations.start();
+    // After a policy change made here: the new policy, and the revocation marks of any client it
+    // disabled, hold at this instance from the answer on, not only once their NOTIFY arrives.
+    const reloadPolicy = async (): Promise<void> => {
+      await policy.reload();
+      await revocations.sync();
+    };
     const auditQueue = new BatchedAuditWriter(db.knex, logger);
     const lineage = new LineageCache();
     const writKeys = writKeyResolver(() => keys.current());
@@ -170,7 +176,7 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
         provider,
         knex: db.knex,
         policy: () => policy.policy,
-        reloadPolicy: () => policy.reload(),
+        reloadPolicy,
         localToken: options.localToken ?? (() => undefined),
         lineage,
         issuer: config.issuer,
@@ -184,7 +190,7 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
         selfIssuer: config.issuer,
         maxTtl: config.maxTtl,
         secretKey: derived.clientSecret,
-        reloadPolicy: () => policy.reload(),
+        reloadPolicy,
       })],
       ready: async () => {
         await db.knex.raw('SELECT 1');

@@ -23,6 +23,7 @@ export interface AdminDeps {
   provider: Provider;
   knex: Knex;
   policy: () => CompiledPolicy;
+  /** Reloads this instance's policy after a change, and its revoked set (a client disabled). */
   reloadPolicy: () => Promise<void>;
   localToken: () => string | undefined;
   lineage: LineageCache;
@@ -30,7 +31,7 @@ export interface AdminDeps {
   maxTtl: number;
   secretKey: Buffer;
   keys: KeyRouteDeps;
-  /** This instance's revoked set, told once a kill switch or a client's disabling committed. */
+  /** This instance's revoked set, told once a kill switch committed. */
   committedRevocations?: ApplyRevocations;
 }
 
@@ -95,7 +96,6 @@ export function adminRoutes(deps: AdminDeps): Middleware {
     const outcome = await applyPolicyFiles(deps.knex, [{ name: 'admin-api.yaml', text }], {
       env: {}, selfIssuer: deps.issuer, maxTtl: deps.maxTtl,
       appliedBy: (ctx.state as { admin?: AdminCaller }).admin?.clientId ?? 'admin', message, secretKey: deps.secretKey,
-      committed: deps.committedRevocations,
     });
     if (!outcome.ok) {
       problem(ctx, 422, 'invalid_policy', 'the change does not validate', { errors: outcome.errors, warnings: outcome.warnings });

@@ -1,6 +1,5 @@
 import type { Knex } from 'knex';
 import { loadPolicyFiles, type LoadOptions, type PolicyFile, type PolicyIssue } from './load.ts';
-import type { ApplyRevocations } from '../revocation/revoke.ts';
 import { applyPolicy, PolicyApplyError, policyAppliedEvent } from './store.ts';
 
 export type ApplyOutcome =
@@ -12,8 +11,6 @@ export async function applyPolicyFiles(knex: Knex, files: PolicyFile[], options:
   appliedBy: string;
   message: string;
   secretKey: Buffer;
-  /** This instance's revoked set, told of the clients the apply disabled once it committed. */
-  committed?: ApplyRevocations;
 }): Promise<ApplyOutcome> {
   const loaded = loadPolicyFiles(files, options);
   if (!loaded.ok) return loaded;
@@ -24,7 +21,6 @@ export async function applyPolicyFiles(knex: Knex, files: PolicyFile[], options:
       appliedBy: options.appliedBy,
       message: options.message,
       secretKey: options.secretKey,
-      committed: options.committed,
       audit: policyAppliedEvent(options.appliedBy, options.message, { secrets_set: [...loaded.secrets.keys()].sort() }),
     });
     return { ok: true, version: stored.version, digest: stored.digest, warnings: loaded.warnings };

@@ -1,8 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { Knex } from 'knex';
 import { toRow, type AuditEvent } from '../audit/event.ts';
-import { setRevokeBefore, type ApplyRevocations } from '../revocation/revoke.ts';
-import type { RevocationEntry } from '../revocation/state.ts';
+import { setRevokeBefore } from '../revocation/revoke.ts';
 import { hashClientSecret } from '../tokens/kek.ts';
 import type { AdminScope, ClientPolicy, PolicyDocument } from './model.ts';
 
@@ -119,15 +118,9 @@ export async function applyPolicy(knex: Knex, input: {
   secretKey: Buffer;
   /** The audit event of this apply, committed in the same transaction. */
   audit: (version: number, digest: string) => AuditEvent;
-  /**
-   * This instance's revoked set, told of the clients the apply disabled once it committed. Only
-   * when `knex` is not itself a transaction: an outer one may still roll back.
-   */
-  committed?: ApplyRevocations;
 }): Promise<StoredVersion> {
   const document = withoutSecrets(input.document);
-  const notified: RevocationEntry[] = [];
-  const stored = await knex.transaction(async (trx) => {
+  return knex.transaction(async (trx) => {
     // One apply at a time, so versions are dense and each is based on the one before.
     await trx.raw('SELECT pg_advisory_xact_lock(7369658)');
     const stored = await loadCredentials(trx);
@@ -171,11 +164,9 @@ export async function applyPolicy(knex: Knex, input: {
     const enabledNow = new Map(document.clients.map((c) => [c.client_id, c.enabled]));
     for (const client of previous?.document.clients ?? []) {
       if (!client.enabled || enabledNow.get(client.client_id) === true) continue;
-      await setRevokeBefore(trx, { kind: 'client', value: client.client_id, notBefore: now, revokedBy: input.appliedBy }, notified);
+      await setRevokeBefore(trx, { kind: 'client', value: client.client_id, notBefore: now, revokedBy: input.appliedBy });
     }
     await trx.raw('SELECT pg_notify(?, ?)', [POLICY_CHANNEL, String(version)]);
     return fromRow(row as VersionRow);
   });
-  if (notified.length > 0) input.committed?.(notified);
-  return stored;
 }

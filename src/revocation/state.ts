@@ -99,6 +99,14 @@ export class RevocationState {
     for (const entry of entries) this.apply(entry);
   };
 
+  /**
+   * Reads what was revoked since the last poll, now: after this instance committed a change
+   * that revokes (a client disabled by policy), so that its answers reflect it at once.
+   */
+  sync(): Promise<void> {
+    return this.poll(false);
+  }
+
   apply(entry: RevocationEntry): void {
     switch (entry.kind) {
       case 'jti':

@@ -148,8 +148,15 @@ describe('admin API, explain and kill switches', () => {
     try {
       expect((await admin('POST', '/revocations', token, { kind: 'subject', value: `${IDP}|quiet-user` })).status).toBe(201);
       expect(await t.introspect('payments-api', quiet.body.access_token as string)).toEqual({ active: false });
-      expect((await admin('POST', '/clients/planner-agent/disable', token)).status).toBe(200);
+      const disabled = await admin('POST', '/clients/planner-agent/disable', token);
+      expect(disabled.status).toBe(200);
       expect(await t.introspect('executor-agent', held.body.access_token as string)).toEqual({ active: false });
+      // A rollback to that version disables it again: through the policy store, not the route.
+      expect((await admin('POST', '/clients/planner-agent/enable', token)).status).toBe(200);
+      const later = await t.exchange('planner-agent', { subject_token: await userToken(), subject_token_type: AT, audience: EXECUTOR_AUD });
+      expect(later.status).toBe(200);
+      expect((await admin('POST', '/policy/rollback', token, { version: disabled.body.version })).status).toBe(200);
+      expect(await t.introspect('executor-agent', later.body.access_token as string)).toEqual({ active: false });
     } finally {
       await t.writ.revocations.start();
       expect((await admin('POST', '/clients/planner-agent/enable', token)).status).toBe(200);
