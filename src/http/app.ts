@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import * as querystring from 'node:querystring';
 import Koa from 'koa';
 import mount from 'koa-mount';
 import type { Middleware } from 'koa';
@@ -10,7 +11,7 @@ import { clientAuthenticated, ROUTES } from '../oauth/provider.ts';
 import type { RateLimit } from '../policy/model.ts';
 import { TASK_FLAG } from './handlers.ts';
 import { formGuard } from './form-guard.ts';
-import { addressFailureLimit, setRateLimitHeaders, type RateLimiter } from './rate-limit.ts';
+import { addressFailureLimit, setRateLimitHeaders, type RateDecision, type RateLimiter } from './rate-limit.ts';
 import { RefusalHold } from './refusal-hold.ts';
 
 export interface AppDeps {
@@ -40,6 +41,25 @@ function basicClientId(header: string): string | undefined {
   if (colon <= 0) return undefined;
   try {
     return decodeURIComponent(decoded.slice(0, colon).replace(/\+/g, '%20')).slice(0, 256);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The client a form body names: `client_id`, or else the `sub` of its `client_assertion`
+ * (decoded, not verified: only to find the failure bucket, as the provider finds the client).
+ */
+export function bodyClientId(body: Buffer): string | undefined {
+  const form = querystring.parse(body.toString());
+  const id = form.client_id;
+  if (typeof id === 'string' && id !== '') return id.slice(0, 256);
+  const assertion = form.client_assertion;
+  if (typeof assertion !== 'string') return undefined;
+  try {
+    const payload: unknown = JSON.parse(Buffer.from(assertion.split('.')[1] ?? '', 'base64url').toString('utf8'));
+    const sub = payload !== null && typeof payload === 'object' ? (payload as { sub?: unknown }).sub : undefined;
+    return typeof sub === 'string' && sub !== '' ? sub.slice(0, 256) : undefined;
   } catch {
     return undefined;
   }
@@ -258,6 +278,20 @@ export function createApp(deps: AppDeps): Koa {
   // attempts are refused before any secret is checked.
   const addressKey = (ip: string): string => `auth-fail-ip:${ip}`;
   const clientKey = (clientId: string, ip: string): string => `auth-fail-client:${clientId}\n${ip}`;
+  const refuseLimited = async (ctx: Koa.Context, key: string, rate: RateDecision, reason: string, claimed: string | undefined): Promise<void> => {
+    const state = ctx.state as Record<string, unknown>;
+    state.writAudited = true;
+    state.writReason = reason;
+    tally.add(reason, claimed ?? null, ctx.ip, ctx.path, state.requestId as string);
+    // A caller back before its Retry-After gets this refusal only then (src/http/refusal-hold.ts).
+    const plan = deps.draining() ? 0 : hold.plan(`${key}\n${ctx.ip}`, rate.retryAfter);
+    if (plan === 'close') ctx.set('Connection', 'close');
+    else if (plan > 0) await hold.hold(plan);
+    setRateLimitHeaders(ctx, rate);
+    ctx.status = 429;
+    ctx.set('Cache-Control', 'no-store');
+    ctx.body = { error: 'temporarily_unavailable', error_description: reason === 'rate_limited' ? 'too many requests: retry after the time given' : 'too many failed authentications: retry after the time given' };
+  };
   app.use(async (ctx, next) => {
     if (ctx.method !== 'POST' || !AUTHENTICATED.has(ctx.path)) return next();
     const limit = deps.authFailureLimit();
@@ -275,20 +309,7 @@ export function createApp(deps: AppDeps): Koa {
     ];
     for (const [key, bucketLimit, reason] of checks) {
       const rate = deps.limiter.peek(key, bucketLimit);
-      if (rate.ok) continue;
-      const state = ctx.state as Record<string, unknown>;
-      state.writAudited = true;
-      state.writReason = reason;
-      tally.add(reason, claimed ?? null, ctx.ip, ctx.path, state.requestId as string);
-      // A caller back before its Retry-After gets this refusal only then (src/http/refusal-hold.ts).
-      const plan = deps.draining() ? 0 : hold.plan(`${key}\n${ctx.ip}`, rate.retryAfter);
-      if (plan === 'close') ctx.set('Connection', 'close');
-      else if (plan > 0) await hold.hold(plan);
-      setRateLimitHeaders(ctx, rate);
-      ctx.status = 429;
-      ctx.set('Cache-Control', 'no-store');
-      ctx.body = { error: 'temporarily_unavailable', error_description: reason === 'rate_limited' ? 'too many requests: retry after the time given' : 'too many failed authentications: retry after the time given' };
-      return;
+      if (!rate.ok) return refuseLimited(ctx, key, rate, reason, claimed);
     }
     await next();
     // A refusal by client authentication: every 401, and the provider's 400s for a client it
@@ -313,6 +334,21 @@ export function createApp(deps: AppDeps): Koa {
     ctx.set('Cache-Control', 'no-store');
     ctx.body = { error: 'invalid_request', error_description: 'the request body is not acceptable' };
   }));
+
+  // A client that authenticates in the body (client_secret_post, private_key_jwt) is named only
+  // once the body is read: its bucket for this address is checked here, still before the
+  // provider checks any credential.
+  app.use(async (ctx, next) => {
+    if (ctx.method !== 'POST' || !AUTHENTICATED.has(ctx.path) || ctx.get('authorization') !== '') return next();
+    const body = (ctx.request as { body?: unknown }).body;
+    const named = Buffer.isBuffer(body) ? bodyClientId(body) : undefined;
+    if (named !== undefined) {
+      const key = clientKey(named, ctx.ip);
+      const rate = deps.limiter.peek(key, deps.authFailureLimit());
+      if (!rate.ok) return refuseLimited(ctx, key, rate, 'auth_rate_limited', named);
+    }
+    await next();
+  });
 
   for (const route of deps.routes) app.use(route);
   app.use(mount(deps.provider));

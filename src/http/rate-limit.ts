@@ -105,7 +105,8 @@ export const DEFAULT_AUTH_FAILURE_LIMIT: RateLimit = { per_second: 1, burst: 10 
  * limit, and per address for any client id, at this many times it. Failures for a client id
  * from other addresses never lock it out: nobody can deny a client its endpoints by sending
  * wrong secrets in its name. One address still cannot try client ids without bound, and the
- * clients behind one shared address (a NAT) do not lock one another out.
+ * clients behind one shared address (a NAT) do not lock one another out until that address as
+ * a whole has failed ten times as often.
  */
 export const ADDRESS_FAILURE_FACTOR = 10;
 

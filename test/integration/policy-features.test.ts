@@ -151,6 +151,31 @@ describe('policy features over HTTP', () => {
     expect((await asC(form)).status).toBe(200);
   });
 
+  it('a replayed client assertion is refused and recorded as unauthenticated', async () => {
+    const now = Math.floor(Date.now() / 1000);
+    const assertion = await new SignJWT({ jti: randomBytes(8).toString('hex') })
+      .setProtectedHeader({ alg: 'ES256', kid: 'agent-c-1' })
+      .setIssuer('agent-c').setSubject('agent-c').setAudience(t.issuer).setIssuedAt(now).setExpirationTime(now + 60)
+      .sign(cKey);
+    const send = () => t.post('/token', {
+      grant_type: TX, subject_token: 'not-a-token', subject_token_type: AT, audience: RSA_TOOL,
+      client_assertion_type: 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer', client_assertion: assertion,
+    });
+    expect((await send()).status).toBe(400);
+    const replay = await send();
+    expect({ status: replay.status, error: replay.body.error }).toEqual({ status: 401, error: 'invalid_client' });
+    const [row] = await t.auditRows({ request_id: replay.headers.get('x-request-id') });
+    expect(row).toMatchObject({ client_id: null, reason: 'client_auth_failed' });
+    expect(row!.details).toMatchObject({ authenticated: false, claimed_client_id: 'agent-c' });
+  });
+
+  it('an assertion client’s refused exchanges are not failed authentications', async () => {
+    // More than the failure limit's burst (10): none of them may be refused as a failed login.
+    const statuses: number[] = [];
+    for (let i = 0; i < 12; i++) statuses.push((await asC({ subject_token: 'not-a-token', subject_token_type: AT, audience: RSA_TOOL })).status);
+    expect(statuses).toEqual(Array.from({ length: 12 }, () => 400));
+  });
+
   it('a client appearing twice in a chain is refused (act_cycle)', async () => {
     const { bc } = await chainToC();
     const ca = await asC({ subject_token: bc, subject_token_type: AT, audience: A });
