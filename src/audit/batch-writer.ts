@@ -11,6 +11,8 @@ export class BatchedAuditWriter {
   private queue: AuditEvent[] = [];
   private timer: NodeJS.Timeout | undefined;
   private flushing: Promise<void> | undefined;
+  private closed = false;
+  private readonly beforeClose: Array<() => void> = [];
   dropped = 0;
   private readonly knex: Knex;
   private readonly logger: Logger;
@@ -30,6 +32,7 @@ export class BatchedAuditWriter {
       return;
     }
     this.queue.push(event);
+    if (this.closed) return;
     this.timer ??= setTimeout(() => {
       this.timer = undefined;
       void this.flush();
@@ -48,6 +51,7 @@ export class BatchedAuditWriter {
       .catch((err: unknown) => {
         // Put the batch back for the next attempt; PostgreSQL may be briefly away.
         this.queue.unshift(...batch.slice(0, Math.max(0, this.maxQueue - this.queue.length)));
+        if (this.closed) throw err;
         this.logger.warn({ err: (err as Error).message, events: batch.length }, 'audit batch write failed; will retry');
         this.timer ??= setTimeout(() => {
           this.timer = undefined;
@@ -61,9 +65,26 @@ export class BatchedAuditWriter {
     if (this.queue.length > 0 && !this.timer) await this.flush();
   }
 
+  /** Called at close, before the last flush: holders of counts not yet queued add them then. */
+  onClose(hook: () => void): void {
+    this.beforeClose.push(hook);
+  }
+
+  /**
+   * Writes what is queued, once. A process stopping while PostgreSQL is away must still exit:
+   * after close nothing is retried, and what could not be written is counted in the log.
+   */
   async close(): Promise<void> {
+    for (const hook of this.beforeClose) hook();
+    this.closed = true;
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
-    await this.flush();
+    try {
+      await this.flush();
+    } catch (err) {
+      const lost = this.queue.length;
+      this.queue = [];
+      this.logger.error({ err: (err as Error).message, events: lost }, 'audit events could not be written before shutdown');
+    }
   }
 }

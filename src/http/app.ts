@@ -102,6 +102,8 @@ class RefusalTally {
   constructor(queue: BatchedAuditWriter, windowMs = 5000) {
     this.queue = queue;
     this.windowMs = windowMs;
+    // A window cut short by shutdown still has its count recorded.
+    queue.onClose(() => this.flush());
   }
 
   /** `claimed` is the client id the request names; it did not authenticate. */
@@ -120,6 +122,7 @@ class RefusalTally {
   }
 
   flush(): void {
+    if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
     for (const e of this.counts.values()) {
       if (e.count === 0) continue;
