@@ -9,7 +9,7 @@ import { applyPolicyFiles } from '../policy/apply.ts';
 import type { CompiledPolicy } from '../policy/compiled.ts';
 import type { AdminScope, PolicyDocument } from '../policy/model.ts';
 import { currentVersion } from '../policy/store.ts';
-import { KILL_SWITCH_KINDS, killSwitch } from '../revocation/kill-switch.ts';
+import { KILL_SWITCH_KINDS, killSwitch, killSwitchTime } from '../revocation/kill-switch.ts';
 import type { ApplyRevocations, KillSwitchKind } from '../revocation/revoke.ts';
 import { BodyError, readJsonBody } from '../http/json-body.ts';
 import { isPlainText } from '../store/text.ts';
@@ -231,8 +231,9 @@ export function adminRoutes(deps: AdminDeps): Middleware {
     if (typeof value !== 'string' || value === '' || value.length > 2048) return problem(ctx as Ctx, 400, 'invalid_request', 'value is required');
     // Client ids, rule ids, issuers and subjects are plain text; nothing else can be marked.
     if (!isPlainText(value)) return problem(ctx as Ctx, 400, 'invalid_request', 'value holds control characters or broken UTF-16');
-    const notBefore = before === undefined ? new Date() : new Date(String(before));
-    if (Number.isNaN(notBefore.getTime())) return problem(ctx as Ctx, 400, 'invalid_request', 'before must be an ISO 8601 time');
+    if (before !== undefined && typeof before !== 'string') return problem(ctx as Ctx, 400, 'invalid_request', 'before must be an ISO 8601 time');
+    const notBefore = killSwitchTime(before);
+    if (!(notBefore instanceof Date)) return problem(ctx as Ctx, 400, 'invalid_request', notBefore.error);
     const state = ctx.state as { requestId?: string; admin?: AdminCaller };
     const result = await killSwitch(deps.knex, { kind: kind as KillSwitchKind, value, notBefore, revokedBy: state.admin!.clientId, committed: deps.committedRevocations, ...(state.requestId ? { requestId: state.requestId } : {}) });
     ctx.status = 201;

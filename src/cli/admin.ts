@@ -2,7 +2,7 @@ import { parseArgs } from 'node:util';
 import { ADMIN_SCOPES, bootstrapAdmin } from '../admin/bootstrap.ts';
 import type { AdminScope } from '../policy/model.ts';
 import { PolicyApplyError } from '../policy/store.ts';
-import { KILL_SWITCH_KINDS, killSwitch } from '../revocation/kill-switch.ts';
+import { KILL_SWITCH_KINDS, killSwitch, killSwitchTime } from '../revocation/kill-switch.ts';
 import type { KillSwitchKind } from '../revocation/revoke.ts';
 import { deriveKeys } from '../tokens/kek.ts';
 import { UsageError, type CliContext } from './context.ts';
@@ -50,8 +50,8 @@ export async function revokeCommand(ctx: CliContext, argv: string[]): Promise<nu
   const kind = chosen[0] as KillSwitchKind;
   const value = values[kind]!;
   if (kind === 'subject' && !value.includes('|')) throw new UsageError('--subject takes ISSUER|SUB, e.g. "https://idp.example.com|alice"');
-  const notBefore = values.before ? new Date(values.before) : new Date();
-  if (Number.isNaN(notBefore.getTime())) throw new UsageError('--before takes an ISO 8601 time');
+  const notBefore = killSwitchTime(values.before);
+  if (!(notBefore instanceof Date)) throw new UsageError(`--before: ${notBefore.error}`);
   const by = `cli:${process.env.USER ?? 'unknown'}`;
   const tokens = await onDatabaseOrServer(ctx,
     async (knex) => (await killSwitch(knex, { kind, value, notBefore, revokedBy: by })).tokens,

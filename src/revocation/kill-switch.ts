@@ -5,6 +5,23 @@ import type { RevocationEntry } from './state.ts';
 
 export const KILL_SWITCH_KINDS: readonly KillSwitchKind[] = ['client', 'subject', 'issuer', 'rule'];
 
+const ISO_TIME = /^\d{4}-\d{2}-\d{2}(?:T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}:\d{2}))?$/;
+/** Clocks of the caller and of Writ may disagree this much. */
+const FUTURE_SKEW_MS = 60_000;
+
+/**
+ * A kill switch's `before` time. Marks only move forward (a later one for the same target wins),
+ * so a time in the future would hold every token of the target inactive until then with no way
+ * back: it must be an ISO 8601 time no later than now.
+ */
+export function killSwitchTime(value: string | undefined, now = new Date()): Date | { error: string } {
+  if (value === undefined) return now;
+  const time = new Date(value);
+  if (!ISO_TIME.test(value) || Number.isNaN(time.getTime())) return { error: 'before must be an ISO 8601 time, such as 2026-12-05T10:00:00Z' };
+  if (time.getTime() > now.getTime() + FUTURE_SKEW_MS) return { error: 'before must not be in the future: a mark can never be moved back' };
+  return time;
+}
+
 /**
  * Sets a revoke-before mark and records it. A rule mark cannot be checked from a token's claims
  * (tokens do not name their rule), so the live tokens that rule granted before the mark, and

@@ -1162,16 +1162,19 @@ describe('openapi.yaml against a running Writ', () => {
     it('sets and lists kill switches', async () => {
       const auth = `Bearer ${await adminToken(['writ:revoke'])}`;
       const value = `${IDP}|openapi-nobody-${randomBytes(3).toString('hex')}`;
-      const set = expectDocumented('/admin/v1/revocations', 'post', await send('POST', '/admin/v1/revocations', { auth, json: { kind: 'subject', value, before: '2030-01-01T00:00:00Z' } }));
+      const set = expectDocumented('/admin/v1/revocations', 'post', await send('POST', '/admin/v1/revocations', { auth, json: { kind: 'subject', value, before: '2026-01-01T00:00:00Z' } }));
       expect(set.status).toBe(201);
-      expect(set.body).toEqual({ kind: 'subject', value, not_before: '2030-01-01T00:00:00.000Z', tokens_revoked_by_jti: 0 });
+      expect(set.body).toEqual({ kind: 'subject', value, not_before: '2026-01-01T00:00:00.000Z', tokens_revoked_by_jti: 0 });
       const rule = expectDocumented('/admin/v1/revocations', 'post', await send('POST', '/admin/v1/revocations', { auth, json: { kind: 'rule', value: 'openapi-no-such-rule' } }));
       expect([rule.status, (rule.body as Json).tokens_revoked_by_jti]).toEqual([201, 0]);
       const listed = expectDocumented('/admin/v1/revocations', 'get', await send('GET', '/admin/v1/revocations', { auth }));
       const marks = (listed.body as { revocations: Json[] }).revocations;
-      expect(marks.find((m) => m.value === value)).toMatchObject({ kind: 'subject', not_before: '2030-01-01T00:00:00.000Z', revoked_by: admin.clientId });
+      expect(marks.find((m) => m.value === value)).toMatchObject({ kind: 'subject', not_before: '2026-01-01T00:00:00.000Z', revoked_by: admin.clientId });
       expect(marks.some((m) => m.kind === 'task' && m.not_before === null)).toBe(true);
-      for (const json of [{ kind: 'jti', value: 'x' }, { kind: 'client' }, { kind: 'client', value: 'x', before: 'yesterday' }]) {
+      // A mark only moves forward, so a future one (or a number read as a year) would be for good.
+      const future = new Date(Date.now() + 3_600_000).toISOString();
+      for (const json of [{ kind: 'jti', value: 'x' }, { kind: 'client' }, { kind: 'client', value: 'x', before: 'yesterday' },
+        { kind: 'client', value: 'x', before: '1' }, { kind: 'client', value: 'x', before: 0 }, { kind: 'client', value: 'x', before: future }]) {
         const bad = expectDocumented('/admin/v1/revocations', 'post', await send('POST', '/admin/v1/revocations', { auth, json }));
         expect([bad.status, (bad.body as Json).error], JSON.stringify(json)).toEqual([400, 'invalid_request']);
       }

@@ -1,0 +1,20 @@
+import { describe, expect, it } from 'vitest';
+import { killSwitchTime } from '../../src/revocation/kill-switch.ts';
+
+describe('killSwitchTime: the before of a kill switch (API and CLI)', () => {
+  const now = new Date('2026-12-05T10:00:00Z');
+
+  it('defaults to now, and takes ISO 8601 times up to now plus a minute of clock skew', () => {
+    expect(killSwitchTime(undefined, now)).toEqual(now);
+    expect(killSwitchTime('2026-12-05T09:00:00Z', now)).toEqual(new Date('2026-12-05T09:00:00Z'));
+    expect(killSwitchTime('2026-12-05T10:30:00+01:00', now)).toEqual(new Date('2026-12-05T09:30:00Z'));
+    expect(killSwitchTime('2026-12-05', now)).toEqual(new Date('2026-12-05T00:00:00Z'));
+    expect(killSwitchTime('2026-12-05T10:00:59Z', now)).toEqual(new Date('2026-12-05T10:00:59Z'));
+  });
+
+  it('refuses what is not an ISO time, and any time in the future: a mark cannot be moved back', () => {
+    for (const bad of ['1', '0', 'yesterday', '2026-12-05 09:00', '12/05/2026', '2026-13-01T00:00:00Z', '2026-12-05T10:02:00Z', '2062-01-01T00:00:00Z']) {
+      expect(killSwitchTime(bad, now), bad).toEqual({ error: expect.any(String) });
+    }
+  });
+});
