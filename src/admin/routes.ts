@@ -8,7 +8,7 @@ import type { LineageCache } from '../exchange/lineage-store.ts';
 import { applyPolicyFiles } from '../policy/apply.ts';
 import type { CompiledPolicy } from '../policy/compiled.ts';
 import type { AdminScope, PolicyDocument } from '../policy/model.ts';
-import { currentVersion } from '../policy/store.ts';
+import { currentVersion, PolicyVersionMoved } from '../policy/store.ts';
 import { KILL_SWITCH_KINDS, killSwitch, killSwitchTime } from '../revocation/kill-switch.ts';
 import type { ApplyRevocations, KillSwitchKind } from '../revocation/revoke.ts';
 import { BodyError, readJsonBody } from '../http/json-body.ts';
@@ -90,11 +90,30 @@ export function adminRoutes(deps: AdminDeps): Middleware {
     }
   };
 
-  const applyDocument = async (ctx: Ctx, document: PolicyDocument, message: string): Promise<void> => {
+  /**
+   * One object's change: read the current document, edit it, apply it as the next version. The
+   * apply is refused if another change landed in between (it would be lost), and the edit is
+   * made again on the newer document.
+   */
+  const editDocument = async (ctx: Ctx, edit: (document: PolicyDocument) => { document: PolicyDocument; message: string } | undefined): Promise<void> => {
+    for (let attempt = 0; ; attempt += 1) {
+      const { version, document } = await currentDocument();
+      const change = edit(document);
+      if (!change) return problem(ctx, 404, 'not_found');
+      try {
+        return await applyDocument(ctx, change.document, change.message, version);
+      } catch (err) {
+        if (!(err instanceof PolicyVersionMoved)) throw err;
+        if (attempt >= 9) return problem(ctx, 409, 'conflict', 'the policy kept changing; try again');
+      }
+    }
+  };
+
+  const applyDocument = async (ctx: Ctx, document: PolicyDocument, message: string, baseVersion: number): Promise<void> => {
     // Through the same loader as files, so the API gets every check the CLI does.
     const text = stringify(document);
     const outcome = await applyPolicyFiles(deps.knex, [{ name: 'admin-api.yaml', text }], {
-      env: {}, selfIssuer: deps.issuer, maxTtl: deps.maxTtl,
+      env: {}, selfIssuer: deps.issuer, maxTtl: deps.maxTtl, baseVersion,
       appliedBy: (ctx.state as { admin?: AdminCaller }).admin?.clientId ?? 'admin', message, secretKey: deps.secretKey,
     });
     if (!outcome.ok) {
@@ -179,31 +198,34 @@ export function adminRoutes(deps: AdminDeps): Middleware {
     }
     const key = COLLECTIONS[collection];
     const item = { ...(body as Record<string, unknown>), [key]: id };
-    const { document } = await currentDocument();
-    const list = [...(document[collection] as unknown as Array<Record<string, unknown>>)];
-    const at = list.findIndex((o) => o[key] === id);
-    if (at >= 0) list[at] = item;
-    else list.push(item);
-    await applyDocument(ctx as Ctx, { ...document, [collection]: list } as PolicyDocument, `${at >= 0 ? 'update' : 'add'} ${collection} ${id}`);
+    await editDocument(ctx as Ctx, (document) => {
+      const list = [...(document[collection] as unknown as Array<Record<string, unknown>>)];
+      const at = list.findIndex((o) => o[key] === id);
+      if (at >= 0) list[at] = item;
+      else list.push(item);
+      return { document: { ...document, [collection]: list } as PolicyDocument, message: `${at >= 0 ? 'update' : 'add'} ${collection} ${id}` };
+    });
   });
 
   router.delete('/policy/:collection/:id', requires('writ:policy.write'), audited, async (ctx) => {
     const { collection, id } = ctx.params;
     if (!isCollection(collection!)) return problem(ctx as Ctx, 404, 'not_found');
     const key = COLLECTIONS[collection];
-    const { document } = await currentDocument();
-    const list = (document[collection] as unknown as Array<Record<string, unknown>>).filter((o) => o[key] !== id);
-    if (list.length === document[collection].length) return problem(ctx as Ctx, 404, 'not_found');
-    await applyDocument(ctx as Ctx, { ...document, [collection]: list } as PolicyDocument, `remove ${collection} ${id}`);
+    await editDocument(ctx as Ctx, (document) => {
+      const list = (document[collection] as unknown as Array<Record<string, unknown>>).filter((o) => o[key] !== id);
+      if (list.length === document[collection].length) return undefined;
+      return { document: { ...document, [collection]: list } as PolicyDocument, message: `remove ${collection} ${id}` };
+    });
   });
 
   router.post('/clients/:id/:action', requires('writ:policy.write'), audited, async (ctx) => {
     const { id, action } = ctx.params;
     if (action !== 'disable' && action !== 'enable') return problem(ctx as Ctx, 404, 'not_found');
-    const { document } = await currentDocument();
-    if (!document.clients.some((c) => c.client_id === id)) return problem(ctx as Ctx, 404, 'not_found');
-    const clients = document.clients.map((c) => (c.client_id === id ? { ...c, enabled: action === 'enable' } : c));
-    await applyDocument(ctx as Ctx, { ...document, clients }, `${action} client ${id}`);
+    await editDocument(ctx as Ctx, (document) => {
+      if (!document.clients.some((c) => c.client_id === id)) return undefined;
+      const clients = document.clients.map((c) => (c.client_id === id ? { ...c, enabled: action === 'enable' } : c));
+      return { document: { ...document, clients }, message: `${action} client ${id}` };
+    });
   });
 
   router.post('/explain', requires('writ:policy.read'), async (ctx) => {

@@ -11,6 +11,8 @@ export async function applyPolicyFiles(knex: Knex, files: PolicyFile[], options:
   appliedBy: string;
   message: string;
   secretKey: Buffer;
+  /** Applied only if this is still the current version (else PolicyVersionMoved is thrown). */
+  baseVersion?: number;
 }): Promise<ApplyOutcome> {
   const loaded = loadPolicyFiles(files, options);
   if (!loaded.ok) return loaded;
@@ -21,6 +23,7 @@ export async function applyPolicyFiles(knex: Knex, files: PolicyFile[], options:
       appliedBy: options.appliedBy,
       message: options.message,
       secretKey: options.secretKey,
+      ...(options.baseVersion !== undefined ? { baseVersion: options.baseVersion } : {}),
       audit: policyAppliedEvent(options.appliedBy, options.message, { secrets_set: [...loaded.secrets.keys()].sort() }),
     });
     return { ok: true, version: stored.version, digest: stored.digest, warnings: loaded.warnings };

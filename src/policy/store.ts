@@ -20,6 +20,11 @@ export class PolicyApplyError extends Error {
   override name = 'PolicyApplyError';
 }
 
+/** The policy was changed by someone else after the version an edit was based on was read. */
+export class PolicyVersionMoved extends Error {
+  override name = 'PolicyVersionMoved';
+}
+
 /** The audit event of an apply or rollback, for `applyPolicy`'s `audit`. */
 export function policyAppliedEvent(appliedBy: string, message: string, details: Record<string, unknown>): (version: number, digest: string) => AuditEvent {
   return (version, digest) => ({
@@ -118,6 +123,8 @@ export async function applyPolicy(knex: Knex, input: {
   secretKey: Buffer;
   /** The audit event of this apply, committed in the same transaction. */
   audit: (version: number, digest: string) => AuditEvent;
+  /** For an edit of the version read earlier: refused (PolicyVersionMoved) if that is no longer the current one. */
+  baseVersion?: number;
 }): Promise<StoredVersion> {
   const document = withoutSecrets(input.document);
   return knex.transaction(async (trx) => {
@@ -130,6 +137,9 @@ export async function applyPolicy(knex: Knex, input: {
       if (bootstrapped.has(id)) throw new PolicyApplyError(`client ${id} is a bootstrapped admin; choose another client_id`);
     }
     const previous = await trx<VersionRow>('policy_versions').orderBy('version', 'desc').first();
+    if (input.baseVersion !== undefined && (previous?.version ?? 0) !== input.baseVersion) {
+      throw new PolicyVersionMoved(`the policy is at version ${previous?.version ?? 0}, not ${input.baseVersion}`);
+    }
     const adminsBefore = (previous?.document.clients ?? []).filter((c) => c.kind === 'admin' && c.enabled).length + bootstrapped.size;
     const adminsAfter = document.clients.filter((c) => c.kind === 'admin' && c.enabled).length + bootstrapped.size;
     if (adminsBefore > 0 && adminsAfter === 0) {

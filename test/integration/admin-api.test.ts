@@ -124,6 +124,18 @@ describe('admin API, explain and kill switches', () => {
     expect(decided.at(-1)!.policy_version).toBe(before + 1);
   });
 
+  it('concurrent edits of different objects are all kept: none is lost to another’s read', async () => {
+    const token = await adminToken('ops-admin', adminSecret, 'writ:policy.write writ:policy.read');
+    const tools = [1, 2, 3, 4, 5].map((i) => `https://tool${i}.concurrent.example.com`);
+    const answers = await Promise.all(tools.map((a) => admin('PUT', `/policy/audiences/${encodeURIComponent(a)}`, token, { scopes: ['read'], max_ttl: 60 })));
+    expect(answers.map((a) => a.status)).toEqual([200, 200, 200, 200, 200]);
+    expect(new Set(answers.map((a) => a.body.version)).size).toBe(5);
+    const listed = await admin('GET', '/policy/audiences', token);
+    const present = (listed.body.audiences as Array<{ audience: string }>).map((a) => a.audience);
+    expect(present).toEqual(expect.arrayContaining(tools));
+    for (const a of tools) expect((await admin('DELETE', `/policy/audiences/${encodeURIComponent(a)}`, token)).status).toBe(200);
+  });
+
   it('kill switch by client: every token whose chain involves it goes inactive', async () => {
     const revoker = await adminToken('ops-admin', adminSecret, 'writ:revoke');
     const hop1 = await t.exchange('planner-agent', { subject_token: await userToken(), subject_token_type: AT, audience: EXECUTOR_AUD });
