@@ -109,6 +109,7 @@ export function registerPolicyVersionRoutes(router: Router, helpers: AdminRouteH
         appliedBy: (ctx.state as { admin?: AdminCaller }).admin?.clientId ?? 'admin',
         message: message ?? `rollback to version ${version}`,
         secretKey: deps.secretKey,
+        callerScopes: (ctx.state as { admin?: AdminCaller }).admin?.scopes ?? new Set(),
         validate: load,
       });
       await deps.reloadPolicy();

@@ -115,6 +115,7 @@ export function adminRoutes(deps: AdminDeps): Middleware {
     const outcome = await applyPolicyFiles(deps.knex, [{ name: 'admin-api.yaml', text }], {
       env: {}, selfIssuer: deps.issuer, maxTtl: deps.maxTtl, baseVersion,
       appliedBy: (ctx.state as { admin?: AdminCaller }).admin?.clientId ?? 'admin', message, secretKey: deps.secretKey,
+      callerScopes: (ctx.state as { admin?: AdminCaller }).admin?.scopes ?? new Set(),
     });
     if (!outcome.ok) {
       problem(ctx, 422, 'invalid_policy', 'the change does not validate', { errors: outcome.errors, warnings: outcome.warnings });
@@ -183,6 +184,7 @@ export function adminRoutes(deps: AdminDeps): Middleware {
     const outcome = await applyPolicyFiles(deps.knex, input.files, {
       env: input.env, selfIssuer: deps.issuer, maxTtl: deps.maxTtl,
       appliedBy: (ctx.state as { admin?: AdminCaller }).admin!.clientId, message: String(message ?? ''), secretKey: deps.secretKey,
+      callerScopes: (ctx.state as { admin?: AdminCaller }).admin!.scopes,
     });
     if (!outcome.ok) return problem(ctx as Ctx, 422, 'invalid_policy', 'the policy does not validate', { errors: outcome.errors, warnings: outcome.warnings });
     await deps.reloadPolicy();

@@ -13,6 +13,8 @@ export async function applyPolicyFiles(knex: Knex, files: PolicyFile[], options:
   secretKey: Buffer;
   /** Applied only if this is still the current version (else PolicyVersionMoved is thrown). */
   baseVersion?: number;
+  /** The admin scopes the caller holds, which are all it may give admin clients. Unset: any. */
+  callerScopes?: ReadonlySet<string>;
 }): Promise<ApplyOutcome> {
   const loaded = loadPolicyFiles(files, options);
   if (!loaded.ok) return loaded;
@@ -24,6 +26,7 @@ export async function applyPolicyFiles(knex: Knex, files: PolicyFile[], options:
       message: options.message,
       secretKey: options.secretKey,
       ...(options.baseVersion !== undefined ? { baseVersion: options.baseVersion } : {}),
+      ...(options.callerScopes ? { callerScopes: options.callerScopes } : {}),
       audit: policyAppliedEvent(options.appliedBy, options.message, { secrets_set: [...loaded.secrets.keys()].sort() }),
     });
     return { ok: true, version: stored.version, digest: stored.digest, warnings: loaded.warnings };

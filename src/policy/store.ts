@@ -1,8 +1,9 @@
 import { createHash } from 'node:crypto';
 import type { Knex } from 'knex';
 import { toRow, type AuditEvent } from '../audit/event.ts';
+import { adminScopesGranted } from './admin-grants.ts';
 import { setRevokeBefore } from '../revocation/revoke.ts';
-import { hashClientSecret } from '../tokens/kek.ts';
+import { hashClientSecret, verifyClientSecret } from '../tokens/kek.ts';
 import type { AdminScope, ClientPolicy, PolicyDocument } from './model.ts';
 
 export const POLICY_CHANNEL = 'writ_policy';
@@ -125,6 +126,8 @@ export async function applyPolicy(knex: Knex, input: {
   audit: (version: number, digest: string) => AuditEvent;
   /** For an edit of the version read earlier: refused (PolicyVersionMoved) if that is no longer the current one. */
   baseVersion?: number;
+  /** The admin scopes the caller holds: it may give admin clients no others (src/policy/admin-grants.ts). Unset: any. */
+  callerScopes?: ReadonlySet<string>;
 }): Promise<StoredVersion> {
   const document = withoutSecrets(input.document);
   return knex.transaction(async (trx) => {
@@ -139,6 +142,14 @@ export async function applyPolicy(knex: Knex, input: {
     const previous = await trx<VersionRow>('policy_versions').orderBy('version', 'desc').first();
     if (input.baseVersion !== undefined && (previous?.version ?? 0) !== input.baseVersion) {
       throw new PolicyVersionMoved(`the policy is at version ${previous?.version ?? 0}, not ${input.baseVersion}`);
+    }
+    if (input.callerScopes) {
+      // A secret given again unchanged hands the client to nobody new.
+      const changed = new Set([...input.secrets].filter(([id, secret]) => !stored.has(id) || !verifyClientSecret(input.secretKey, id, secret, stored.get(id)!)).map(([id]) => id));
+      for (const [clientId, scopes] of adminScopesGranted(previous?.document.clients ?? [], document.clients, changed)) {
+        const missing = scopes.filter((s) => !input.callerScopes!.has(s));
+        if (missing.length > 0) throw new PolicyApplyError(`admin client ${clientId} would get ${missing.join(' ')}, which the caller does not hold`);
+      }
     }
     const adminsBefore = (previous?.document.clients ?? []).filter((c) => c.kind === 'admin' && c.enabled).length + bootstrapped.size;
     const adminsAfter = document.clients.filter((c) => c.kind === 'admin' && c.enabled).length + bootstrapped.size;

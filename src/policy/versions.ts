@@ -144,6 +144,8 @@ export async function rollbackTo(knex: Knex, target: number, options: {
   message: string;
   secretKey: Buffer;
   validate?: ValidateOptions;
+  /** The admin scopes the caller holds, which are all it may give admin clients. Unset: any. */
+  callerScopes?: ReadonlySet<string>;
 }): Promise<RollbackResult> {
   return knex.transaction(async (trx) => {
     await trx.raw('SELECT pg_advisory_xact_lock(7369658)');
@@ -173,6 +175,7 @@ export async function rollbackTo(knex: Knex, target: number, options: {
         appliedBy: options.appliedBy,
         message: options.message,
         secretKey: options.secretKey,
+        ...(options.callerScopes ? { callerScopes: options.callerScopes } : {}),
         audit: policyAppliedEvent(options.appliedBy, options.message, { rollback_of: target, secrets_set: [] }),
       });
     } catch (err) {

@@ -124,6 +124,20 @@ describe('admin API, explain and kill switches', () => {
     expect(decided.at(-1)!.policy_version).toBe(before + 1);
   });
 
+  it('writ:policy.write cannot make an admin client with scopes the caller does not hold', async () => {
+    const token = await adminToken('ops-admin', adminSecret, 'writ:policy.write writ:policy.read');
+    const secret = 'k'.repeat(40);
+    const escalate = await admin('PUT', '/policy/clients/keys-admin', token, { kind: 'admin', auth: 'client_secret_basic', scopes: ['writ:keys', 'writ:audit.read'], secret });
+    expect(escalate.status).toBe(422);
+    expect(JSON.stringify(escalate.body)).toContain('writ:keys');
+    // Nothing was created: the client cannot get a token.
+    expect((await t.post('/token', { grant_type: 'client_credentials', scope: 'writ:keys' }, basicAuth('keys-admin', secret))).status).toBe(401);
+    // Within what it holds, it may.
+    const within = await admin('PUT', '/policy/clients/reader-admin', token, { kind: 'admin', auth: 'client_secret_basic', scopes: ['writ:policy.read'], secret });
+    expect(within.status).toBe(200);
+    expect((await admin('DELETE', '/policy/clients/reader-admin', token)).status).toBe(200);
+  });
+
   it('concurrent edits of different objects are all kept: none is lost to another’s read', async () => {
     const token = await adminToken('ops-admin', adminSecret, 'writ:policy.write writ:policy.read');
     const tools = [1, 2, 3, 4, 5].map((i) => `https://tool${i}.concurrent.example.com`);
