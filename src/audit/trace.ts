@@ -1,6 +1,7 @@
 import type { Knex } from 'knex';
 import { OCCURRED_AT_SQL } from './chain.ts';
 import type { AuditTextColumns } from './event.ts';
+import { markSeconds, subjectTaskKey } from '../revocation/state.ts';
 
 /** One issued token, as its lineage row records it. */
 export interface TraceHop {
@@ -18,8 +19,16 @@ export interface TraceHop {
   depth: number;
   iat: string;
   exp: string;
+  /** Inactive for any reason below: introspection answers `active: false` for it. */
   revoked: boolean;
+  /** When it, or an ancestor's revocation cascading to it, was revoked by jti. */
   revoked_at: string | null;
+  /**
+   * Why it is inactive: revoked by jti (itself or a parent), its task ended, or a kill switch
+   * (a revoke-before mark on a client of its chain, its root subject or issuer, or its rule,
+   * dated after the token was issued, as disabling a client sets one). Null while active.
+   */
+  inactive_reason: 'revoked' | 'task_ended' | 'kill_switch' | null;
   /** The request that obtained it (from its exchange.granted event), when recorded. */
   request_id: string | null;
 }
@@ -98,8 +107,52 @@ function hopOf(r: LineageRow): TraceHop {
     exp: iso(r.exp)!,
     revoked: r.revoked_at !== null,
     revoked_at: iso(r.revoked_at),
+    inactive_reason: r.revoked_at !== null ? 'revoked' : null,
     request_id: r.request_id ?? null,
   };
+}
+
+interface MarkRow {
+  kind: string;
+  value: string;
+  not_before: Date | string | null;
+}
+
+/**
+ * Tokens made inactive without a jti of their own: an ended task, or a revoke-before mark. Read
+ * in one statement for every value the traced rows name, and applied as introspection does.
+ */
+async function applyMarks(knex: Knex, rows: readonly LineageRow[], hops: readonly TraceHop[]): Promise<void> {
+  const candidates = new Set<string>();
+  for (const r of rows) {
+    for (const actor of jsonArray(r.actors)) candidates.add(actor);
+    candidates.add(`${r.root_issuer}|${r.root_sub}`).add(r.root_issuer).add(r.rule_id);
+    if (r.task_id !== null) candidates.add(r.task_id).add(subjectTaskKey(r.root_issuer, r.root_sub, r.task_id));
+  }
+  const marks = await knex<MarkRow>('revocations').select('kind', 'value', 'not_before')
+    .whereIn('kind', ['client', 'subject', 'issuer', 'rule', 'task', 'subject_task'])
+    .whereIn('value', [...candidates]);
+  if (marks.length === 0) return;
+  const at = new Map(marks.map((m) => [`${m.kind}\n${m.value}`, m.not_before === null ? null : new Date(m.not_before).getTime()]));
+  const covers = (kind: string, value: string, issuedMs: number): boolean => {
+    const notBefore = at.get(`${kind}\n${value}`);
+    // Whole seconds against the token's iat, as the revoked set compares them.
+    return notBefore !== undefined && notBefore !== null && Math.floor(issuedMs / 1000) < markSeconds(new Date(notBefore));
+  };
+  rows.forEach((r, i) => {
+    const hop = hops[i]!;
+    if (hop.inactive_reason !== null) return;
+    const issuedMs = new Date(hop.iat).getTime();
+    if (r.task_id !== null && (at.has(`task\n${r.task_id}`) || at.has(`subject_task\n${subjectTaskKey(r.root_issuer, r.root_sub, r.task_id)}`))) {
+      hop.inactive_reason = 'task_ended';
+    } else if (hop.actors.some((c) => covers('client', c, issuedMs)) || covers('subject', `${r.root_issuer}|${r.root_sub}`, issuedMs)
+      || covers('issuer', r.root_issuer, issuedMs) || covers('rule', r.rule_id, issuedMs)) {
+      hop.inactive_reason = 'kill_switch';
+    } else {
+      return;
+    }
+    hop.revoked = true;
+  });
 }
 
 /**
@@ -116,6 +169,7 @@ export async function traceToken(knex: Knex, jti: string): Promise<TokenTrace | 
     SELECT t.*, ${REQUEST_ID} FROM up AS t ORDER BY t.lvl DESC`, [jti]);
   if (up.rows.length === 0) return undefined;
   const ancestry = up.rows.map(hopOf);
+  await applyMarks(knex, up.rows, ancestry);
   const token = up.rows[up.rows.length - 1]!;
   const top = up.rows[0]!;
 
@@ -130,8 +184,11 @@ export async function traceToken(knex: Knex, jti: string): Promise<TokenTrace | 
   const truncated = down.rows.length > MAX_DESCENDANTS || down.rows.some((r) => Number(r.lvl) >= MAX_DEPTH);
   const nodes = new Map<string, TraceNode>();
   const descendants: TraceNode[] = [];
-  for (const row of down.rows.slice(0, MAX_DESCENDANTS)) {
-    const node: TraceNode = { ...hopOf(row), children: [] };
+  const kept = down.rows.slice(0, MAX_DESCENDANTS);
+  const hops = kept.map(hopOf);
+  await applyMarks(knex, kept, hops);
+  for (const [i, row] of kept.entries()) {
+    const node: TraceNode = { ...hops[i]!, children: [] };
     if (nodes.has(node.jti)) continue;
     nodes.set(node.jti, node);
     if (row.parent_jti === jti) descendants.push(node);
@@ -157,7 +214,9 @@ function hopLine(h: TraceHop): string {
     ...(h.task_id ? [`task ${h.task_id}`] : []),
     `jti ${h.jti}`,
   ];
-  if (h.revoked) parts.push(`REVOKED${h.revoked_at ? ` ${h.revoked_at.replace(/\.\d{3}Z$/, 'Z')}` : ''}`);
+  if (h.inactive_reason === 'revoked') parts.push(`REVOKED${h.revoked_at ? ` ${h.revoked_at.replace(/\.\d{3}Z$/, 'Z')}` : ''}`);
+  else if (h.inactive_reason === 'task_ended') parts.push('INACTIVE (task ended)');
+  else if (h.inactive_reason === 'kill_switch') parts.push('INACTIVE (kill switch)');
   return parts.join('  ');
 }
 

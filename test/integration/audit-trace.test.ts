@@ -10,6 +10,7 @@ import { eventHash, verifyCheckpoint } from '../../src/audit/chain.ts';
 import { AuditSealer } from '../../src/audit/sealer.ts';
 import { AuditQueryError, exportAudit, formatTraceTree, searchAudit, traceToken, type AuditEventView } from '../../src/audit/trace.ts';
 import { adminAuditRoutes } from '../../src/http/admin-audit.ts';
+import { killSwitch } from '../../src/revocation/kill-switch.ts';
 import { createLogger } from '../../src/log.ts';
 import { AT, EXECUTOR_AUD, IDP, PAYMENTS, basicAuth, startTestWrit, type TestWrit } from '../support/harness.ts';
 import { runWrit, type CliRun } from '../support/cli.ts';
@@ -294,4 +295,31 @@ describe('audit trace, search and export (PostgreSQL)', () => {
       rmSync(dataDir, { recursive: true, force: true });
     }
   }, 120_000);
+
+  it('shows tokens a kill switch or an ended task made inactive, as introspection sees them', async () => {
+    const user = await t.idp.token(t.issuer, { sub: 'carol' });
+    const a = await t.exchange('planner-agent', { subject_token: user, subject_token_type: AT, audience: EXECUTOR_AUD, task_id: 'task-carol' });
+    const b = await t.exchange('executor-agent', { subject_token: a.body.access_token as string, subject_token_type: AT, audience: PAYMENTS });
+    const other = await t.exchange('planner-agent', { subject_token: await t.idp.token(t.issuer, { sub: 'dave' }), subject_token_type: AT, audience: PAYMENTS });
+    expect([a.status, b.status, other.status]).toEqual([200, 200, 200]);
+    const before = await traceToken(knex, jti(b.body.access_token as string));
+    expect(before!.ancestry.map((h) => [h.revoked, h.inactive_reason])).toEqual([[false, null], [false, null]]);
+    // A revoke-before mark on carol covers every token of her chains issued before it.
+    await killSwitch(knex, { kind: 'subject', value: `${IDP}|carol`, notBefore: new Date(), revokedBy: 'test' });
+    const marked = await traceToken(knex, jti(a.body.access_token as string));
+    expect(marked!.ancestry.map((h) => [h.revoked, h.inactive_reason, h.revoked_at])).toEqual([[true, 'kill_switch', null]]);
+    expect(marked!.descendants.map((h) => [h.revoked, h.inactive_reason, h.revoked_at])).toEqual([[true, 'kill_switch', null]]);
+    expect(await t.introspect('payments-api', b.body.access_token as string)).toEqual({ active: false });
+    expect(formatTraceTree(marked!)).toContain('INACTIVE (kill switch)');
+    // Ending the task marks its tokens' lineage rows too: revoked by jti, with the time.
+    expect((await t.post('/task/revocation', { task_id: 'task-carol' }, basicAuth('planner-agent'))).status).toBe(200);
+    const ended = await traceToken(knex, jti(a.body.access_token as string));
+    expect(ended!.ancestry.map((h) => [h.inactive_reason, h.revoked_at !== null])).toEqual([['revoked', true]]);
+    // A task's mark alone (a row of it committed after the task ended) still reads as ended.
+    const late = await t.exchange('planner-agent', { subject_token: await t.idp.token(t.issuer, { sub: 'erin' }), subject_token_type: AT, audience: EXECUTOR_AUD, task_id: 'task-erin' });
+    expect(late.status).toBe(200);
+    await knex('revocations').insert({ kind: 'task', value: 'task-erin', revoked_by: 'test' });
+    expect((await traceToken(knex, jti(late.body.access_token as string)))!.ancestry.map((h) => [h.revoked, h.inactive_reason])).toEqual([[true, 'task_ended']]);
+    expect((await traceToken(knex, jti(other.body.access_token as string)))!.ancestry.map((h) => h.revoked)).toEqual([false]);
+  });
 });
