@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { readdir } from 'node:fs/promises';
 import knexFactory, { type Knex } from 'knex';
 import pg from 'pg';
+import { lockDataDir } from './data-dir-lock.ts';
 import { PostgresNotAnswering, StatementWatchdog } from './statement-watchdog.ts';
 
 // Keep PostgreSQL types as the code expects them: bigint counts as numbers (they stay far
@@ -180,7 +181,14 @@ async function openEmbedded(dataDir: string): Promise<Database> {
   const { default: ClientPgLite } = await import('knex-pglite');
   const dir = path.join(dataDir, 'pgdata');
   mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const pglite = await PGlite.create(dir);
+  const unlock = lockDataDir(dataDir);
+  let pglite: Awaited<ReturnType<typeof PGlite.create>>;
+  try {
+    pglite = await PGlite.create(dir);
+  } catch (err) {
+    unlock();
+    throw err;
+  }
   const knex = knexFactory({
     client: ClientPgLite as unknown as typeof knexFactory.Client,
     dialect: 'postgres',
@@ -198,6 +206,7 @@ async function openEmbedded(dataDir: string): Promise<Database> {
     async close() {
       await knex.destroy();
       if (!pglite.closed) await pglite.close();
+      unlock();
     },
   };
 }

@@ -1,0 +1,40 @@
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { DataDirLocked } from '../../src/store/data-dir-lock.ts';
+import { openDatabase } from '../../src/store/db.ts';
+
+describe('embedded database: one process at a time', () => {
+  const dirs: string[] = [];
+  const fresh = (): string => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'writ-lock-'));
+    dirs.push(dir);
+    return dir;
+  };
+  afterAll(() => {
+    for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('refuses a second open of the same data directory while the first holds it, and allows it after close', async () => {
+    const dir = fresh();
+    const first = await openDatabase({ databaseUrl: undefined, dataDir: dir });
+    await expect(openDatabase({ databaseUrl: undefined, dataDir: dir })).rejects.toThrow(DataDirLocked);
+    // The refused open left the holder's lock and database as they were.
+    await first.knex.raw('CREATE TABLE t (x int)');
+    await first.close();
+    expect(existsSync(path.join(dir, 'lock'))).toBe(false);
+    const second = await openDatabase({ databaseUrl: undefined, dataDir: dir });
+    expect((await second.knex.raw<{ rows: unknown[] }>('SELECT * FROM t')).rows).toEqual([]);
+    await second.close();
+  });
+
+  it('takes over a lock left by a process that died', async () => {
+    const dir = fresh();
+    const dead = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))']);
+    writeFileSync(path.join(dir, 'lock'), dead.stdout.toString());
+    const db = await openDatabase({ databaseUrl: undefined, dataDir: dir });
+    await db.close();
+  });
+});
