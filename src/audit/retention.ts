@@ -103,6 +103,12 @@ async function retainPartition(knex: Knex, checkpointKey: Buffer, part: { name: 
       }
       const lastSeq = num(stats!.max_seq);
       if (lastSeq !== null) {
+        // The sealer links each new event to the newest sealed one: dropping that event would
+        // leave it nothing to link to, and sealing would stop for good.
+        const { rows: [head] } = await trx.raw<{ rows: Array<{ seq: string | null }> }>('SELECT max(seq) AS seq FROM audit_chain');
+        if (num(head!.seq) === lastSeq) {
+          throw new RetentionError(`${part.name}: it holds the newest sealed event (seq ${lastSeq}), which the next one must link to; run retention once a later event has been sealed`);
+        }
         // A checkpoint that verifies, counts the dense chain, and matches the chain row at its seq.
         const { rows: cps } = await trx.raw<{ rows: Array<{ seq: string; hash: string; count: string; signature: string; chain_hash: string | null }> }>(`
           SELECT k.seq, k.hash, k.count, k.signature, c.hash AS chain_hash FROM audit_checkpoints k LEFT JOIN audit_chain c ON c.seq = k.seq

@@ -151,6 +151,29 @@ describe.each([
     }
   }, 60_000);
 
+  it('keeps the month holding the newest sealed event, so the sealer can go on linking to it', async () => {
+    const { db, sealer } = await setup();
+    try {
+      await write(db.knex, new Date(monthStart(1).getTime() + DAY), 3, 'head');
+      await sealer.sealOnce({ forceCheckpoint: true });
+      const archive = dir();
+      await expect(retainAudit(db.knex, KEY, { before: monthStart(0), archiveDir: archive, by: 'test' })).rejects.toThrow(/newest sealed event/);
+      expect(await partitionExists(db.knex, partitionOf(monthStart(1)))).toBe(true);
+      expect(readdirSync(archive)).not.toContain(`${partitionOf(monthStart(1))}.ndjson`);
+      // Sealing goes on, and once a later event is sealed the month can go.
+      // (write() spaces its events a second apart: start them in the past, not the future.)
+      await write(db.knex, new Date(Date.now() - 10_000), 2, 'now');
+      expect(await sealer.sealOnce({ forceCheckpoint: true })).toBeGreaterThanOrEqual(2);
+      const results = await retainAudit(db.knex, KEY, { before: monthStart(0), archiveDir: archive, by: 'test' });
+      expect(results.find((r) => r.partition === partitionOf(monthStart(1)))).toMatchObject({ events: 3 });
+      await write(db.knex, new Date(Date.now() - 10_000), 1, 'after');
+      expect(await sealer.sealOnce({ forceCheckpoint: true })).toBeGreaterThanOrEqual(1);
+      expect((await verifyAuditChain(db.knex, KEY)).ok).toBe(true);
+    } finally {
+      await db.close();
+    }
+  }, 60_000);
+
   it('keeps a month with an unsealed event, and writes no archive for it', async () => {
     const { db } = await setup();
     try {
