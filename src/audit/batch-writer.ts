@@ -35,7 +35,8 @@ export class BatchedAuditWriter {
     if (this.closed) return;
     this.timer ??= setTimeout(() => {
       this.timer = undefined;
-      void this.flush();
+      // A failure after close is close()'s to report, not this timer's.
+      this.flush().catch(() => undefined);
     }, this.intervalMs);
   }
 
@@ -55,7 +56,8 @@ export class BatchedAuditWriter {
         this.logger.warn({ err: (err as Error).message, events: batch.length }, 'audit batch write failed; will retry');
         this.timer ??= setTimeout(() => {
           this.timer = undefined;
-          void this.flush();
+          // A failure after close is close()'s to report, not this timer's.
+          this.flush().catch(() => undefined);
         }, 1000);
       })
       .finally(() => {

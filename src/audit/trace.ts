@@ -141,10 +141,12 @@ async function applyMarks(knex: Knex, rows: readonly LineageRow[], hops: readonl
   };
   rows.forEach((r, i) => {
     const hop = hops[i]!;
-    if (hop.inactive_reason !== null) return;
     const issuedMs = new Date(hop.iat).getTime();
+    // Ending a task also marks its rows revoked: the task is the reason worth telling.
     if (r.task_id !== null && (at.has(`task\n${r.task_id}`) || at.has(`subject_task\n${subjectTaskKey(r.root_issuer, r.root_sub, r.task_id)}`))) {
       hop.inactive_reason = 'task_ended';
+    } else if (hop.inactive_reason !== null) {
+      return;
     } else if (hop.actors.some((c) => covers('client', c, issuedMs)) || covers('subject', `${r.root_issuer}|${r.root_sub}`, issuedMs)
       || covers('issuer', r.root_issuer, issuedMs) || covers('rule', r.rule_id, issuedMs)) {
       hop.inactive_reason = 'kill_switch';

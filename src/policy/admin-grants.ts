@@ -1,4 +1,5 @@
 import type { ClientPolicy } from './model.ts';
+import { canonicalJson } from './store.ts';
 
 /**
  * The admin scopes an apply would put in new hands: every scope of an enabled admin client
@@ -21,7 +22,8 @@ export function adminScopesGranted(
       && !credentialsSet.has(client.client_id)
       && prior.auth === client.auth
       && prior.jwks_uri === client.jwks_uri
-      && JSON.stringify(prior.jwks) === JSON.stringify(client.jwks);
+      // Key order differs between a policy file and what jsonb gives back.
+      && canonicalJson(prior.jwks ?? null) === canonicalJson(client.jwks ?? null);
     const scopes = sameHolder ? client.scopes.filter((s) => !prior.scopes.includes(s)) : [...client.scopes];
     if (scopes.length > 0) granted.set(client.client_id, scopes);
   }

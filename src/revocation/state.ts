@@ -104,7 +104,8 @@ export class RevocationState {
    * that revokes (a client disabled by policy), so that its answers reflect it at once.
    */
   sync(): Promise<void> {
-    return this.poll(false);
+    // Unlike the timer's poll, a failure reaches the caller, which promised read-your-writes.
+    return this.poll(false, true);
   }
 
   apply(entry: RevocationEntry): void {
@@ -160,7 +161,7 @@ export class RevocationState {
     }
   }
 
-  private async poll(initial: boolean): Promise<void> {
+  private async poll(initial: boolean, rethrow = false): Promise<void> {
     try {
       const knex: Knex = this.db.knex;
       const query = knex<RevocationRow>('revocations').select('kind', 'value', 'not_before', 'expires_at', 'created_at');
@@ -179,7 +180,7 @@ export class RevocationState {
       this.lastSyncOk = Date.now();
       if (!initial) this.purge(Math.floor(Date.now() / 1000));
     } catch (err) {
-      if (initial) throw err;
+      if (initial || rethrow) throw err;
       this.logger.warn({ err: (err as Error).message }, 'revocation poll failed');
     }
   }

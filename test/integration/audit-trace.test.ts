@@ -311,10 +311,10 @@ describe('audit trace, search and export (PostgreSQL)', () => {
     expect(marked!.descendants.map((h) => [h.revoked, h.inactive_reason, h.revoked_at])).toEqual([[true, 'kill_switch', null]]);
     expect(await t.introspect('payments-api', b.body.access_token as string)).toEqual({ active: false });
     expect(formatTraceTree(marked!)).toContain('INACTIVE (kill switch)');
-    // Ending the task marks its tokens' lineage rows too: revoked by jti, with the time.
+    // Ending the task marks its tokens' lineage rows too (revoked_at); the reason told is the task.
     expect((await t.post('/task/revocation', { task_id: 'task-carol' }, basicAuth('planner-agent'))).status).toBe(200);
     const ended = await traceToken(knex, jti(a.body.access_token as string));
-    expect(ended!.ancestry.map((h) => [h.inactive_reason, h.revoked_at !== null])).toEqual([['revoked', true]]);
+    expect(ended!.ancestry.map((h) => [h.inactive_reason, h.revoked_at !== null])).toEqual([['task_ended', true]]);
     // A task's mark alone (a row of it committed after the task ended) still reads as ended.
     const late = await t.exchange('planner-agent', { subject_token: await t.idp.token(t.issuer, { sub: 'erin' }), subject_token_type: AT, audience: EXECUTOR_AUD, task_id: 'task-erin' });
     expect(late.status).toBe(200);

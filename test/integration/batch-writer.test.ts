@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import knexFactory from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -49,6 +50,31 @@ describe('BatchedAuditWriter at shutdown', () => {
     await new Promise((r) => setTimeout(r, 1500));
     expect(lines.length).toBe(logged);
     expect(writer.pending).toBe(0);
+    await gone.destroy();
+  });
+
+  it('a flush already waiting on a PostgreSQL that stopped answering when close comes rejects nowhere else', async () => {
+    // Accepts connections and never answers: the timer's flush waits for its connection.
+    const sockets = new Set<Socket>();
+    const silent = createServer((socket) => { sockets.add(socket); });
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown): void => { unhandled.push(reason); };
+    process.on('unhandledRejection', onUnhandled);
+    const port = (silent.address() as AddressInfo).port;
+    const gone = knexFactory({ client: 'pg', connection: `postgres://postgres@127.0.0.1:${port}/none`, pool: { min: 0, max: 1 }, acquireConnectionTimeout: 500 });
+    const { logger, lines } = capturingLogger();
+    const writer = new BatchedAuditWriter(gone, logger, { intervalMs: 10 });
+    writer.enqueue(event(randomUUID()));
+    // The timer's flush is under way, waiting for a connection, when close starts.
+    await new Promise((r) => setTimeout(r, 100));
+    await writer.close();
+    expect(lines.filter((l) => l.msg === 'audit events could not be written before shutdown').map((l) => l.events)).toEqual([1]);
+    await new Promise((r) => setTimeout(r, 200));
+    process.off('unhandledRejection', onUnhandled);
+    expect(unhandled).toEqual([]);
+    for (const socket of sockets) socket.destroy();
+    silent.close();
     await gone.destroy();
   });
 });

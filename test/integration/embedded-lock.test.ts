@@ -30,6 +30,14 @@ describe('embedded database: one process at a time', () => {
     await second.close();
   });
 
+  it('takes over a lock naming this very pid: an earlier process that had it died (a container restarted)', async () => {
+    const dir = fresh();
+    writeFileSync(path.join(dir, 'lock'), String(process.pid));
+    const db = await openDatabase({ databaseUrl: undefined, dataDir: dir });
+    await expect(openDatabase({ databaseUrl: undefined, dataDir: dir })).rejects.toThrow(DataDirLocked);
+    await db.close();
+  });
+
   it('takes over a lock left by a process that died', async () => {
     const dir = fresh();
     const dead = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))']);

@@ -22,6 +22,14 @@ describe('adminScopesGranted: admin scopes an apply puts in new hands', () => {
     expect(adminScopesGranted([admin('a', ['writ:revoke'])], [admin('a', ['writ:revoke'], { auth: 'private_key_jwt', jwks_uri: 'https://x.example/jwks' })], new Set())).toEqual(new Map([['a', ['writ:revoke']]]));
   });
 
+  it('the same keys in another member order are the same keys (jsonb reorders them)', () => {
+    const key = { kty: 'EC', crv: 'P-256', x: 'AAAA', y: 'BBBB', kid: 'k1' };
+    const reordered = { y: 'BBBB', x: 'AAAA', kid: 'k1', kty: 'EC', crv: 'P-256' };
+    const before = admin('a', ['writ:keys'], { auth: 'private_key_jwt', jwks: { keys: [reordered] } } as Partial<ClientPolicy>);
+    const after = admin('a', ['writ:keys'], { auth: 'private_key_jwt', jwks: { keys: [key] } } as Partial<ClientPolicy>);
+    expect(adminScopesGranted([before], [after], new Set())).toEqual(new Map());
+  });
+
   it('disabled admins and other kinds hand out nothing', () => {
     expect(adminScopesGranted([], [admin('a', ['writ:keys'], { enabled: false }), admin('b', ['writ:keys'], { kind: 'agent' } as Partial<ClientPolicy>)], new Set())).toEqual(new Map());
   });
