@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import * as querystring from 'node:querystring';
+import { decodeJwt } from 'jose';
 import Koa from 'koa';
 import mount from 'koa-mount';
 import type { Middleware } from 'koa';
@@ -57,12 +58,16 @@ export function bodyClientId(body: Buffer): string | undefined {
   const assertion = form.client_assertion;
   if (typeof assertion !== 'string') return undefined;
   try {
-    const payload: unknown = JSON.parse(Buffer.from(assertion.split('.')[1] ?? '', 'base64url').toString('utf8'));
-    const sub = payload !== null && typeof payload === 'object' ? (payload as { sub?: unknown }).sub : undefined;
+    const { sub } = decodeJwt(assertion);
     return typeof sub === 'string' && sub !== '' ? sub.slice(0, 256) : undefined;
   } catch {
     return undefined;
   }
+}
+
+/** The client the provider found for this request, authenticated or not (see clientAuthenticated). */
+function namedClient(ctx: Koa.Context): string | undefined {
+  return (ctx as { oidc?: { client?: { clientId?: string } } }).oidc?.client?.clientId;
 }
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,64}$/;
@@ -160,7 +165,7 @@ export function createApp(deps: AppDeps): Koa {
       }
     } finally {
       // RFC 6749 §5.1: no-store and Pragma: no-cache on every answer of the OAuth endpoints,
-      // refusals, rate limits and the 503 of a draining process included.
+      // refusals, rate limits and the 503 of a draining process included: set here only.
       if (POST_ONLY.has(ctx.path) && !ctx.headerSent) {
         ctx.set('Cache-Control', 'no-store');
         ctx.set('Pragma', 'no-cache');
@@ -172,7 +177,7 @@ export function createApp(deps: AppDeps): Koa {
         path: ctx.path,
         status: ctx.status,
         ms: Math.round((performance.now() - started) * 100) / 100,
-        client: (ctx as { oidc?: { client?: { clientId?: string } } }).oidc?.client?.clientId,
+        client: namedClient(ctx),
         reason: (ctx.state as Record<string, unknown>).writReason,
       }, 'request');
     }
@@ -207,7 +212,6 @@ export function createApp(deps: AppDeps): Koa {
     if (POST_ONLY.has(ctx.path) && ctx.method !== 'POST' && ctx.method !== 'OPTIONS') {
       ctx.status = 405;
       ctx.set('Allow', 'POST');
-      ctx.set('Cache-Control', 'no-store');
       ctx.body = { error: 'invalid_request', error_description: 'use POST' };
       return;
     }
@@ -230,7 +234,7 @@ export function createApp(deps: AppDeps): Koa {
     const body = ctx.body as { error?: string; error_description?: string } | undefined;
     const reason = providerRejectionReason(body);
     state.writReason = reason;
-    const claimed = (ctx as { oidc?: { client?: { clientId?: string } } }).oidc?.client?.clientId ?? null;
+    const claimed = namedClient(ctx) ?? null;
     const clientId = clientAuthenticated(ctx) ? claimed : null;
     const event: AuditEvent = {
       type: 'token_endpoint.rejected',
@@ -292,7 +296,6 @@ export function createApp(deps: AppDeps): Koa {
     else if (plan > 0) await hold.hold(plan);
     setRateLimitHeaders(ctx, rate);
     ctx.status = 429;
-    ctx.set('Cache-Control', 'no-store');
     ctx.body = { error: 'temporarily_unavailable', error_description: reason === 'rate_limited' ? 'too many requests: retry after the time given' : 'too many failed authentications: retry after the time given' };
   };
   app.use(async (ctx, next) => {
@@ -317,7 +320,7 @@ export function createApp(deps: AppDeps): Koa {
     await next();
     // A refusal by client authentication: every 401, and the provider's 400s for a client it
     // found but did not authenticate (two mechanisms at once, say).
-    const found = (ctx as { oidc?: { client?: { clientId?: string } } }).oidc?.client?.clientId;
+    const found = namedClient(ctx);
     if (ctx.status === 401 || (ctx.status >= 400 && ctx.status < 500 && found !== undefined && !clientAuthenticated(ctx))) {
       const client = claimed ?? found;
       deps.limiter.spend(addressKey(ctx.ip), perAddress);
@@ -334,7 +337,6 @@ export function createApp(deps: AppDeps): Koa {
       details: { endpoint: ctx.path, detail: why, source_ip: ctx.ip },
     });
     ctx.status = 400;
-    ctx.set('Cache-Control', 'no-store');
     ctx.body = { error: 'invalid_request', error_description: 'the request body is not acceptable' };
   }));
 

@@ -121,7 +121,6 @@ export function introspectionHandler(deps: IntrospectionDeps & { policy: () => C
       ...(claims ? { subject: `${claims.sub_id.iss}|${claims.sub_id.sub}`, taskId: claims.task_id ?? null } : {}),
       details: why ? { inactive: why } : {},
     });
-    ctx.set('Cache-Control', 'no-store');
     ctx.body = body;
   };
 }
