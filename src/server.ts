@@ -140,7 +140,7 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
       trustProxy: config.trustProxy,
       grant: { params: EXCHANGE_PARAMS, repeatable: REPEATABLE_PARAMS, handler: tokenExchangeHandler({ ...exchangeDeps, metrics, limiter, auditQueue }) },
       introspect: introspectionHandler({ issuer: config.issuer, writKeys, revocations, lineage, policy: () => policy.policy, auditQueue, metrics, limiter, verified: introspected }),
-      revoke: revocationHandler({ issuer: config.issuer, writKeys, knex: db.knex, committed: revocations.applyCommitted, policy: () => policy.policy, metrics, limiter, auditQueue }),
+      revoke: revocationHandler({ issuer: config.issuer, writKeys, knex: db.knex, syncRevocations: () => revocations.sync(), policy: () => policy.policy, metrics, limiter, auditQueue }),
       extraRevocationParams: (ctx) => ((ctx.state as Record<string, unknown>).writTaskRevocation ? ['task_id'] : []),
     });
     provider.on('server_error', (_ctx: unknown, err: Error) => logger.error({ err: err.message }, 'provider server_error'));
@@ -183,7 +183,7 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
         maxTtl: config.maxTtl,
         secretKey: derived.clientSecret,
         keys: { ring: keys, encryptionKey: derived.keyEncryption },
-        committedRevocations: revocations.applyCommitted,
+        syncRevocations: () => revocations.sync(),
       }), localAdmin({
         localToken: options.localToken ?? (() => undefined),
         knex: db.knex,

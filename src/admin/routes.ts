@@ -10,7 +10,7 @@ import type { CompiledPolicy } from '../policy/compiled.ts';
 import type { AdminScope, PolicyDocument } from '../policy/model.ts';
 import { currentVersion, PolicyVersionMoved } from '../policy/store.ts';
 import { KILL_SWITCH_KINDS, killSwitch, killSwitchTime } from '../revocation/kill-switch.ts';
-import type { ApplyRevocations, KillSwitchKind } from '../revocation/revoke.ts';
+import type { KillSwitchKind } from '../revocation/revoke.ts';
 import { BodyError, readJsonBody } from '../http/json-body.ts';
 import { isPlainText } from '../store/text.ts';
 import { authenticateAdmin, type AdminCaller } from './auth.ts';
@@ -31,8 +31,8 @@ export interface AdminDeps {
   maxTtl: number;
   secretKey: Buffer;
   keys: KeyRouteDeps;
-  /** This instance's revoked set, told once a kill switch committed. */
-  committedRevocations?: ApplyRevocations;
+  /** Brings this instance's revoked set up to date (after a kill switch). */
+  syncRevocations: () => Promise<void>;
 }
 
 type Ctx = ParameterizedContext<{ requestId?: string; admin?: AdminCaller }> & { params: Record<string, string> };
@@ -259,7 +259,8 @@ export function adminRoutes(deps: AdminDeps): Middleware {
     const notBefore = killSwitchTime(before);
     if (!(notBefore instanceof Date)) return problem(ctx as Ctx, 400, 'invalid_request', notBefore.error);
     const state = ctx.state as { requestId?: string; admin?: AdminCaller };
-    const result = await killSwitch(deps.knex, { kind: kind as KillSwitchKind, value, notBefore, revokedBy: state.admin!.clientId, committed: deps.committedRevocations, ...(state.requestId ? { requestId: state.requestId } : {}) });
+    const result = await killSwitch(deps.knex, { kind: kind as KillSwitchKind, value, notBefore, revokedBy: state.admin!.clientId, ...(state.requestId ? { requestId: state.requestId } : {}) });
+    await deps.syncRevocations();
     ctx.status = 201;
     ctx.body = { kind, value, not_before: notBefore.toISOString(), tokens_revoked_by_jti: result.tokens };
   });

@@ -125,7 +125,11 @@ export function introspectionHandler(deps: IntrospectionDeps & { policy: () => C
   };
 }
 
-export function revocationHandler(deps: RevocationDeps & { policy: () => CompiledPolicy; metrics?: Metrics; limiter?: RateLimiter; auditQueue?: BatchedAuditWriter }): Middleware {
+export function revocationHandler(deps: RevocationDeps & {
+  policy: () => CompiledPolicy; metrics?: Metrics; limiter?: RateLimiter; auditQueue?: BatchedAuditWriter;
+  /** Brings this instance's revoked set up to date, so the revocation holds here from its 200. */
+  syncRevocations?: () => Promise<void>;
+}): Middleware {
   return async function handleRevocation(ctx) {
     const oidc = ctx as unknown as KoaContextWithOIDC;
     const caller = callerOf(oidc, deps.policy());
@@ -151,7 +155,10 @@ export function revocationHandler(deps: RevocationDeps & { policy: () => Compile
       const outcome = isTask
         ? await revokeTaskById(deps, caller, value, requestId(ctx))
         : await revokeToken(deps, caller, value, requestId(ctx));
-      if (outcome.status === 'revoked') deps.metrics?.revocations.inc({ kind: isTask ? 'task' : 'token' }, outcome.count);
+      if (outcome.status === 'revoked') {
+        deps.metrics?.revocations.inc({ kind: isTask ? 'task' : 'token' }, outcome.count);
+        await deps.syncRevocations?.();
+      }
       if (outcome.status === 'refused') {
         // An authenticated client's refusal is recorded before the answer, like any other.
         (ctx.state as Record<string, unknown>).writAudited = true;

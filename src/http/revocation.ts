@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
 import type { ClientPolicy } from '../policy/model.ts';
-import { revokeTask, revokeTaskForAgent, revokeTokenCascade, type ApplyRevocations } from '../revocation/revoke.ts';
+import { revokeTask, revokeTaskForAgent, revokeTokenCascade } from '../revocation/revoke.ts';
 import type { KeyResolver } from '../tokens/key-resolver.ts';
 import { verifyWritToken } from '../tokens/verify-jwt.ts';
 import { clientsInAct } from '../exchange/presented-tokens.ts';
@@ -9,8 +9,6 @@ export interface RevocationDeps {
   issuer: string;
   writKeys: KeyResolver;
   knex: Knex;
-  /** This instance's revoked set, told once a revocation committed (before its 200). */
-  committed?: ApplyRevocations;
 }
 
 export type RevocationOutcome =
@@ -45,7 +43,6 @@ export async function revokeToken(deps: RevocationDeps, caller: ClientPolicy, to
   const result = await revokeTokenCascade(deps.knex, {
     jti: claims.jti,
     revokedBy: caller.client_id,
-    committed: deps.committed,
     audit: (count) => ({
       type: 'revocation',
       outcome: 'revoked',
@@ -77,10 +74,10 @@ export async function revokeTaskById(deps: RevocationDeps, caller: ClientPolicy,
     details: { revoked: n, scope: canRevokeAnything(caller) ? 'everywhere' : 'chains of this agent' },
   });
   if (canRevokeAnything(caller)) {
-    const count = await revokeTask(deps.knex, { taskId, revokedBy: caller.client_id, audit, committed: deps.committed });
+    const count = await revokeTask(deps.knex, { taskId, revokedBy: caller.client_id, audit });
     return { status: 'revoked', jti: '', count };
   }
   if (caller.kind !== 'agent') return { status: 'refused' };
-  const count = await revokeTaskForAgent(deps.knex, { taskId, agent: caller.client_id, audit, committed: deps.committed });
+  const count = await revokeTaskForAgent(deps.knex, { taskId, agent: caller.client_id, audit });
   return count === undefined ? { status: 'refused' } : { status: 'revoked', jti: '', count };
 }

@@ -1,6 +1,7 @@
 import type { Knex } from 'knex';
 import { toRow } from '../audit/event.ts';
-import { notify, revokingTransaction, setRevokeBefore, type ApplyRevocations, type KillSwitchKind } from './revoke.ts';
+import { retryOnConflict } from '../store/retry.ts';
+import { notify, setRevokeBefore, type KillSwitchKind } from './revoke.ts';
 import type { RevocationEntry } from './state.ts';
 
 export const KILL_SWITCH_KINDS: readonly KillSwitchKind[] = ['client', 'subject', 'issuer', 'rule'];
@@ -27,9 +28,9 @@ export function killSwitchTime(value: string | undefined, now = new Date()): Dat
  * (tokens do not name their rule), so the live tokens that rule granted before the mark, and
  * everything derived from them, are revoked by jti in the same transaction.
  */
-export async function killSwitch(knex: Knex, input: { kind: KillSwitchKind; value: string; notBefore: Date; revokedBy: string; requestId?: string; committed?: ApplyRevocations }): Promise<{ tokens: number }> {
-  return revokingTransaction(knex, input.committed, async (trx, notified) => {
-    await setRevokeBefore(trx, input, notified);
+export async function killSwitch(knex: Knex, input: { kind: KillSwitchKind; value: string; notBefore: Date; revokedBy: string; requestId?: string }): Promise<{ tokens: number }> {
+  return retryOnConflict(() => knex.transaction(async (trx) => {
+    await setRevokeBefore(trx, input);
     let tokens = 0;
     if (input.kind === 'rule') {
       const { rows } = await trx.raw<{ rows: Array<{ jti: string; exp: number }> }>(`
@@ -44,7 +45,7 @@ export async function killSwitch(knex: Knex, input: { kind: KillSwitchKind; valu
       if (rows.length > 0) {
         await trx('revocations').insert(rows.map((r) => ({ kind: 'jti', value: r.jti, expires_at: new Date(r.exp * 1000), revoked_by: input.revokedBy })))
           .onConflict(['kind', 'value']).ignore();
-        await notify(trx, rows.map((r): RevocationEntry => ({ kind: 'jti', value: r.jti, notBefore: null, expiresAt: r.exp })), notified);
+        await notify(trx, rows.map((r): RevocationEntry => ({ kind: 'jti', value: r.jti, notBefore: null, expiresAt: r.exp })));
       }
     }
     await trx('audit_events').insert(toRow({
@@ -55,5 +56,5 @@ export async function killSwitch(knex: Knex, input: { kind: KillSwitchKind; valu
       details: { kind: input.kind, value: input.value, not_before: input.notBefore.toISOString(), tokens_revoked_by_jti: tokens },
     }));
     return { tokens };
-  });
+  }));
 }

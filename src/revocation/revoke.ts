@@ -5,34 +5,8 @@ import { markSeconds, REVOCATION_CHANNEL, subjectTaskKey, type RevocationEntry }
 
 const NOTIFY_LIMIT = 7000;
 
-/**
- * This instance's revoked set, handed what a transaction revoked once it has committed, so that
- * an answer given after the commit (an introspection just after a revocation's 200) reflects it
- * without waiting for the NOTIFY that tells every other instance.
- */
-export type ApplyRevocations = (entries: readonly RevocationEntry[]) => void;
-
-/** Runs a revoking transaction; once it commits, `committed` gets every entry it notified. */
-export async function revokingTransaction<T>(
-  knex: Knex,
-  committed: ApplyRevocations | undefined,
-  work: (trx: Knex.Transaction, notified: RevocationEntry[]) => Promise<T>,
-): Promise<T> {
-  let notified: RevocationEntry[] = [];
-  const result = await retryOnConflict(() => knex.transaction(async (trx) => {
-    notified = [];
-    return work(trx, notified);
-  }));
-  if (notified.length > 0) committed?.(notified);
-  return result;
-}
-
-/**
- * NOTIFY payloads are capped at 8000 bytes: send entries in chunks, or a hint to poll. The
- * entries are also added to `notified`, for this instance once the transaction commits.
- */
-export async function notify(trx: Knex.Transaction, entries: RevocationEntry[], notified?: RevocationEntry[]): Promise<void> {
-  notified?.push(...entries);
+/** NOTIFY payloads are capped at 8000 bytes: send entries in chunks, or a hint to poll. */
+export async function notify(trx: Knex.Transaction, entries: RevocationEntry[]): Promise<void> {
   let chunk: RevocationEntry[] = [];
   let size = 2;
   const send = async (): Promise<void> => {
@@ -60,8 +34,8 @@ export interface TokenRevocationResult {
  * so each later statement (a fresh snapshot under READ COMMITTED) sees any child committed
  * meanwhile. The loop ends when a pass finds no unrevoked child.
  */
-export async function revokeTokenCascade(knex: Knex, input: { jti: string; revokedBy: string; audit: (count: number) => AuditEvent; committed?: ApplyRevocations }): Promise<TokenRevocationResult> {
-  return revokingTransaction(knex, input.committed, async (trx, notified) => {
+export async function revokeTokenCascade(knex: Knex, input: { jti: string; revokedBy: string; audit: (count: number) => AuditEvent }): Promise<TokenRevocationResult> {
+  return retryOnConflict(() => knex.transaction(async (trx) => {
     const revoked: Array<{ jti: string; exp: number }> = [];
     let frontier: string[] = [input.jti];
     let first = true;
@@ -81,11 +55,11 @@ export async function revokeTokenCascade(knex: Knex, input: { jti: string; revok
       await trx('revocations')
         .insert(revoked.map((r) => ({ kind: 'jti', value: r.jti, expires_at: new Date(r.exp * 1000), revoked_by: input.revokedBy })))
         .onConflict(['kind', 'value']).ignore();
-      await notify(trx, entries, notified);
+      await notify(trx, entries);
     }
     await trx('audit_events').insert(toRow(input.audit(revoked.length)));
     return { revoked };
-  });
+  }));
 }
 
 /**
@@ -93,17 +67,17 @@ export async function revokeTokenCascade(knex: Knex, input: { jti: string; revok
  * continue it. Lineage rows are marked too, so chained exchanges from them are refused in the
  * same statement that would record them.
  */
-export async function revokeTask(knex: Knex, input: { taskId: string; revokedBy: string; audit: (count: number) => AuditEvent; committed?: ApplyRevocations }): Promise<number> {
-  return revokingTransaction(knex, input.committed, async (trx, notified) => {
+export async function revokeTask(knex: Knex, input: { taskId: string; revokedBy: string; audit: (count: number) => AuditEvent }): Promise<number> {
+  return retryOnConflict(() => knex.transaction(async (trx) => {
     await trx('revocations')
       .insert({ kind: 'task', value: input.taskId, revoked_by: input.revokedBy })
       .onConflict(['kind', 'value']).ignore();
     const updated = await trx('token_lineage').where({ task_id: input.taskId }).whereNull('revoked_at')
       .update({ revoked_at: trx.raw('clock_timestamp()') });
-    await notify(trx, [{ kind: 'task', value: input.taskId, notBefore: null, expiresAt: null }], notified);
+    await notify(trx, [{ kind: 'task', value: input.taskId, notBefore: null, expiresAt: null }]);
     await trx('audit_events').insert(toRow(input.audit(updated)));
     return updated;
-  });
+  }));
 }
 
 export type KillSwitchKind = 'client' | 'subject' | 'issuer' | 'rule';
@@ -113,7 +87,7 @@ export type KillSwitchKind = 'client' | 'subject' | 'issuer' | 'rule';
  * the subject (`issuer|sub`) or issuer, or that a rule granted, and that was issued before
  * `notBefore`, is inactive. A later mark for the same target moves the time forward.
  */
-export async function setRevokeBefore(trx: Knex.Transaction, input: { kind: KillSwitchKind; value: string; notBefore: Date; revokedBy: string }, notified?: RevocationEntry[]): Promise<void> {
+export async function setRevokeBefore(trx: Knex.Transaction, input: { kind: KillSwitchKind; value: string; notBefore: Date; revokedBy: string }): Promise<void> {
   await trx('revocations')
     .insert({ kind: input.kind, value: input.value, not_before: input.notBefore, revoked_by: input.revokedBy, created_at: trx.raw('clock_timestamp()') })
     .onConflict(['kind', 'value'])
@@ -122,7 +96,7 @@ export async function setRevokeBefore(trx: Knex.Transaction, input: { kind: Kill
       created_at: trx.raw('clock_timestamp()'),
       revoked_by: input.revokedBy,
     });
-  await notify(trx, [{ kind: input.kind, value: input.value, notBefore: markSeconds(input.notBefore), expiresAt: null }], notified);
+  await notify(trx, [{ kind: input.kind, value: input.value, notBefore: markSeconds(input.notBefore), expiresAt: null }]);
 }
 
 /**
@@ -130,8 +104,8 @@ export async function setRevokeBefore(trx: Knex.Transaction, input: { kind: Kill
  * root subject is one the agent acted for in that task. Task ids are chosen by clients, so one
  * agent naming another chain's task id can neither join nor end that chain.
  */
-export async function revokeTaskForAgent(knex: Knex, input: { taskId: string; agent: string; audit: (count: number) => AuditEvent; committed?: ApplyRevocations }): Promise<number | undefined> {
-  return revokingTransaction(knex, input.committed, async (trx, notified) => {
+export async function revokeTaskForAgent(knex: Knex, input: { taskId: string; agent: string; audit: (count: number) => AuditEvent }): Promise<number | undefined> {
+  return retryOnConflict(() => knex.transaction(async (trx) => {
     const roots = await trx('token_lineage')
       .distinct('root_issuer', 'root_sub')
       .where({ task_id: input.taskId })
@@ -153,8 +127,8 @@ export async function revokeTaskForAgent(knex: Knex, input: { taskId: string; ag
     await notify(trx, [
       ...marks.map((value): RevocationEntry => ({ kind: 'subject_task', value, notBefore: null, expiresAt: null })),
       ...rows.map((r): RevocationEntry => ({ kind: 'jti', value: r.jti, notBefore: null, expiresAt: r.exp })),
-    ], notified);
+    ]);
     await trx('audit_events').insert(toRow(input.audit(rows.length)));
     return rows.length;
-  });
+  }));
 }

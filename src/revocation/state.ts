@@ -94,14 +94,10 @@ export class RevocationState {
     return nowMs - this.lastSyncOk <= this.staleAfterMs;
   }
 
-  /** What this instance revoked itself, once committed (src/revocation/revoke.ts). */
-  readonly applyCommitted = (entries: readonly RevocationEntry[]): void => {
-    for (const entry of entries) this.apply(entry);
-  };
-
   /**
    * Reads what was revoked since the last poll, now: after this instance committed a change
-   * that revokes (a client disabled by policy), so that its answers reflect it at once.
+   * that revokes (a revocation, a task ended, a kill switch, a client disabled by policy), so
+   * that its answers reflect it from that answer on, not only once its NOTIFY arrives.
    */
   sync(): Promise<void> {
     // Unlike the timer's poll, a failure reaches the caller, which promised read-your-writes.
