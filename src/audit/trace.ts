@@ -1,7 +1,7 @@
 import type { Knex } from 'knex';
 import { OCCURRED_AT_SQL } from './chain.ts';
 import type { AuditTextColumns } from './event.ts';
-import { markSeconds, subjectTaskKey } from '../revocation/state.ts';
+import { markSeconds, revocationOf, subjectTaskKey } from '../revocation/state.ts';
 
 /** One issued token, as its lineage row records it. */
 export interface TraceHop {
@@ -119,8 +119,9 @@ interface MarkRow {
 }
 
 /**
- * Tokens made inactive without a jti of their own: an ended task, or a revoke-before mark. Read
- * in one statement for every value the traced rows name, and applied as introspection does.
+ * Tokens made inactive without a jti of their own: an ended task, or a revoke-before mark. The
+ * marks the traced rows name are read in one statement and judged by the revoked set's own
+ * rule (`revocationOf`); a jti revocation is the lineage row's `revoked_at`.
  */
 async function applyMarks(knex: Knex, rows: readonly LineageRow[], hops: readonly TraceHop[]): Promise<void> {
   const candidates = new Set<string>();
@@ -129,30 +130,27 @@ async function applyMarks(knex: Knex, rows: readonly LineageRow[], hops: readonl
     candidates.add(`${r.root_issuer}|${r.root_sub}`).add(r.root_issuer).add(r.rule_id);
     if (r.task_id !== null) candidates.add(r.task_id).add(subjectTaskKey(r.root_issuer, r.root_sub, r.task_id));
   }
-  const marks = await knex<MarkRow>('revocations').select('kind', 'value', 'not_before')
+  const found = await knex<MarkRow>('revocations').select('kind', 'value', 'not_before')
     .whereIn('kind', ['client', 'subject', 'issuer', 'rule', 'task', 'subject_task'])
     .whereIn('value', [...candidates]);
-  if (marks.length === 0) return;
-  const at = new Map(marks.map((m) => [`${m.kind}\n${m.value}`, m.not_before === null ? null : new Date(m.not_before).getTime()]));
-  const covers = (kind: string, value: string, issuedMs: number): boolean => {
-    const notBefore = at.get(`${kind}\n${value}`);
-    // Whole seconds against the token's iat, as the revoked set compares them.
-    return notBefore !== undefined && notBefore !== null && Math.floor(issuedMs / 1000) < markSeconds(new Date(notBefore));
-  };
+  if (found.length === 0) return;
+  const tasks = new Set<string>();
+  const marks = new Map<string, number>();
+  for (const m of found) {
+    if (m.kind === 'task' || m.kind === 'subject_task') tasks.add(`${m.kind}\n${m.value}`);
+    else if (m.not_before !== null) marks.set(`${m.kind}\n${m.value}`, markSeconds(new Date(m.not_before)));
+  }
+  const set = { jtis: new Map<string, number | null>(), tasks, marks };
   rows.forEach((r, i) => {
     const hop = hops[i]!;
-    const issuedMs = new Date(hop.iat).getTime();
+    const why = revocationOf(set, {
+      jti: hop.jti, iat: Math.floor(new Date(hop.iat).getTime() / 1000), taskId: r.task_id, clients: hop.actors,
+      rootIssuer: r.root_issuer, rootSubject: r.root_sub, ruleId: r.rule_id,
+    });
+    if (why === null) return;
     // Ending a task also marks its rows revoked: the task is the reason worth telling.
-    if (r.task_id !== null && (at.has(`task\n${r.task_id}`) || at.has(`subject_task\n${subjectTaskKey(r.root_issuer, r.root_sub, r.task_id)}`))) {
-      hop.inactive_reason = 'task_ended';
-    } else if (hop.inactive_reason !== null) {
-      return;
-    } else if (hop.actors.some((c) => covers('client', c, issuedMs)) || covers('subject', `${r.root_issuer}|${r.root_sub}`, issuedMs)
-      || covers('issuer', r.root_issuer, issuedMs) || covers('rule', r.rule_id, issuedMs)) {
-      hop.inactive_reason = 'kill_switch';
-    } else {
-      return;
-    }
+    if (why === 'task_revoked') hop.inactive_reason = 'task_ended';
+    else hop.inactive_reason ??= 'kill_switch';
     hop.revoked = true;
   });
 }

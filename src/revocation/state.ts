@@ -32,6 +32,39 @@ export interface RevocationSubject {
   ruleId?: string;
 }
 
+/**
+ * What is revoked, as the revoked set holds it: jtis (→ their exp), ended tasks
+ * (`task\n<id>`, `subject_task\n<key>`) and revoke-before marks (`<kind>\n<value>` → epoch
+ * seconds). The rules that read it are `taskEnded` and `revocationOf`.
+ */
+export interface RevokedSet {
+  readonly jtis: ReadonlyMap<string, number | null>;
+  readonly tasks: ReadonlySet<string>;
+  readonly marks: ReadonlyMap<string, number>;
+}
+
+/** Whether the task was ended everywhere, or for this root subject. */
+export function taskEnded(set: RevokedSet, taskId: string, root?: { issuer: string; sub: string }): boolean {
+  return set.tasks.has(`task\n${taskId}`)
+    || (root !== undefined && set.tasks.has(`subject_task\n${subjectTaskKey(root.issuer, root.sub, taskId)}`));
+}
+
+/** Why a token is inactive, or null. A mark covers tokens whose `iat` is before its time. */
+export function revocationOf(set: RevokedSet, t: RevocationSubject): 'token_revoked' | 'task_revoked' | null {
+  if (t.taskId !== null && taskEnded(set, t.taskId, { issuer: t.rootIssuer, sub: t.rootSubject })) return 'task_revoked';
+  if (set.jtis.has(t.jti)) return 'token_revoked';
+  if (set.marks.size === 0) return null;
+  const covered = (kind: RevocationKind, value: string): boolean => {
+    const nb = set.marks.get(`${kind}\n${value}`);
+    return nb !== undefined && t.iat < nb;
+  };
+  if (t.clients.some((c) => covered('client', c))) return 'token_revoked';
+  if (covered('subject', `${t.rootIssuer}|${t.rootSubject}`)) return 'token_revoked';
+  if (covered('issuer', t.rootIssuer)) return 'token_revoked';
+  if (t.ruleId !== undefined && covered('rule', t.ruleId)) return 'token_revoked';
+  return null;
+}
+
 interface RevocationRow {
   kind: RevocationKind;
   value: string;
@@ -60,6 +93,8 @@ export class RevocationState {
   private readonly tasks = new Set<string>();
   /** `${kind}\n${value}` → not_before (epoch seconds). */
   private readonly marks = new Map<string, number>();
+  /** The three above, as the rules read them; made once, not per check. */
+  private readonly view: RevokedSet = { jtis: this.jtis, tasks: this.tasks, marks: this.marks };
   private lastSeen: Date | undefined;
   private lastSyncOk = 0;
   private pollTimer: NodeJS.Timeout | undefined;
@@ -127,24 +162,12 @@ export class RevocationState {
 
   /** Whether the task was ended everywhere, or for this root subject. */
   isTaskRevoked(taskId: string, root?: { issuer: string; sub: string }): boolean {
-    return this.tasks.has(`task\n${taskId}`)
-      || (root !== undefined && this.tasks.has(`subject_task\n${subjectTaskKey(root.issuer, root.sub, taskId)}`));
+    return taskEnded(this.view, taskId, root);
   }
 
-  /** Why a token is inactive, or null. A mark covers tokens whose `iat` is before its time. */
+  /** Why a token is inactive, or null (`revocationOf`). */
   check(t: RevocationSubject): 'token_revoked' | 'task_revoked' | null {
-    if (t.taskId !== null && this.isTaskRevoked(t.taskId, { issuer: t.rootIssuer, sub: t.rootSubject })) return 'task_revoked';
-    if (this.jtis.has(t.jti)) return 'token_revoked';
-    if (this.marks.size === 0) return null;
-    const covered = (kind: RevocationKind, value: string): boolean => {
-      const nb = this.marks.get(`${kind}\n${value}`);
-      return nb !== undefined && t.iat < nb;
-    };
-    if (t.clients.some((c) => covered('client', c))) return 'token_revoked';
-    if (covered('subject', `${t.rootIssuer}|${t.rootSubject}`)) return 'token_revoked';
-    if (covered('issuer', t.rootIssuer)) return 'token_revoked';
-    if (t.ruleId !== undefined && covered('rule', t.ruleId)) return 'token_revoked';
-    return null;
+    return revocationOf(this.view, t);
   }
 
   private onNotify(payload: string): void {
