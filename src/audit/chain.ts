@@ -1,4 +1,5 @@
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import { canonicalJson } from '../canonical-json.ts';
 import type { AuditTextColumns } from './event.ts';
 
 /**
@@ -33,39 +34,6 @@ export interface ChainEvent extends AuditTextColumns {
 /** Selects occurred_at exactly (to the microsecond) as the chain expects it. */
 export const OCCURRED_AT_SQL = `to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`;
 
-/**
- * Stable JSON: object keys sorted (by UTF-16 code units, as Array#sort orders strings), undefined
- * members left out, no whitespace. The sealer runs it for every event on the main thread, so it
- * builds one string rather than arrays of entries.
- */
-export function stableJson(value: unknown): string {
-  if (value === null || value === undefined) return 'null';
-  if (Array.isArray(value)) {
-    let out = '[';
-    for (let i = 0; i < value.length; i++) {
-      if (i > 0) out += ',';
-      out += value[i] === undefined ? 'null' : stableJson(value[i]);
-    }
-    return `${out}]`;
-  }
-  if (typeof value === 'object') {
-    if (value instanceof Date) return JSON.stringify(value.toISOString());
-    const record = value as Record<string, unknown>;
-    const keys = Object.keys(record).sort();
-    let out = '{';
-    for (const key of keys) {
-      const member = record[key];
-      if (member === undefined) continue;
-      if (out.length > 1) out += ',';
-      out += `${JSON.stringify(key)}:${stableJson(member)}`;
-    }
-    return `${out}}`;
-  }
-  if (typeof value === 'bigint') return value.toString();
-  if (typeof value === 'number' && !Number.isFinite(value)) return 'null';
-  return JSON.stringify(value);
-}
-
 /** `2026-11-22T04:29:00.104000Z` for a Date (ms precision), a string as it is. */
 export function occurredAtIso(value: string | Date): string {
   if (typeof value === 'string') return value;
@@ -86,7 +54,7 @@ function detailsValue(details: unknown): unknown {
 const json = (v: string | null | undefined): string => (v === null || v === undefined ? 'null' : JSON.stringify(v));
 
 /**
- * The canonical bytes of an event at chain position `seq`: stableJson of
+ * The canonical bytes of an event at chain position `seq`: canonicalJson of
  * `{ v, seq, id, occurred_at, type, outcome, reason, request_id, client_id, jti, parent_jti,
  * task_id, subject, audience, policy_version, details }`, written out with its members already in
  * sorted order (test/unit/audit-chain.test.ts holds it to exactly that).
@@ -94,10 +62,10 @@ const json = (v: string | null | undefined): string => (v === null || v === unde
 export function canonicalEvent(event: ChainEvent, seq: number): string {
   const policyVersion = event.policy_version === null || event.policy_version === undefined ? null : Number(event.policy_version);
   return `{"audience":${json(event.audience)},"client_id":${json(event.client_id)}`
-    + `,"details":${stableJson(detailsValue(event.details))},"id":${JSON.stringify(String(event.id))}`
+    + `,"details":${canonicalJson(detailsValue(event.details))},"id":${JSON.stringify(String(event.id))}`
     + `,"jti":${json(event.jti)},"occurred_at":${JSON.stringify(occurredAtIso(event.occurred_at))}`
     + `,"outcome":${json(event.outcome)},"parent_jti":${json(event.parent_jti)}`
-    + `,"policy_version":${stableJson(policyVersion)},"reason":${json(event.reason)}`
+    + `,"policy_version":${canonicalJson(policyVersion)},"reason":${json(event.reason)}`
     + `,"request_id":${json(event.request_id)},"seq":${JSON.stringify(String(seq))}`
     + `,"subject":${json(event.subject)},"task_id":${json(event.task_id)}`
     + `,"type":${json(event.type)},"v":${CHAIN_VERSION}}`;

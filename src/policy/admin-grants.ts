@@ -1,5 +1,5 @@
 import type { ClientPolicy } from './model.ts';
-import { canonicalJson } from './store.ts';
+import { canonicalJson } from '../canonical-json.ts';
 
 /**
  * The admin scopes an apply would put in new hands: every scope of an enabled admin client

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { AudiencePolicy, ClientPolicy, IssuerPolicy, PolicyDocument, RulePolicy } from './model.ts';
-import { canonicalJson } from './store.ts';
+import { canonicalJson } from '../canonical-json.ts';
 import { formatPath, type PathSegment } from './validate.ts';
 
 /**

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { Knex } from 'knex';
 import { toRow, type AuditEvent } from '../audit/event.ts';
+import { canonicalJson } from '../canonical-json.ts';
 import { adminScopesGranted } from './admin-grants.ts';
 import { setRevokeBefore } from '../revocation/revoke.ts';
 import { hashClientSecret, verifyClientSecret } from '../tokens/kek.ts';
@@ -37,18 +38,7 @@ export function policyAppliedEvent(appliedBy: string, message: string, details: 
   });
 }
 
-/** Stable JSON (sorted keys) so equal documents have equal digests. */
-export function canonicalJson(value: unknown): string {
-  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
-  if (value && typeof value === 'object') {
-    const entries = Object.entries(value as Record<string, unknown>)
-      .filter(([, v]) => v !== undefined)
-      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
-  }
-  return JSON.stringify(value);
-}
-
+/** Over canonical JSON (sorted keys), so equal documents have equal digests. */
 export function digestOf(document: PolicyDocument): string {
   return createHash('sha256').update(canonicalJson(document)).digest('hex');
 }

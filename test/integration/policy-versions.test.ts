@@ -6,7 +6,8 @@ import { loadPolicyFiles, type LoadOptions, type PolicyFile } from '../../src/po
 import type { PolicyDocument } from '../../src/policy/model.ts';
 import { checkJwksUris } from '../../src/policy/reachability.ts';
 import { formatReport, scopeCreepReport } from '../../src/policy/report.ts';
-import { canonicalJson, currentVersion, digestOf } from '../../src/policy/store.ts';
+import { canonicalJson } from '../../src/canonical-json.ts';
+import { currentVersion, digestOf } from '../../src/policy/store.ts';
 import {
   applyPolicyFilesWithDiff, exportYaml, getVersion, listVersions, rollbackTo, RollbackError, secretChanges,
 } from '../../src/policy/versions.ts';

@@ -3,8 +3,9 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
   GENESIS_HASH, canonicalEvent, chainHash, checkpointMessage, checkpointsFromNdjson, eventHash, occurredAtIso,
-  signCheckpoint, stableJson, verifyCheckpoint, type ChainEvent,
+  signCheckpoint, verifyCheckpoint, type ChainEvent,
 } from '../../src/audit/chain.ts';
+import { canonicalJson } from '../../src/canonical-json.ts';
 import { deriveKeys } from '../../src/tokens/kek.ts';
 
 const event = (over: Partial<ChainEvent> = {}): ChainEvent => ({
@@ -70,9 +71,9 @@ const anyValue = fc.letrec<{ value: unknown }>((tie) => ({
 })).value;
 
 describe('audit chain canonical form, against its plain definition', () => {
-  it('stableJson writes exactly the reference bytes for any value', () => {
+  it('canonicalJson writes exactly the reference bytes for any value', () => {
     fc.assert(fc.property(anyValue, (value) => {
-      expect(stableJson(value)).toBe(referenceStableJson(value));
+      expect(canonicalJson(value)).toBe(referenceStableJson(value));
     }), { numRuns: 3_000 });
   });
 
@@ -94,9 +95,9 @@ describe('audit chain canonical form, against its plain definition', () => {
 
 describe('audit chain (pure)', () => {
   it('stable JSON sorts keys at every level and drops undefined members', () => {
-    expect(stableJson({ b: 1, a: { d: [1, { z: 1, y: 2 }], c: undefined } })).toBe('{"a":{"d":[1,{"y":2,"z":1}]},"b":1}');
-    expect(stableJson(null)).toBe('null');
-    expect(stableJson([undefined])).toBe('[null]');
+    expect(canonicalJson({ b: 1, a: { d: [1, { z: 1, y: 2 }], c: undefined } })).toBe('{"a":{"d":[1,{"y":2,"z":1}]},"b":1}');
+    expect(canonicalJson(null)).toBe('null');
+    expect(canonicalJson([undefined])).toBe('[null]');
   });
 
   it('canonical form is independent of key order, the form of details and of numeric ids', () => {
