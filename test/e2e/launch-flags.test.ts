@@ -32,6 +32,11 @@ describe('the ways Writ is started pass node the serving flags', () => {
     expect(nodeFlags(scripts[name]!.split(/\s+/), 'src/main.ts')).toEqual(expect.arrayContaining([...SERVING_NODE_FLAGS]));
   });
 
+  it('npm start and the Docker image serve, with no command of their own', () => {
+    expect(scripts.start!.split(/\s+/).slice(-2)).toEqual(['src/main.ts', 'serve']);
+    expect(/^CMD \["serve"\]$/m.test(read('Dockerfile'))).toBe(true);
+  });
+
   it('the Dockerfile ENTRYPOINT', () => {
     const entrypoint = /^ENTRYPOINT (\[.*\])$/m.exec(read('Dockerfile'));
     expect(entrypoint).not.toBeNull();
