@@ -169,6 +169,9 @@ export function createApp(deps: AppDeps): Koa {
       if (POST_ONLY.has(ctx.path) && !ctx.headerSent) {
         ctx.set('Cache-Control', 'no-store');
         ctx.set('Pragma', 'no-cache');
+        // The provider allows any origin on every answer it makes; these endpoints allow none.
+        ctx.remove('Access-Control-Allow-Origin');
+        ctx.remove('Access-Control-Expose-Headers');
       }
       // Method, path, status and timing only: never bodies, queries or credential headers.
       deps.logger.info({
@@ -209,7 +212,20 @@ export function createApp(deps: AppDeps): Koa {
       ctx.body = { error: 'not_found' };
       return;
     }
-    if (POST_ONLY.has(ctx.path) && ctx.method !== 'POST' && ctx.method !== 'OPTIONS') {
+    // Writ answers no CORS preflight: its callers are agents and tool APIs, not browser pages.
+    // The provider would answer one (204, any origin allowed) on its own routes.
+    if (ctx.method === 'OPTIONS' && !ctx.path.startsWith('/admin/') && !ctx.path.startsWith('/audit/')) {
+      ctx.status = 404;
+      ctx.body = { error: 'not_found' };
+      return;
+    }
+    if (POST_ONLY.has(ctx.path)) {
+      // Nor is `Origin` a credential here. Left in, the provider refuses a request carrying it
+      // with a 400 once it has found the client named, before any secret is checked, and a 401
+      // for an unknown one: an oracle of client ids.
+      delete ctx.req.headers.origin;
+    }
+    if (POST_ONLY.has(ctx.path) && ctx.method !== 'POST') {
       ctx.status = 405;
       ctx.set('Allow', 'POST');
       ctx.body = { error: 'invalid_request', error_description: 'use POST' };

@@ -181,6 +181,24 @@ describe('protocol abuse over HTTP', () => {
       expect(rows[0]!.client_id).toBeNull();
       expect(rows[0]!.details).toMatchObject({ authenticated: false, claimed_client_id: 'planner-agent' });
     });
+    it('an Origin header tells nothing: a known client and an unknown one are refused alike', async () => {
+      // The provider's CORS check refused a request with Origin once it had found the client
+      // named (400), before any secret; an unknown client got 401. An oracle of client ids.
+      const origin = { origin: 'https://elsewhere.example' };
+      for (const path of ['/token', '/token/introspection', '/token/revocation'] as const) {
+        const form = path === '/token' ? await base() : { token: 'x' };
+        for (const auth of [basicAuth('planner-agent', 'y'.repeat(43)), basicAuth('nobody', 'y'.repeat(43))]) {
+          const res = await refused(async () => t.post(path, form, auth, origin), 'invalid_client', 'client_auth_failed');
+          expect(res.headers.get('access-control-allow-origin'), path).toBeNull();
+        }
+        const bodyNamed = await t.post(path, { ...form, client_id: 'planner-agent', client_secret: 'y'.repeat(43) }, undefined, origin);
+        expect({ path, status: bodyNamed.status, error: bodyNamed.body.error }).toEqual({ path, status: 401, error: 'invalid_client' });
+      }
+      const granted = await t.post('/token', await base(), planner(), origin);
+      expect(granted.status).toBe(200);
+      expect(typeof granted.body.access_token).toBe('string');
+      expect(granted.headers.get('access-control-allow-origin')).toBeNull();
+    });
     it('Basic credentials with an empty secret → invalid_request / missing_parameter', async () => {
       await refused(async () => t.post('/token', await base(), basicAuth('planner-agent', '')), 'invalid_request', 'missing_parameter');
     });
@@ -254,6 +272,12 @@ describe('protocol abuse over HTTP', () => {
 
   // -------------------------------------------------------------------------------------------
   describe('methods other than POST (B1, I4)', () => {
+    it.each([...ENDPOINTS, '/jwks', '/.well-known/oauth-authorization-server'])('a CORS preflight at %s → 404, nothing allowed', async (path) => {
+      const res = await raw(path, { method: 'OPTIONS', headers: { origin: 'https://elsewhere.example', 'access-control-request-method': 'POST', 'access-control-request-headers': 'authorization' } });
+      expect(res.status).toBe(404);
+      expect(res.headers.get('access-control-allow-origin')).toBeNull();
+      expect(res.headers.get('access-control-allow-methods')).toBeNull();
+    });
     for (const path of ENDPOINTS) {
       it.each(['GET', 'PUT', 'DELETE', 'PATCH'])(`%s ${path} → 405, Allow: POST, no token`, async (method) => {
         const query = path === '/token' ? `?${new URLSearchParams({ ...(await base()) })}` : '?token=x&task_id=x';

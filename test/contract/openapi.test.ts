@@ -602,9 +602,14 @@ describe('openapi.yaml against a running Writ', () => {
       for (const method of [...PROBED_METHODS, 'OPTIONS'] as const) {
         if (method.toLowerCase() in item) continue;
         const expected = method === 'OPTIONS' ? item['x-writ-options'] ?? item['x-writ-other-methods'] : item['x-writ-other-methods'];
-        const answer = await send(method, concrete(p), auth);
+        // OPTIONS is sent as a browser's CORS preflight would send it.
+        const preflight = method === 'OPTIONS'
+          ? { headers: { origin: 'https://elsewhere.example', 'access-control-request-method': 'POST', 'access-control-request-headers': 'authorization' } }
+          : {};
+        const answer = await send(method, concrete(p), { ...auth, ...preflight });
         const label = `${method} ${p} → ${answer.status}`;
         expect(answer.status, `${label} ${answer.text}`).toBe(expected);
+        if (method === 'OPTIONS') expect(answer.headers.get('access-control-allow-methods'), label).toBeNull();
         if (expected === 405) {
           expect(answer.headers.get('allow'), label).toBe(item['x-writ-allow']);
           conformsTo(spec.components.responses.MethodNotAllowed!, answer, label);
