@@ -30,7 +30,7 @@ import { RevocationState } from './revocation/state.ts';
 import { migrate, openDatabase, type Database } from './store/db.ts';
 import { deriveKeys, type DerivedKeys } from './tokens/kek.ts';
 import { UpstreamKeys, writKeyResolver } from './tokens/key-resolver.ts';
-import { SigningKeyRing } from './tokens/signing-keys.ts';
+import { SIGNING_ALGS, SigningKeyRing } from './tokens/signing-keys.ts';
 import { jwksRoute } from './http/jwks.ts';
 
 export interface Writ {
@@ -194,7 +194,8 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
       })],
       ready: async () => {
         await db.knex.raw('SELECT 1');
-        return revocations.isFresh();
+        // Not ready without a key for every algorithm: an audience's tokens could not be signed.
+        return revocations.isFresh() && keys.current().active.size === SIGNING_ALGS.length;
       },
     });
 

@@ -6,6 +6,7 @@ import { formatVerifyReport, verifyAuditChain } from '../audit/verify.ts';
 import { retainAudit, RetentionError } from '../audit/retention.ts';
 import { migrate, openDatabase, type Database } from '../store/db.ts';
 import { deriveKeys } from '../tokens/kek.ts';
+import { assertKeyEncryptionKey } from '../tokens/signing-keys.ts';
 import { auditOpen } from './audit-open.ts';
 import { UsageError, type CliContext } from './context.ts';
 import { heldByServer } from './local-server.ts';
@@ -25,6 +26,7 @@ async function withDatabase<T>(ctx: CliContext, command: string, run: (db: Datab
   const db = await openDatabase({ databaseUrl: ctx.config.databaseUrl, dataDir: ctx.config.dataDir, poolMax: 2, maintenance: options.maintenance ?? false });
   try {
     await migrate(db);
+    await assertKeyEncryptionKey(db.knex, deriveKeys(ctx.config.kek).keyEncryption);
     return await run(db);
   } finally {
     await db.close();

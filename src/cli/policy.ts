@@ -12,6 +12,7 @@ import {
 } from '../policy/versions.ts';
 import { migrate, openDatabase } from '../store/db.ts';
 import { deriveKeys } from '../tokens/kek.ts';
+import { assertKeyEncryptionKey } from '../tokens/signing-keys.ts';
 import { UsageError, type CliContext } from './context.ts';
 import { callServer, heldByServer, onDatabase as withDatabase } from './local-server.ts';
 
@@ -153,6 +154,7 @@ export async function policyApply(ctx: CliContext, dir: string, message: string,
     const db = await openDatabase({ databaseUrl: ctx.config.databaseUrl, dataDir: ctx.config.dataDir });
     try {
       await migrate(db);
+      await assertKeyEncryptionKey(db.knex, deriveKeys(ctx.config.kek).keyEncryption);
       outcome = await applyPolicyFilesWithDiff(db.knex, files, {
         ...loadOptions(ctx),
         appliedBy: appliedBy(),

@@ -1,6 +1,7 @@
 import { randomFillSync } from 'node:crypto';
 import { CompactSign } from 'jose';
 import type { SigningKeys } from '../tokens/signing-keys.ts';
+import { ExchangeDenied } from './reasons.ts';
 import type { ActClaim, Grant, SubIdClaim } from './types.ts';
 
 /** The RFC 9068 claim set of DESIGN.md §5. */
@@ -64,7 +65,9 @@ const encoder = new TextEncoder();
 /** Signs with the audience's algorithm; header `typ: at+jwt` (RFC 9068 §2.1). */
 export async function mint(grant: Grant, issuer: string, clientId: string, keys: SigningKeys): Promise<MintedToken> {
   const key = keys.active.get(grant.signingAlg);
-  if (!key) throw new Error(`no active ${grant.signingAlg} signing key`);
+  // Every algorithm has a key from the first start on; this instance may still fail to open one
+  // (sealed under another WRIT_KEK): retry elsewhere, while /readyz reports it.
+  if (!key) throw new ExchangeDenied('signing_key_unavailable', `no ${grant.signingAlg} signing key this instance can open`);
   const claims = buildClaims(grant, issuer, clientId, newJti());
   // JSON would write a NaN lifetime as null, a token that never expires: refuse it here too.
   if (!Number.isFinite(claims.iat) || !Number.isFinite(claims.exp) || claims.exp <= claims.iat) {

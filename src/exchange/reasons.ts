@@ -69,6 +69,7 @@ export const REASONS = {
   // infrastructure: answered 503, never a token
   jwks_unavailable: 'temporarily_unavailable',
   storage_unavailable: 'temporarily_unavailable',
+  signing_key_unavailable: 'temporarily_unavailable',
 } as const satisfies Record<string, OAuthErrorCode>;
 
 export type OAuthErrorCode =

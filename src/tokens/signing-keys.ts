@@ -3,7 +3,7 @@ import { exportJWK, generateKeyPair, importJWK, type CryptoKey, type JWK } from 
 import type { Knex } from 'knex';
 import type { Logger } from 'pino';
 import { toRow } from '../audit/event.ts';
-import { MAX_TTL_LIMIT_SECONDS } from '../config.ts';
+import { ConfigError, MAX_TTL_LIMIT_SECONDS } from '../config.ts';
 import type { SigningAlg } from '../policy/model.ts';
 import { open, seal } from './kek.ts';
 import { PUBLISHED_STATES, scheduleKeys, type KeySchedule, type StoredKeyTimes } from './key-schedule.ts';
@@ -117,6 +117,42 @@ export async function lockedSchedule(trx: Knex.Transaction): Promise<{ schedule:
  * sharing the database) the ones missing: on first start, and never again unless an operator
  * removed a key without its replacement.
  */
+/**
+ * Refuses a key-encryption key that opens none of the stored signing keys: it is not the one this
+ * database was set up with (another data dir's development key, say). An instance started with
+ * it would publish no keys and sign nothing, seal audit checkpoints that no other instance can
+ * verify, for good, and hash client secrets that no other instance recognises.
+ */
+export class KeyEncryptionKeyMismatch extends ConfigError {
+  override name = 'KeyEncryptionKeyMismatch';
+}
+
+export async function assertKeyEncryptionKey(knex: Knex, encryptionKey: Buffer): Promise<void> {
+  const rows = await knex<KeyRow>('signing_keys').select('kid', 'private_jwk_enc').orderBy('created_at', 'desc');
+  if (rows.length === 0) return;
+  for (const row of rows) {
+    try {
+      open(encryptionKey, row.private_jwk_enc, `signing-key:${row.kid}`);
+      return;
+    } catch {
+      // Sealed under another key: try the next. One that opens is enough.
+    }
+  }
+  throw new KeyEncryptionKeyMismatch(`WRIT_KEK opens none of the ${rows.length} signing keys in this database: it is not the key-encryption key this database was set up with. Every instance and every writ command using this database needs the same WRIT_KEK (without WRIT_KEK, development mode uses the one generated in the data dir, ${'`WRIT_DATA_DIR`'}, ./.writ by default).`);
+}
+
+/**
+ * Checks the key-encryption key against the stored signing keys, then makes sure every algorithm
+ * has a key that signs now, then checks again: of two instances with different keys starting on
+ * a new database at once, the one whose keys were not stored is refused.
+ */
+export async function ensureSigningKeysWith(knex: Knex, encryptionKey: Buffer): Promise<NewKey[]> {
+  await assertKeyEncryptionKey(knex, encryptionKey);
+  const created = await ensureSigningKeys(knex, encryptionKey);
+  await assertKeyEncryptionKey(knex, encryptionKey);
+  return created;
+}
+
 export async function ensureSigningKeys(knex: Knex, encryptionKey: Buffer): Promise<NewKey[]> {
   return knex.transaction(async (trx) => {
     const { schedule, now } = await lockedSchedule(trx);
@@ -195,7 +231,7 @@ export class SigningKeyRing {
   }
 
   async start(): Promise<void> {
-    await ensureSigningKeys(this.knex, this.encryptionKey);
+    await ensureSigningKeysWith(this.knex, this.encryptionKey);
     await this.reload();
     this.poll = setInterval(() => void this.check(), this.options.pollMs ?? 1000);
     this.poll.unref();

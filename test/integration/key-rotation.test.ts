@@ -5,6 +5,7 @@ import { migrate, openDatabase } from '../../src/store/db.ts';
 import { removeKey, rotateKeys } from '../../src/tokens/key-rotation.ts';
 import { insertKey, loadKeySchedule } from '../../src/tokens/signing-keys.ts';
 import { AT, EXECUTOR_AUD, PAYMENTS, createTestDatabase, startTestWrit, type TestWrit } from '../support/harness.ts';
+import { expectDenied } from '../support/expect.ts';
 
 const kidOf = (token: string): string => decodeProtectedHeader(token).kid!;
 
@@ -246,6 +247,22 @@ describe('what the key ring and the migration do with keys they cannot use', () 
     const kids = await publishedKids(t);
     expect(kids).not.toContain(foreign.kid);
     expect(kids).not.toContain(scheduled!.kid);
+    expect((await t.exchange('planner-agent', { subject_token: await t.idp.token(t.issuer), subject_token_type: AT, audience: EXECUTOR_AUD })).status).toBe(200);
+  });
+
+  it('with no key it can open for an algorithm: not ready, and that algorithm\'s exchanges are 503, audited, no token', async () => {
+    // Signing from now: after every ES256 key before it, the one the last removal made included.
+    const foreign = await t.writ.db.knex.transaction((trx) => insertKey(trx, Buffer.alloc(32, 1), { alg: 'ES256', activatesAt: new Date(), by: 'test', reason: 'test' }));
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    await t.writ.keys.reload();
+    expect(t.writ.keys.current().active.has('ES256')).toBe(false);
+    expect((await fetch(`${t.url}/readyz`)).status).toBe(503);
+    const res = await t.exchange('planner-agent', { subject_token: await t.idp.token(t.issuer), subject_token_type: AT, audience: EXECUTOR_AUD });
+    await expectDenied(t, res, 'temporarily_unavailable', 'signing_key_unavailable', 503);
+    expect(res.headers.get('retry-after')).not.toBeNull();
+    await remove(t, foreign.kid);
+    await t.writ.keys.reload();
+    expect((await fetch(`${t.url}/readyz`)).status).toBe(200);
     expect((await t.exchange('planner-agent', { subject_token: await t.idp.token(t.issuer), subject_token_type: AT, audience: EXECUTOR_AUD })).status).toBe(200);
   });
 
