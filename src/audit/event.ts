@@ -13,6 +13,7 @@ export type AuditType =
   | 'policy.applied'
   | 'kill_switch'
   | 'admin.action'
+  | 'admin.token_issued'
   | 'key.generated'
   | 'key.removed'
   | 'audit.retained';

@@ -84,7 +84,9 @@ function providerRejectionReason(body: { error?: string; error_description?: str
     case 'invalid_client': return 'client_auth_failed';
     case 'unsupported_grant_type': return 'unsupported_grant_type';
     case 'unauthorized_client': return 'grant_type_not_allowed';
-    case 'invalid_scope': return 'scope_not_allowed';
+    case 'invalid_scope':
+      if (/invalid characters/.test(description)) return 'invalid_parameter';
+      return /unknown/.test(description) ? 'scope_unknown' : 'scope_not_allowed';
     case 'invalid_target': return 'target_invalid';
     case 'invalid_request':
       if (/twice|only be provided using one mechanism/.test(description)) return 'duplicate_parameter';

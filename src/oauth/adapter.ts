@@ -7,8 +7,8 @@ import { isPlainText } from '../store/text.ts';
  * detection). Expired rows never match, since replay detection relies on misses.
  */
 export class KnexAdapter implements Adapter {
-  private readonly model: string;
-  private readonly knex: () => Knex;
+  protected readonly model: string;
+  protected readonly knex: () => Knex;
 
   constructor(model: string, knex: () => Knex) {
     this.model = model;
@@ -16,7 +16,11 @@ export class KnexAdapter implements Adapter {
   }
 
   async upsert(id: string, payload: AdapterPayload, expiresIn: number): Promise<void> {
-    await this.knex()('oidc_payloads')
+    await this.store(this.knex(), id, payload, expiresIn);
+  }
+
+  protected async store(knex: Knex | Knex.Transaction, id: string, payload: AdapterPayload, expiresIn: number): Promise<void> {
+    await knex('oidc_payloads')
       .insert({
         model: this.model,
         id,

@@ -5,6 +5,8 @@ import Provider, { errors, type Configuration, type KoaContextWithOIDC } from 'o
 import { verifyClientSecret } from '../tokens/kek.ts';
 import type { SigningKeys } from '../tokens/signing-keys.ts';
 import { KnexAdapter, PolicyClientAdapter } from './adapter.ts';
+import { AdminTokenAdapter } from './admin-token-adapter.ts';
+import { ADMIN_SCOPES } from '../admin/bootstrap.ts';
 import { TOKEN_EXCHANGE, WRIT_KIND } from './client-metadata.ts';
 import { patchStructuredTokenActions, registerStructuredTokenHandlers } from './internals.ts';
 
@@ -65,11 +67,11 @@ export function createProvider(options: ProviderOptions): Provider {
   const configuration: Configuration = {
     adapter: (name: string) => (name === 'Client'
       ? new PolicyClientAdapter(options.findClient)
-      : new KnexAdapter(name, options.knex)),
+      : name === 'ClientCredentials' ? new AdminTokenAdapter(name, options.knex) : new KnexAdapter(name, options.knex)),
     clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt'],
     responseTypes: [],
     // Only admin clients obtain tokens with these, through client_credentials, for the admin API.
-    scopes: ['writ:policy.read', 'writ:policy.write', 'writ:audit.read', 'writ:revoke', 'writ:keys'],
+    scopes: [...ADMIN_SCOPES],
     claims: {},
     jwks: { keys: [...options.keys.active.values()].map((k) => k.privateJwk) } as Configuration['jwks'],
     enabledJWA: {

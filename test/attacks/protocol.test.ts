@@ -199,6 +199,9 @@ describe('protocol abuse over HTTP', () => {
       expect(typeof granted.body.access_token).toBe('string');
       expect(granted.headers.get('access-control-allow-origin')).toBeNull();
     });
+    it.each(['payment.read  payment.transfer', ' payment.read', 'payment.read '])('a scope %j outside RFC 6749 §3.3 syntax → invalid_scope / invalid_parameter', async (scope) => {
+      await refused(async () => t.post('/token', { ...(await base()), scope }, planner()), 'invalid_scope', 'invalid_parameter');
+    });
     it('Basic credentials with an empty secret → invalid_request / missing_parameter', async () => {
       await refused(async () => t.post('/token', await base(), basicAuth('planner-agent', '')), 'invalid_request', 'missing_parameter');
     });

@@ -44,6 +44,23 @@ describe('admin API, explain and kill switches', () => {
     expect(agent.body.access_token).toBeUndefined();
   });
 
+  it('each admin token is issued with its audit record; an unknown scope is invalid_scope, no token', async () => {
+    const granted = await t.post('/token', { grant_type: 'client_credentials', scope: 'writ:audit.read' }, basicAuth('ops-admin', adminSecret));
+    expect(granted.status).toBe(200);
+    const rows = await t.auditRows({ request_id: granted.headers.get('x-request-id') });
+    expect(rows.map((r) => [r.type, r.outcome, r.client_id])).toEqual([['admin.token_issued', 'granted', 'ops-admin']]);
+    expect(rows[0]!.details).toMatchObject({ scopes: ['writ:audit.read'] });
+    expect(JSON.stringify(rows[0])).not.toContain(granted.body.access_token as string);
+
+    for (const scope of ['writ:foo', 'writ:audit.read writ:foo', 'payment.read']) {
+      const before = await t.writ.db.knex('oidc_payloads').where({ model: 'ClientCredentials' }).count<Array<{ count: string }>>('* as count');
+      const res = await t.post('/token', { grant_type: 'client_credentials', scope }, basicAuth('ops-admin', adminSecret));
+      await expectDenied(t, res, 'invalid_scope', 'scope_unknown');
+      const after = await t.writ.db.knex('oidc_payloads').where({ model: 'ClientCredentials' }).count<Array<{ count: string }>>('* as count');
+      expect(after[0]!.count, scope).toBe(before[0]!.count);
+    }
+  });
+
   it('refuses missing or wrong credentials with 401 and too-narrow ones with 403, changing nothing', async () => {
     const version = t.writ.policy.policy.version;
     expect((await admin('GET', '/policy', undefined)).status).toBe(401);

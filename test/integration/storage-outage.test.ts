@@ -1,6 +1,7 @@
 import { decodeJwt } from 'jose';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, inject } from 'vitest';
+import { bootstrapAdmin } from '../../src/admin/bootstrap.ts';
 import { AT, EXECUTOR_AUD, PAYMENTS, basicAuth, startTestWrit, type TestWrit } from '../support/harness.ts';
 import { expectEveryTokenRecorded } from '../support/expect.ts';
 
@@ -9,8 +10,11 @@ describe('PostgreSQL unavailable', () => {
   let t: TestWrit;
   let admin: pg.Client;
   let dbName: string;
+  let adminSecret: string;
   beforeAll(async () => {
     t = await startTestWrit({ name: 'outage' });
+    adminSecret = (await bootstrapAdmin(t.writ.db.knex, { clientId: 'ops-admin', scopes: ['writ:audit.read'], secretKey: t.writ.derived.clientSecret, by: 'test' })).secret;
+    await t.writ.policy.reload();
     dbName = new URL(t.databaseUrl!).pathname.slice(1);
     admin = new pg.Client({ connectionString: inject('adminDatabaseUrl') });
     await admin.connect();
@@ -58,6 +62,9 @@ describe('PostgreSQL unavailable', () => {
     const overScope = { subject_token: await t.idp.token(t.issuer), subject_token_type: AT, audience: PAYMENTS, scope: 'payment.transfer' };
     const deniedDuring = await t.exchange('planner-agent', overScope);
     expect([deniedDuring.status, deniedDuring.body.error]).toEqual([503, 'temporarily_unavailable']);
+    // Nor is an admin API token issued without its record.
+    const adminToken = await t.post('/token', { grant_type: 'client_credentials', scope: 'writ:audit.read' }, basicAuth('ops-admin', adminSecret));
+    expect([adminToken.status, adminToken.body.error, adminToken.body.access_token, adminToken.headers.get('retry-after')]).toEqual([503, 'temporarily_unavailable', undefined, '1']);
     // Revocation must not answer 200 unless persisted (RFC 7009 §2.2.1).
     expect((await t.post('/token/revocation', { token: before.body.access_token as string }, basicAuth('planner-agent'))).status).toBe(503);
     // Once the revoked set can no longer be kept current, introspection refuses to say active.
