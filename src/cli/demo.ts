@@ -31,6 +31,17 @@ async function demoState(dir: string): Promise<DemoState> {
   return { issuerKey, secrets };
 }
 
+/** alice's access token from the demo IdP, addressed to Writ, valid for 10 minutes. */
+async function aliceToken(issuerKey: JWK, audience: string): Promise<string> {
+  const key = await importJWK(issuerKey, 'ES256') as CryptoKey;
+  const now = Math.floor(Date.now() / 1000);
+  return new SignJWT({ groups: ['finance'], scope: 'openid' })
+    .setProtectedHeader({ alg: 'ES256', typ: 'at+jwt', kid: issuerKey.kid! })
+    .setIssuer(DEMO_ISSUER).setSubject('alice').setAudience(audience)
+    .setIssuedAt(now).setExpirationTime(now + 600).setJti(randomBytes(8).toString('hex'))
+    .sign(key);
+}
+
 /** policy/example.yaml with the demo IdP's public key inline in place of its jwks_uri. */
 function overlayPolicy(dir: string, issuerKey: JWK): string {
   const { d: _d, ...publicKey } = issuerKey;
@@ -85,13 +96,7 @@ export async function demo(ctx: CliContext, options: { exit: boolean }): Promise
     print(`\nWrit is serving at ${url} (issuer ${config.issuer}), embedded database in ${config.dataDir}`);
     print(`Policy: policy/example.yaml, with a built-in demo IdP standing in for ${DEMO_ISSUER}\n`);
 
-    const key = await importJWK(state.issuerKey, 'ES256') as CryptoKey;
-    const now = Math.floor(Date.now() / 1000);
-    const userToken = await new SignJWT({ groups: ['finance'], scope: 'openid' })
-      .setProtectedHeader({ alg: 'ES256', typ: 'at+jwt', kid: state.issuerKey.kid! })
-      .setIssuer(DEMO_ISSUER).setSubject('alice').setAudience(config.issuer)
-      .setIssuedAt(now).setExpirationTime(now + 600).setJti(randomBytes(8).toString('hex'))
-      .sign(key);
+    const userToken = await aliceToken(state.issuerKey, config.issuer);
     print(`1. alice signs in at ${DEMO_ISSUER} (groups: finance) and hands her token to planner-agent.`);
 
     const planner = basic('planner-agent', state.secrets.PLANNER_SECRET);
@@ -131,6 +136,17 @@ export async function demo(ctx: CliContext, options: { exit: boolean }): Promise
     print('   Revoking a token revokes everything derived from it.\n');
     if (options.exit) return 0;
     print(`Writ keeps serving at ${url}. Discovery: ${url}/.well-known/oauth-authorization-server — Ctrl-C to stop.`);
+    // A token of alice's for the reader to exchange by hand; the secrets stay in their file.
+    const aliceFile = path.join(config.dataDir, 'demo-alice.jwt');
+    writeFileSync(aliceFile, `${await aliceToken(state.issuerKey, config.issuer)}\n`, { mode: 0o600 });
+    const stateFile = path.join(config.dataDir, 'demo-state.json');
+    print(`\nTry an exchange yourself (${aliceFile} holds a token of alice's, valid for 10 minutes):`);
+    print(`  SECRET=$(node -p "require('${stateFile}').secrets.PLANNER_SECRET")`);
+    print(`  curl -s -u "planner-agent:$SECRET" ${token} \\`);
+    print(`    -d grant_type=${TX} \\`);
+    print(`    -d subject_token_type=${AT} -d subject_token=$(cat ${aliceFile}) \\`);
+    print('    -d audience=https://agents.example.com/executor -d scope=payment.read');
+    print(`After Ctrl-C, \`npx writ audit trace ${claims.jti as string}\` follows the payments token back to alice.`);
     await new Promise<void>((resolve) => {
       process.once('SIGINT', () => resolve());
       process.once('SIGTERM', () => resolve());

@@ -38,6 +38,38 @@ describe('the writ command', () => {
     for (const secret of Object.values(state.secrets)) expect(run.stdout + run.stderr).not.toContain(secret);
   }, 90_000);
 
+  it('demo: keeps serving, and the exchange it prints for the reader works as printed', async () => {
+    const dataDir = tempDir();
+    const port = await freePort();
+    const child = spawn(process.execPath, [MAIN, 'demo'], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', WRIT_DATA_DIR: dataDir, PORT: String(port), WRIT_ISSUER: `http://localhost:${port}` } });
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
+    const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
+    try {
+      await expect.poll(() => out, { timeout: 60_000, interval: 200 }).toContain('After Ctrl-C');
+      // The printed command, run as printed: its secret read from the file it names, the token
+      // from the file it names, sent to the URL it names.
+      const secretFile = /require\('([^']+)'\)\.secrets\.PLANNER_SECRET/.exec(out)![1]!;
+      const tokenFile = /subject_token=\$\(cat ([^)]+)\)/.exec(out)![1]!;
+      const url = /curl -s -u "planner-agent:\$SECRET" (\S+)/.exec(out)![1]!;
+      const secret = (JSON.parse(readFileSync(secretFile, 'utf8')) as { secrets: Record<string, string> }).secrets.PLANNER_SECRET!;
+      const form = new URLSearchParams({
+        grant_type: /-d grant_type=(\S+)/.exec(out)![1]!,
+        subject_token_type: /-d subject_token_type=(\S+)/.exec(out)![1]!,
+        subject_token: readFileSync(tokenFile, 'utf8').trim(),
+        audience: /-d audience=(\S+)/.exec(out)![1]!,
+        scope: /-d scope=(\S+)/.exec(out)![1]!,
+      });
+      const res = await fetch(url, { method: 'POST', body: form, headers: { authorization: `Basic ${Buffer.from(`planner-agent:${secret}`).toString('base64')}` } });
+      expect(res.status).toBe(200);
+      expect(((await res.json()) as { scope: string }).scope).toBe('payment.read');
+      expect(out).not.toContain(secret);
+    } finally {
+      child.kill('SIGINT');
+    }
+    expect(await exited).toBe(0);
+  }, 90_000);
+
   it('policy validate: the example is valid; a broken file names file, line and field', async () => {
     const ok = await writ(['policy', 'validate', 'policy'], { ...SECRETS, WRIT_DATA_DIR: tempDir() });
     expect(ok.code).toBe(0);
