@@ -115,7 +115,9 @@ export function loadConfig(env: Env = process.env): Config {
   }
   const production = mode === 'production';
   const dataDir = path.resolve(env.WRIT_DATA_DIR || './.writ');
-  const issuer = parseIssuer(env.WRIT_ISSUER || 'http://localhost:4000', production);
+  const port = integer(env, 'PORT', 4000, 0, 65535);
+  // Unset, the issuer is this machine at the port it listens on: discovery's URLs must reach it.
+  const issuer = parseIssuer(env.WRIT_ISSUER || `http://localhost:${port}`, production);
   const logLevel = env.LOG_LEVEL || 'info';
   if (!LOG_LEVELS.has(logLevel)) throw new ConfigError(`LOG_LEVEL must be one of ${[...LOG_LEVELS].join(', ')}`);
   let kek: Buffer;
@@ -135,7 +137,7 @@ export function loadConfig(env: Env = process.env): Config {
     databaseUrl,
     dataDir,
     issuer,
-    port: integer(env, 'PORT', 4000, 0, 65535),
+    port,
     host: env.HOST || '127.0.0.1',
     kek,
     trustProxy: bool(env, 'WRIT_TRUST_PROXY'),

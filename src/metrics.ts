@@ -77,11 +77,11 @@ export class Metrics {
   // Each gauge reads its value when scraped. The aggregator says how worker processes' values
   // combine on the primary's /metrics (WRIT_WORKERS > 1).
   readonly auditQueue = this.gauge('writ_audit_queue_events', 'Events waiting in the batched audit writer.', 'sum', (s) => s.auditQueue());
-  readonly auditDropped = this.gauge('writ_audit_queue_dropped_total', 'Events the batched audit writer could not queue.', 'sum', (s) => s.auditDropped());
+  readonly auditDropped = this.counterOf('writ_audit_queue_dropped_total', 'Events the batched audit writer could not queue.', (s) => s.auditDropped());
   readonly sealerLag = this.gauge('writ_audit_sealer_lag_seconds', 'Age of the oldest audit event not yet sealed into the hash chain.', 'max', (s) => s.sealerLagSeconds());
   readonly policyVersion = this.gauge('writ_policy_version', 'Policy version in force on this instance (the oldest among its worker processes).', 'min', (s) => s.policyVersion());
-  readonly signatureCacheHits = this.gauge('writ_signature_cache_hits_total', 'Presented tokens whose signature had already been verified under the same key (the exact token string), so it was not verified again.', 'sum', (s) => s.signatureCache().hits);
-  readonly signatureCacheMisses = this.gauge('writ_signature_cache_misses_total', 'Presented tokens whose signature had to be verified.', 'sum', (s) => s.signatureCache().misses);
+  readonly signatureCacheHits = this.counterOf('writ_signature_cache_hits_total', 'Presented tokens whose signature had already been verified under the same key (the exact token string), so it was not verified again.', (s) => s.signatureCache().hits);
+  readonly signatureCacheMisses = this.counterOf('writ_signature_cache_misses_total', 'Presented tokens whose signature had to be verified.', (s) => s.signatureCache().misses);
   readonly revocationsFresh = this.gauge('writ_revocations_fresh', '1 while the in-memory revoked set is known to be current (in every worker process).', 'min', (s) => (s.revocationsFresh() ? 1 : 0));
 
   constructor() {
@@ -95,6 +95,23 @@ export class Metrics {
       collect(this: Gauge) {
         const current = sources();
         if (current) this.set(read(current));
+      },
+    });
+  }
+
+  /**
+   * A counter read from the instance's own running count when scraped: a `_total` is a counter to
+   * Prometheus (rate() and resets are counter semantics), though Writ keeps the count elsewhere.
+   */
+  private counterOf(name: string, help: string, read: (sources: GaugeSources) => number): Counter {
+    const sources = (): GaugeSources | undefined => this.sources;
+    return new Counter({
+      name, help, aggregator: 'sum', registers: [this.registry],
+      collect(this: Counter) {
+        const current = sources();
+        if (!current) return;
+        this.reset();
+        this.inc(read(current));
       },
     });
   }

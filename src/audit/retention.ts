@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { open, rename, rm } from 'node:fs/promises';
+import { mkdir, open, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Knex } from 'knex';
 import { GENESIS_HASH, OCCURRED_AT_SQL, eventHash, verifyCheckpoint, type ChainEvent } from './chain.ts';
@@ -58,6 +58,8 @@ export async function retainAudit(knex: Knex, checkpointKey: Buffer, input: { be
   // with them now could never be shown afterwards. The whole chain must verify first.
   const report = await verifyAuditChain(knex, checkpointKey);
   if (!report.ok) throw new RetentionError(`the audit chain does not verify (${report.first?.message}); retention would hide it. Run writ audit verify.`);
+  // Only the operator and Writ read the archives: a directory made here is theirs alone.
+  await mkdir(input.archiveDir, { recursive: true, mode: 0o700 });
   const results: RetentionResult[] = [];
   for (const part of await partitionsBefore(knex, before)) {
     results.push(await retainPartition(knex, checkpointKey, part, input));

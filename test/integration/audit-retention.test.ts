@@ -164,8 +164,11 @@ describe.each([
       // (write() spaces its events a second apart: start them in the past, not the future.)
       await write(db.knex, new Date(Date.now() - 10_000), 2, 'now');
       expect(await sealer.sealOnce({ forceCheckpoint: true })).toBeGreaterThanOrEqual(2);
-      const results = await retainAudit(db.knex, KEY, { before: monthStart(0), archiveDir: archive, by: 'test' });
+      // An archive directory that does not exist yet is made.
+      const fresh = path.join(archive, 'not', 'yet');
+      const results = await retainAudit(db.knex, KEY, { before: monthStart(0), archiveDir: fresh, by: 'test' });
       expect(results.find((r) => r.partition === partitionOf(monthStart(1)))).toMatchObject({ events: 3 });
+      expect(readdirSync(fresh)).toContain(`${partitionOf(monthStart(1))}.ndjson`);
       await write(db.knex, new Date(Date.now() - 10_000), 1, 'after');
       expect(await sealer.sealOnce({ forceCheckpoint: true })).toBeGreaterThanOrEqual(1);
       expect((await verifyAuditChain(db.knex, KEY)).ok).toBe(true);

@@ -60,6 +60,9 @@ describe('Prometheus metrics on their own listener', () => {
     expect(text).toMatch(/writ_policy_version \d+/);
     expect(text).toContain('writ_revocations_fresh 1');
     // The one user token was presented three times: its signature was verified once.
+    expect(text).toContain('# TYPE writ_signature_cache_misses_total counter');
+    expect(text).toContain('# TYPE writ_signature_cache_hits_total counter');
+    expect(text).toContain('# TYPE writ_audit_queue_dropped_total counter');
     expect(text).toContain('writ_signature_cache_misses_total 1');
     expect(text).toContain('writ_signature_cache_hits_total 2');
     // The metrics listener serves nothing else, and the main listener does not serve metrics.

@@ -21,6 +21,9 @@ describe('configuration (DESIGN.md §3)', () => {
     expect(statSync(path.join(dir, 'dev-kek')).mode & 0o777).toBe(0o600);
     expect(loadConfig({ WRIT_DATA_DIR: dir }).kek.equals(c.kek)).toBe(true);
     expect(readFileSync(path.join(dir, 'dev-kek'), 'utf8')).toBe(c.kek.toString('base64'));
+    // Without WRIT_ISSUER the issuer follows PORT, so discovery names where Writ listens.
+    expect(loadConfig({ WRIT_DATA_DIR: dir, PORT: '4100' })).toMatchObject({ port: 4100, issuer: 'http://localhost:4100' });
+    expect(loadConfig({ WRIT_DATA_DIR: dir, PORT: '4100', WRIT_ISSUER: 'http://localhost:4000' }).issuer).toBe('http://localhost:4000');
   });
 
   it('accepts WRIT_KEK as base64 or base64url, exactly 32 bytes', () => {
