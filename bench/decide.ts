@@ -1,5 +1,5 @@
 /**
- * Microbenchmark of the pure policy decision (src/exchange/decide.ts) with the DESIGN.md §6
+ * Microbenchmark of the pure policy decision (src/exchange/decide.ts) with the docs/DESIGN.md §6
  * example policy: the direct hop (planner-agent, upstream subject → payments) and the chained
  * hop (executor-agent, Writ subject → payments). Each call is timed on its own with
  * `process.hrtime.bigint()` (whose own cost, ~0.05 µs, is included) after a warm-up.

@@ -54,7 +54,7 @@ export async function startFloor(options: {
   issuerJwk: JWK;
 }): Promise<{ url: string; close: () => Promise<void> }> {
   const pool = new pg.Pool({ connectionString: options.databaseUrl, max: 16 });
-  // Shaped like the audit table of dependencies-and-floors.md §2 (and close to Writ's audit_events).
+  // Shaped like Writ's audit_events row.
   await pool.query(`
     CREATE TABLE IF NOT EXISTS floor_audit (
       jti uuid PRIMARY KEY,

@@ -1,7 +1,7 @@
 import type { Knex } from 'knex';
 
 /**
- * The tamper-evident audit log (DESIGN.md §8), on PostgreSQL and on PGlite alike, as first laid
+ * The tamper-evident audit log (docs/DESIGN.md §8), on PostgreSQL and on PGlite alike, as first laid
  * out. Migration 006 moves the chain (seq, prev_hash, hash, sealed_at) into its own insert-only
  * table audit_chain and makes audit_events refuse every UPDATE; read its header for the design
  * in force and the production role. What follows describes this migration's own layout.

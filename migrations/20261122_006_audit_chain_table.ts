@@ -2,7 +2,7 @@ import type { Knex } from 'knex';
 import { FUNCTIONS_002, WRIT_AUDIT_INFLIGHT_LOCK } from './20261122_002_audit_chain.ts';
 
 /**
- * The audit hash chain moves out of audit_events into its own insert-only table (DESIGN.md §8),
+ * The audit hash chain moves out of audit_events into its own insert-only table (docs/DESIGN.md §8),
  * on PostgreSQL and on PGlite alike. This supersedes what migration 002 says about sealing.
  *
  * Sealing used to UPDATE each audit_events row (seq, prev_hash, hash, sealed_at): a new

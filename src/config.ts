@@ -5,7 +5,7 @@ import path from 'node:path';
 /** The longest WRIT_MAX_TTL allowed: no token Writ mints lives longer. */
 export const MAX_TTL_LIMIT_SECONDS = 86400;
 
-/** DESIGN.md §3: the environment, typed and validated once at start. */
+/** docs/DESIGN.md §3: the environment, typed and validated once at start. */
 export interface Config {
   env: 'development' | 'production';
   databaseUrl: string | undefined;

@@ -61,7 +61,7 @@ function actFrom(actors: readonly string[]): ActClaim | undefined {
 
 /**
  * Runs the real decision on a hypothetical exchange: the token checks are assumed passed (the
- * claims given are taken as verified), everything from DESIGN.md §7's policy steps is the same
+ * claims given are taken as verified), everything from docs/DESIGN.md §7's policy steps is the same
  * code that decides live exchanges. Nothing is minted or recorded.
  */
 export async function explain(

@@ -320,7 +320,7 @@ type TailRow = { n: number | string; oldest_id: number | string | null; age_ms: 
 
 /**
  * Checks the chain (audit_chain joined to audit_events, in seq order) against the signed
- * checkpoints (DESIGN.md §8) and names what does not hold. Read-only; run it on a quiet
+ * checkpoints (docs/DESIGN.md §8) and names what does not hold. Read-only; run it on a quiet
  * database or live (the unsealed tail is then whatever committed in the last moments).
  *
  * What each tampering looks like:

@@ -22,7 +22,7 @@ function whoAsked(): string {
 /**
  * `writ audit open`: a one-time login URL for the chain view. The token is created on the
  * database directly or, on the embedded database while `writ serve` holds the data dir, by that
- * server through its local endpoint (DESIGN.md §8).
+ * server through its local endpoint (docs/DESIGN.md §8).
  */
 export async function auditOpen(ctx: CliContext, args: string[] = []): Promise<number> {
   if (args.length > 0) throw new UsageError('audit open takes no arguments');

@@ -35,7 +35,7 @@ function printKeys(ctx: CliContext, keys: Listed[]): void {
   }
 }
 
-/** `writ keys list|rotate|remove`: Writ's own signing keys (standards notes O4). */
+/** `writ keys list|rotate|remove`: Writ's own signing keys (docs/standards.md O4). */
 export async function keysCommand(ctx: CliContext, argv: string[]): Promise<number> {
   const [sub, ...args] = argv;
   const by = `cli:${process.env.USER ?? 'unknown'}`;

@@ -11,7 +11,7 @@ import type { CliContext } from './context.ts';
 /**
  * On the embedded database only one process may open the data dir. `writ serve` records
  * itself here with a local admin credential (file mode 0600), and the CLI talks to it through
- * the admin API instead of opening the database (DESIGN.md §8).
+ * the admin API instead of opening the database (docs/DESIGN.md §8).
  */
 export interface LocalServer {
   pid: number;

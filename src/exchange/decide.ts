@@ -1,5 +1,5 @@
 /**
- * The policy decision of a token exchange (DESIGN.md §7), after the request was parsed and the
+ * The policy decision of a token exchange (docs/DESIGN.md §7), after the request was parsed and the
  * subject/actor tokens' signatures and times were verified by other modules.
  *
  * `decide` is a pure function of (compiled policy, input): no I/O, no clock, no randomness.
@@ -21,7 +21,7 @@ import type {
   VerifiedSubject, WritSubject,
 } from './types.ts';
 
-/** DESIGN.md §7 task row: "`task_id` ≤ 128 chars of `[A-Za-z0-9._:-]`". */
+/** docs/DESIGN.md §7 task row: "`task_id` ≤ 128 chars of `[A-Za-z0-9._:-]`". */
 export const TASK_ID_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
 
 // ---------------------------------------------------------------------------------------------
@@ -150,8 +150,8 @@ export function decide(policy: CompiledPolicy, input: DecisionInput): Decision {
 // 1. client
 
 /**
- * DESIGN.md §7 client row: "authenticated, kind `agent`, enabled" → `unauthorized_client`.
- * DESIGN.md §4: only an `agent` may exchange, "as the actor". Authentication itself happened
+ * docs/DESIGN.md §7 client row: "authenticated, kind `agent`, enabled" → `unauthorized_client`.
+ * docs/DESIGN.md §4: only an `agent` may exchange, "as the actor". Authentication itself happened
  * before (oidc-provider); here the client must still be in this policy version.
  */
 function checkClient(policy: CompiledPolicy, input: DecisionInput): StepResult<ClientPolicy> {
@@ -170,7 +170,7 @@ function checkClient(policy: CompiledPolicy, input: DecisionInput): StepResult<C
 // 2. target
 
 /**
- * DESIGN.md §7 target row: "matched as an exact string to a known audience" → `invalid_target`.
+ * docs/DESIGN.md §7 target row: "matched as an exact string to a known audience" → `invalid_target`.
  * RFC 8693 §2.2.2: refusing a target SHOULD return `invalid_target`. (URI syntax and the single
  * distinct value were checked by the request parser.)
  */
@@ -193,7 +193,7 @@ interface SubjectFacts {
 }
 
 /**
- * DESIGN.md §7 subject token row: from a trusted issuer; "no upstream `act` unless the issuer
+ * docs/DESIGN.md §7 subject token row: from a trusted issuer; "no upstream `act` unless the issuer
  * says `act: preserve`"; "a Writ token: ... addressed to this client (its `aud` is one of the
  * client's audiences)". A token whose `aud` is a tool is never re-exchangeable by an agent
  * unless that agent owns the audience.
@@ -209,7 +209,7 @@ function checkSubjectToken(
     }
     let priorActs: ActClaim[] = [];
     if (subject.act !== undefined) {
-      // DESIGN.md §7: "no upstream `act` unless the issuer says `act: preserve`".
+      // docs/DESIGN.md §7: "no upstream `act` unless the issuer says `act: preserve`".
       if (issuer.act !== 'preserve') {
         return fail('upstream_act', `issuer ${issuer.issuer} does not preserve act, but the subject token has one`);
       }
@@ -261,7 +261,7 @@ function checkLineageConsistency(subject: WritSubject, levels: readonly ActClaim
 // 4. actor token
 
 /**
- * DESIGN.md §7 actor token row: "optional; from a trusted upstream issuer (never a Writ token),
+ * docs/DESIGN.md §7 actor token row: "optional; from a trusted upstream issuer (never a Writ token),
  * `aud` is Writ, its `(iss, sub)` listed in the client's `actor_identities`; its `exp` caps the
  * result". (`aud` and the signature were verified before.)
  */
@@ -288,9 +288,9 @@ function checkActorToken(
 
 /**
  * RFC 8693 §4.4: `may_act` "makes a statement that one party is authorized to become the actor
- * and act on behalf of another party". DESIGN.md §7: "if the subject token has it, it must name
+ * and act on behalf of another party". docs/DESIGN.md §7: "if the subject token has it, it must name
  * this client (`sub` = client id, `iss` absent or Writ) or one of its `actor_identities`".
- * Standards X18: the actor "must match every identity member (`sub` and `iss`)".
+ * docs/standards.md X18: the actor "must match every identity member (`sub` and `iss`)".
  *
  * Resolved strictly: an actor identity only matches when it is the one actually presented as the
  * actor token (step 4 already required it to be listed); a `client_id` member, if present, must
@@ -319,11 +319,11 @@ function checkMayAct(input: DecisionInput, actor: VerifiedActor | null): StepRes
 // 6. rule
 
 /**
- * DESIGN.md §7 rule row: "first rule (in order) with this actor and audience whose subject
+ * docs/DESIGN.md §7 rule row: "first rule (in order) with this actor and audience whose subject
  * selector matches; none for (client, audience)" → `invalid_target`; "a rule exists for (client,
  * audience) but no subject selector matches" → `invalid_request`.
  * RFC 8693 §4.1: "only the top-level claims and the `sub` of the outermost actor are used for
- * access control decisions" (Standards X15) — selectors see the subject's own claims and the
+ * access control decisions" (docs/standards.md X15) — selectors see the subject's own claims and the
  * parent's current actor (lineage), never nested `act` entries.
  */
 function selectRule(policy: CompiledPolicy, input: DecisionInput): StepResult<RulePolicy> {
@@ -341,7 +341,7 @@ function selectRule(policy: CompiledPolicy, input: DecisionInput): StepResult<Ru
 }
 
 /**
- * DESIGN.md §6 selectors: "`subject.issuer` is an upstream issuer, or `self` for a token Writ
+ * docs/DESIGN.md §6 selectors: "`subject.issuer` is an upstream issuer, or `self` for a token Writ
  * issued. With `self`: `after` lists the clients one of which must be the parent token's current
  * actor (its `client_id`, from lineage), and optional `root: {issuer, claims}` constrains the
  * chain's human, matched against the root subject's verified claims that Writ keeps in lineage".
@@ -365,7 +365,7 @@ export function selectorMatches(selector: SubjectSelector, subject: VerifiedSubj
 // 7. scopes
 
 /**
- * DESIGN.md §7 scopes row: "(requested, or the rule's scopes if none requested) ∩ rule ∩
+ * docs/DESIGN.md §7 scopes row: "(requested, or the rule's scopes if none requested) ∩ rule ∩
  * parent's scopes (Writ subject); a requested name the audience does not define, or an empty
  * result" → `invalid_scope`. Granted scopes keep the audience's order, so the result is
  * deterministic whatever order the client asked in.
@@ -403,8 +403,8 @@ interface Lifetime {
 }
 
 /**
- * DESIGN.md §7 lifetime row: "`exp` = min(now + rule ttl, now + audience max_ttl, now +
- * `WRIT_MAX_TTL`, subject `exp`, actor token `exp`)". RFC 8693 §5 (Standards X19): "use `scope`
+ * docs/DESIGN.md §7 lifetime row: "`exp` = min(now + rule ttl, now + audience max_ttl, now +
+ * `WRIT_MAX_TTL`, subject `exp`, actor token `exp`)". RFC 8693 §5 (docs/standards.md X19): "use `scope`
  * and a short lifetime to bound delegated abuse". A result not after `now` means the subject (or
  * actor) token has effectively expired.
  */
@@ -446,11 +446,11 @@ interface Chain {
 }
 
 /**
- * DESIGN.md §5: `act` is "`{sub: <client id>}` for the current actor, or `{sub, iss, client_id}`
+ * docs/DESIGN.md §5: `act` is "`{sub: <client id>}` for the current actor, or `{sub, iss, client_id}`
  * when an actor token names another identity; earlier actors nest inside as `act.act`".
- * RFC 8693 §4.1 (Standards X13): "prior actors are nested inside it, most recent outermost";
+ * RFC 8693 §4.1 (docs/standards.md X13): "prior actors are nested inside it, most recent outermost";
  * X14: minted `act` carries identity claims only.
- * DESIGN.md §7 chain row: "depth = number of `act` levels in the issued token ≤ min(`max_depth`
+ * docs/DESIGN.md §7 chain row: "depth = number of `act` levels in the issued token ≤ min(`max_depth`
  * of every rule along the lineage, `max_depth_cap`); no client twice in the chain; the subject's
  * `sub` is never an acting client's id; nested actors only ever deny, never grant".
  */
@@ -503,7 +503,7 @@ function buildChain(
 // 10. task
 
 /**
- * DESIGN.md §7 task row: "`task_id` ≤ 128 chars of `[A-Za-z0-9._:-]`; a child inherits its
+ * docs/DESIGN.md §7 task row: "`task_id` ≤ 128 chars of `[A-Za-z0-9._:-]`; a child inherits its
  * parent's `task_id`, and a different one is refused; `require_task` rules need one".
  */
 function resolveTask(input: DecisionInput, rule: RulePolicy): StepResult<string | null> {
@@ -542,7 +542,7 @@ function isPlainObject(value: unknown): value is Record<string, unknown> {
 
 /**
  * Reads an `act` claim into its levels, outermost (current actor) first, keeping only the
- * identity members (`sub`, `iss`, `client_id`; RFC 8693 §4.1, Standards X14). Returns null when
+ * identity members (`sub`, `iss`, `client_id`; RFC 8693 §4.1, docs/standards.md X14). Returns null when
  * any level is malformed. Iterative, so a deeply nested claim cannot overflow the stack.
  */
 function readActChain(act: unknown): ActClaim[] | null {

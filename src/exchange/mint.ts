@@ -4,7 +4,7 @@ import type { SigningKeys } from '../tokens/signing-keys.ts';
 import { ExchangeDenied } from './reasons.ts';
 import type { ActClaim, Grant, SubIdClaim } from './types.ts';
 
-/** The RFC 9068 claim set of DESIGN.md §5. */
+/** The RFC 9068 claim set of docs/DESIGN.md §5. */
 export interface AccessTokenClaims {
   iss: string;
   sub: string;

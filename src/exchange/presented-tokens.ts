@@ -47,7 +47,7 @@ export function clientsInAct(act: { sub: string; client_id?: string; act?: unkno
 }
 
 /**
- * Validates the subject token (DESIGN.md §7, "subject token"): either one Writ issued — then it
+ * Validates the subject token (docs/DESIGN.md §7, "subject token"): either one Writ issued — then it
  * must not be revoked, nor any ancestor, nor its task — or one from a trusted upstream issuer.
  * An unacceptable subject token is `invalid_request` (RFC 8693 §2.2.2).
  */
@@ -119,7 +119,7 @@ export async function verifySubjectToken(req: ExchangeRequest, ctx: PresentedTok
   };
 }
 
-/** The actor token: "never a Writ token", from a trusted upstream issuer (DESIGN.md §7). */
+/** The actor token: "never a Writ token", from a trusted upstream issuer (docs/DESIGN.md §7). */
 export async function verifyActorToken(req: ExchangeRequest, ctx: PresentedTokenContext): Promise<VerifiedActor | undefined> {
   if (!req.actorToken || !req.actorTokenType) return undefined;
   const inspected = inspect(req.actorToken, 'actor', ctx);

@@ -1,5 +1,5 @@
 /**
- * The one published list of reason codes (DESIGN.md §7). Every denial names one of these in
+ * The one published list of reason codes (docs/DESIGN.md §7). Every denial names one of these in
  * its audit event, in metrics and in `explain`; the client sees only the RFC error.
  */
 export const REASONS = {

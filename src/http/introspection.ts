@@ -83,7 +83,7 @@ export class VerifiedTokenCache {
   }
 }
 
-/** DESIGN.md §4: who may see a token. Anything else is answered exactly `{"active": false}`. */
+/** docs/DESIGN.md §4: who may see a token. Anything else is answered exactly `{"active": false}`. */
 export function mayIntrospect(caller: ClientPolicy, claims: Pick<WritTokenClaims, 'aud'>): boolean {
   if (!caller.enabled) return false;
   if (caller.kind === 'admin') return true;

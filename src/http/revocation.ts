@@ -23,7 +23,7 @@ function canRevokeAnything(caller: ClientPolicy): boolean {
 /**
  * RFC 7009 for Writ's JWTs. Unknown or invalid tokens are answered 200 (§2.2: "invalid tokens
  * do not cause an error response"). An agent may revoke tokens it obtained or that derive from
- * them (DESIGN.md §4). The revocation and everything derived from the token is persisted
+ * them (docs/DESIGN.md §4). The revocation and everything derived from the token is persisted
  * before the 200.
  */
 export async function revokeToken(deps: RevocationDeps, caller: ClientPolicy, token: string, requestId: string): Promise<RevocationOutcome> {
@@ -59,7 +59,7 @@ export async function revokeToken(deps: RevocationDeps, caller: ClientPolicy, to
 }
 
 /**
- * `POST /task/revocation`: an agent ends a task for the chains it took part in (DESIGN.md §4,
+ * `POST /task/revocation`: an agent ends a task for the chains it took part in (docs/DESIGN.md §4,
  * "its own tasks"); an admin with writ:revoke ends the task everywhere, and no exchange may
  * continue it.
  */

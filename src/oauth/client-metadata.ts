@@ -15,7 +15,7 @@ export function clientMetadata(client: ClientPolicy, secretHash: string | undefi
     client_id: client.client_id,
     token_endpoint_auth_method: client.auth,
     // Every kind may ask, so that a non-agent is refused by Writ's grant with
-    // `unauthorized_client` (DESIGN.md §7) rather than by the provider's generic check.
+    // `unauthorized_client` (docs/DESIGN.md §7) rather than by the provider's generic check.
     grant_types: client.kind === 'admin' ? [TOKEN_EXCHANGE, 'client_credentials'] : [TOKEN_EXCHANGE],
     response_types: [],
     redirect_uris: [],

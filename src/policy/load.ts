@@ -444,7 +444,7 @@ function result(issues: readonly PolicyIssue[], fileOrder: readonly string[]): {
 }
 
 /**
- * Parses, validates and merges policy files into one document (DESIGN.md §6). Pure: the
+ * Parses, validates and merges policy files into one document (docs/DESIGN.md §6). Pure: the
  * environment comes in through `options.env`. Files are taken in name order whatever order
  * they are given in, since that order decides which rule matches first.
  */

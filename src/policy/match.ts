@@ -1,7 +1,7 @@
 import type { ClaimCondition } from './model.ts';
 
 /**
- * DESIGN.md §6 claim matching. A string claim matches by equality, an array claim if any
+ * docs/DESIGN.md §6 claim matching. A string claim matches by equality, an array claim if any
  * element equals, `scope` as a space-delimited set; a list in the policy means any of; a
  * missing claim never matches; no type coercion (the number 1 never equals "1").
  */

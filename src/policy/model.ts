@@ -1,5 +1,5 @@
 /**
- * The declarative policy, as identity teams write it in `policy/*.yaml` (DESIGN.md §6),
+ * The declarative policy, as identity teams write it in `policy/*.yaml` (docs/DESIGN.md §6),
  * after parsing, `${NAME}` substitution and defaults. Stored versions omit `secret`.
  */
 

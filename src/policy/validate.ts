@@ -421,7 +421,7 @@ function checkRules(
 }
 
 /**
- * The semantic checks of DESIGN.md §6 that a JSON Schema cannot express: references, uniqueness,
+ * The semantic checks of docs/DESIGN.md §6 that a JSON Schema cannot express: references, uniqueness,
  * namespaces, key material. `doc` must have passed schema validation and had defaults applied.
  * Errors make the policy unusable; warnings flag policy that is valid but probably not meant.
  */

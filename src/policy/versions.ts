@@ -13,7 +13,7 @@ import { verifyClientSecret } from '../tokens/kek.ts';
 /**
  * Policy versions as the CLI and admin API see them: history, one version, secret status for a
  * diff, rollback, and export as YAML. Every version is kept; a rollback is a new version.
- * Credentials live outside versions (DESIGN.md §6): nothing here reads or writes a secret value,
+ * Credentials live outside versions (docs/DESIGN.md §6): nothing here reads or writes a secret value,
  * and nothing here returns a stored hash.
  */
 

@@ -85,7 +85,7 @@ const toSeconds = (d: Date | null): number | null => (d ? Math.floor(d.getTime()
 
 /**
  * Each instance's copy of every revocation and kill switch, so introspection never reads the
- * database (DESIGN.md §8). Fed by LISTEN/NOTIFY, with a short poll as backstop; if neither has
+ * database (docs/DESIGN.md §8). Fed by LISTEN/NOTIFY, with a short poll as backstop; if neither has
  * succeeded lately the set is stale and callers must fail closed.
  */
 export class RevocationState {

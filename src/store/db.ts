@@ -49,7 +49,7 @@ export interface DatabaseLog {
 
 /**
  * PostgreSQL cancels a statement after 2 s itself; one it has not answered 500 ms after that
- * means the server is hung or cut off (DESIGN.md §8, O1: fail closed with 503).
+ * means the server is hung or cut off (docs/DESIGN.md §8, O1: fail closed with 503).
  */
 const STATEMENT_TIMEOUT_MS = 2000;
 const UNANSWERED_LIMIT_MS = 2500;
@@ -85,7 +85,7 @@ async function openPostgres(url: string, poolMax: number, log: DatabaseLog, main
     client: 'pg',
     connection: {
       connectionString: url,
-      // Fail closed quickly when PostgreSQL is unreachable or stuck (DESIGN.md §8, O1).
+      // Fail closed quickly when PostgreSQL is unreachable or stuck (docs/DESIGN.md §8, O1).
       connectionTimeoutMillis: 2000,
       // Maintenance (audit retention) scans whole partitions: no statement limit there.
       ...(maintenance ? {} : { statement_timeout: STATEMENT_TIMEOUT_MS }),

@@ -3,7 +3,7 @@ import { ExchangeDenied } from '../exchange/reasons.ts';
 import { parseStrictJson } from './strict-json.ts';
 
 /**
- * Upstream issuers' verification keys (standards O5): fetched only from the configured
+ * Upstream issuers' verification keys (docs/standards.md O5): fetched only from the configured
  * `jwks_uri`, HTTPS, no redirects, 5 s timeout, 64 KiB cap; an unknown `kid` triggers at most
  * one fetch per 30 s, single-flight; the last good keys are kept through failures for up to an
  * hour. A JWKS that cannot be fetched denies with `jwks_unavailable` (HTTP 503); a `kid` still

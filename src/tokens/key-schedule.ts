@@ -47,7 +47,7 @@ function byActivation(a: StoredKeyTimes, b: StoredKeyTimes): number {
  *
  * `retainMs` is how long a token signed just before its key was superseded can stay valid:
  * the longest minted lifetime plus the clock leeway. A retired key stays published that long
- * after its last use (standards notes O4).
+ * after its last use (docs/standards.md O4).
  */
 export function scheduleKeys(keys: readonly StoredKeyTimes[], now: Date, retainMs: number): KeySchedule {
   const t = now.getTime();

@@ -14,7 +14,7 @@ export const SIGNING_ALGS: readonly SigningAlg[] = ['ES256', 'RS256', 'PS256'];
  * How long a key stays published after it stops signing: the longest life a minted token can
  * have (the ceiling of WRIT_MAX_TTL, not its current value: lowering the setting must not drop
  * a key that tokens issued before still need, and instances configured differently must
- * publish the same set), plus the 60 s inbound clock leeway (standards notes O3, O4).
+ * publish the same set), plus the 60 s inbound clock leeway (docs/standards.md O3, O4).
  */
 export const KEY_RETENTION_MS = (MAX_TTL_LIMIT_SECONDS + 60) * 1000;
 

@@ -5,7 +5,7 @@
  * two parties reading the same bytes can disagree about what a token says. RFC 7519 §4: "The
  * Claim Names within a JWT Claims Set MUST be unique; JWT parsers MUST either reject JWTs with
  * duplicate Claim Names or use a JSON parser that returns only the lexically last duplicate
- * member name". Writ's profile (standards J12) rejects them, in the header and the claims, at
+ * member name". Writ's profile (docs/standards.md J12) rejects them, in the header and the claims, at
  * every nesting depth. Names are compared after unescaping, so `"\u0061"` and `"a"` collide.
  *
  * The scanner only validates; the value is then built by `JSON.parse` on the same text, which

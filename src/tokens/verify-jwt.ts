@@ -10,13 +10,13 @@ import type { VerifiedSignatures } from './verified-signatures.ts';
 
 /**
  * Verification of the JWTs presented to the token endpoint: upstream subject and actor tokens
- * (DESIGN.md §7 "subject token" and "actor token" rows) and tokens Writ minted itself (§5).
+ * (docs/DESIGN.md §7 "subject token" and "actor token" rows) and tokens Writ minted itself (§5).
  * Order: structure (no crypto) → algorithm and type policy → key → signature and registered
  * claims (jose) → Writ's stricter claim rules. Every failure is an `ExchangeDenied` naming the
  * token's role; no detail ever contains the token, a claim value or key material.
  */
 
-/** Writ signs only with these (DESIGN.md §5, policy `SigningAlg`). */
+/** Writ signs only with these (docs/DESIGN.md §5, policy `SigningAlg`). */
 const WRIT_ALGS: readonly string[] = ['ES256', 'RS256', 'PS256'];
 /** RFC 8693 §4.1 chains are short; a deeper one is refused rather than walked. */
 export const MAX_ACT_DEPTH = 10;
@@ -25,7 +25,7 @@ const MAX_UPSTREAM_SUB_LENGTH = 255;
 const MAX_WRIT_SUB_LENGTH = 1024;
 /** O3: inbound lifetime `exp - iat` ≤ 24 h. */
 const DEFAULT_MAX_LIFETIME = 86_400;
-/** DESIGN.md §7 task row. */
+/** docs/DESIGN.md §7 task row. */
 const TASK_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 /** RFC 6749 §3.3 scope-token: 1*( %x21 / %x23-5B / %x5D-7E ). */
 const SCOPE_TOKEN = /^[\x21\x23-\x5B\x5D-\x7E]+$/;
@@ -79,7 +79,7 @@ export interface WritVerifyOptions {
   signatures?: VerifiedSignatures;
 }
 
-/** A token Writ minted (DESIGN.md §5), verified. */
+/** A token Writ minted (docs/DESIGN.md §5), verified. */
 export interface WritTokenClaims {
   iss: string;
   sub: string;
@@ -137,7 +137,7 @@ function nonEmptyString(value: unknown, max: number): value is string {
 /**
  * RFC 8693 §4.1 `act`: a JSON object naming the actor with `sub` (and optionally `iss`,
  * `client_id`), earlier actors nested as `act`. Only identity members are kept (§4.1: "claims
- * within the act claim pertain only to the identity of the actor"; standards X14/X20: other
+ * within the act claim pertain only to the identity of the actor"; docs/standards.md X14/X20: other
  * members are ignored, not trusted).
  */
 export function parseActClaim(value: unknown, role: TokenRole, depth = 1): ActClaim {
@@ -315,7 +315,7 @@ function checkTimes(
 }
 
 /**
- * Verifies an upstream subject or actor token against its issuer's policy (DESIGN.md §7).
+ * Verifies an upstream subject or actor token against its issuer's policy (docs/DESIGN.md §7).
  * The caller has already chosen `issuer` (e.g. with `peekIssuer`); this re-checks `iss` exactly.
  */
 export async function verifyUpstreamToken(token: string, opts: UpstreamVerifyOptions): Promise<VerifiedUpstreamToken> {
@@ -382,7 +382,7 @@ export async function verifyUpstreamToken(token: string, opts: UpstreamVerifyOpt
 
   let act: ActClaim | undefined;
   if (Object.hasOwn(claims, 'act')) {
-    // An upstream delegation chain is kept only if the identity team said so (DESIGN.md §6).
+    // An upstream delegation chain is kept only if the identity team said so (docs/DESIGN.md §6).
     if (issuer.act !== 'preserve') deny('upstream_act', 'issuer is not configured to preserve "act"', role);
     act = parseActClaim(claims.act, role);
   }
@@ -400,7 +400,7 @@ export async function verifyUpstreamToken(token: string, opts: UpstreamVerifyOpt
   return result;
 }
 
-/** Verifies a token Writ minted (DESIGN.md §5), presented back as a subject token. */
+/** Verifies a token Writ minted (docs/DESIGN.md §5), presented back as a subject token. */
 export async function verifyWritToken(token: string, opts: WritVerifyOptions): Promise<WritTokenClaims> {
   const { selfIssuer, keys, now } = opts;
   const role = opts.role ?? 'subject';
@@ -427,7 +427,7 @@ export async function verifyWritToken(token: string, opts: WritVerifyOptions): P
   const { iat, exp } = checkTimes(claims, now, leeway, { maxLifetime: DEFAULT_MAX_LIFETIME }, role);
   const { sub, aud, client_id: clientId, scope, jti, sub_id: subId } = claims;
   if (!nonEmptyString(sub, MAX_WRIT_SUB_LENGTH)) deny('claim_invalid', '"sub" is not a non-empty string', role);
-  // Writ mints exactly one audience (DESIGN.md §5); an array is not a token Writ made.
+  // Writ mints exactly one audience (docs/DESIGN.md §5); an array is not a token Writ made.
   if (!nonEmptyString(aud, 2048)) deny('claim_invalid', '"aud" is not a single string', role);
   if (!nonEmptyString(clientId, 255)) deny('claim_invalid', '"client_id" is not a non-empty string', role);
   if (!nonEmptyString(jti, 255)) deny('claim_invalid', '"jti" is not a non-empty string', role);

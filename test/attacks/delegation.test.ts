@@ -7,7 +7,7 @@ import {
 import { expectDenied, lineageCount } from '../support/expect.ts';
 
 /**
- * Delegation attacks (DESIGN.md §6–§8, RFC 8693 §4), end to end over HTTP against PostgreSQL:
+ * Delegation attacks (docs/DESIGN.md §6–§8, RFC 8693 §4), end to end over HTTP against PostgreSQL:
  * escalation along a chain, lifetime extension, foreign actor tokens, may_act bypass, an `act`
  * forged upstream, cycles, depth, reuse after revocation, a tool re-exchanging what it received,
  * and task_id hijack. Every denial asserts the exact status and RFC error, that no token was
@@ -316,7 +316,7 @@ describe('delegation attacks over HTTP', () => {
       const parent = await hop1({ task_id: task });
       const leaf = await granted(await as('executor-agent', { subject_token: parent, audience: PAYMENTS }));
       expect((await t.post('/task/revocation', { task_id: task }, auth['planner-agent'])).status).toBe(200);
-      // Once this instance has the task in its revoked set (fed by NOTIFY, DESIGN.md §8).
+      // Once this instance has the task in its revoked set (fed by NOTIFY, docs/DESIGN.md §8).
       await expect.poll(() => introspect(leaf), { timeout: 1500, interval: 50 }).toEqual({ active: false });
       await refused('executor-agent', { subject_token: parent, audience: PAYMENTS }, 'invalid_request', 'task_revoked');
       await refused('planner-agent', { subject_token: await user(), audience: EXECUTOR_AUD, task_id: task }, 'invalid_request', 'task_revoked');
@@ -354,7 +354,7 @@ describe('delegation attacks over HTTP', () => {
     });
     // SERVER BUG: a task_id containing U+0000 is answered 503 temporarily_unavailable (with
     // Retry-After) and leaves no audit record, instead of 400 invalid_request / task_invalid
-    // (DESIGN.md §7 task row). The denial's audit row copies the raw task_id into a text column
+    // (docs/DESIGN.md §7 task row). The denial's audit row copies the raw task_id into a text column
     // and PostgreSQL refuses NUL bytes; src/exchange/service.ts `deny` then reports
     // storage_unavailable. See test/attacks/protocol.test.ts for the same defect through
     // `audience` and through upstream claims.
@@ -385,12 +385,12 @@ describe('delegation attacks over HTTP', () => {
       const leaf = await granted(await as('executor-agent', { subject_token: parent, audience: PAYMENTS }));
       await granted(await as('intruder-agent', { subject_token: await user({ sub: 'mallory' }), audience: PAYMENTS, task_id: task }));
       await t.post('/task/revocation', { task_id: task }, auth['intruder-agent']);
-      // Past the propagation window (DESIGN.md §8: every instance within 1 s).
+      // Past the propagation window (docs/DESIGN.md §8: every instance within 1 s).
       await new Promise((r) => setTimeout(r, 1500));
       expect((await introspect(leaf)).active).toBe(true);
     });
     // SERVER BUG (audit): a refused revocation by an authenticated client leaves no audit record
-    // (standards O2: "Denials by authenticated clients are always audited"); the refusals of
+    // (docs/standards.md O2: "Denials by authenticated clients are always audited"); the refusals of
     // POST /token/revocation and POST /task/revocation are answered 400 unauthorized_client and
     // nothing is written (src/http/handlers.ts revocationHandler throws before any audit).
     it('a refused task revocation is audited', async () => {

@@ -9,7 +9,7 @@ import {
 import { expectDenied, lineageCount } from '../support/expect.ts';
 
 /**
- * Every JWT attack class (RFC 8725, RFC 7515/7519, standards J1–J12, A1–A7), end to end over
+ * Every JWT attack class (RFC 8725, RFC 7515/7519, docs/standards.md J1–J12, A1–A7), end to end over
  * HTTP against PostgreSQL: each forged token is presented as the subject token, and the
  * structural classes also as the actor token and as a Writ-issued parent. Each case asserts the
  * exact status and RFC error, that no token was minted (no body token, no lineage row, audit

@@ -8,9 +8,9 @@ import {
 import { expectDenied, lineageCount } from '../support/expect.ts';
 
 /**
- * Protocol abuse at the token endpoint (RFC 6749 §3.2, RFC 8693 §2.1, RFC 9449; standards X1,
+ * Protocol abuse at the token endpoint (RFC 6749 §3.2, RFC 8693 §2.1, RFC 9449; docs/standards.md X1,
  * X4, X10, B1, DP1) and at the introspection and revocation endpoints, over HTTP against
- * PostgreSQL with the DESIGN.md example policy. Every refusal at the token endpoint asserts the
+ * PostgreSQL with the docs/DESIGN.md example policy. Every refusal at the token endpoint asserts the
  * exact status and RFC error, that no token was minted, no-store, and the audit reason.
  */
 
@@ -100,7 +100,7 @@ describe('protocol abuse over HTTP', () => {
     // subject_token and a second scope placed after 1000 junk parameters are never seen, so the
     // duplicate check is bypassed and the exchange is granted on the first values: a parser
     // differential with any gateway that reads the whole body (or the last value), and against
-    // DESIGN.md §7 request row / standards X1, X4 ("silently dropped … is 400 invalid_request").
+    // docs/DESIGN.md §7 request row / docs/standards.md X1, X4 ("silently dropped … is 400 invalid_request").
     // Expected: 400 invalid_request (duplicate_parameter, or a refusal of bodies with more keys
     // than the parser keeps). Got: 200 with a token.
     it('a duplicate hidden after 1,000 junk parameters is still a duplicate', async () => {

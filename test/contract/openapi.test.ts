@@ -1,5 +1,5 @@
 /**
- * openapi.yaml is the contract of Writ's HTTP surface (DESIGN.md §4): this file holds the
+ * openapi.yaml is the contract of Writ's HTTP surface (docs/DESIGN.md §4): this file holds the
  * document and a running Writ to each other. Every documented path and method is routed, and
  * nothing else is (nor any other spelling of it); every response seen here is one the document
  * lists for its operation, with the documented headers (X-Request-Id on every response of the
@@ -290,7 +290,7 @@ async function read(res: Response): Promise<Answer> {
 function conformsTo(responseObject: Json, answer: Answer, label: string, options: { mainListener?: boolean } = {}): void {
   const response = resolve(responseObject);
   if (options.mainListener !== false) {
-    // DESIGN.md §4: every response carries X-Request-Id, and the document says so everywhere.
+    // docs/DESIGN.md §4: every response carries X-Request-Id, and the document says so everywhere.
     expect(resolve((response.headers as Json | undefined)?.['X-Request-Id']), `${label} documents X-Request-Id`)
       .toBe(spec.components.headers['X-Request-Id']);
     expect(answer.headers.get('x-request-id'), `${label} carries X-Request-Id`).toMatch(REQUEST_ID);
@@ -337,7 +337,7 @@ describe('openapi.yaml (the document)', () => {
     expect(spec.info.title).toBe('Writ');
     expect(spec.info.license).toMatchObject({ name: 'Apache-2.0', identifier: 'Apache-2.0' });
     expect(spec.info.description).toMatch(/RFC 8693/);
-    // The defaults of DESIGN.md §3: WRIT_ISSUER for the main listener, WRIT_METRICS_ADDR for /metrics.
+    // The defaults of docs/DESIGN.md §3: WRIT_ISSUER for the main listener, WRIT_METRICS_ADDR for /metrics.
     const defaults = loadConfig({ WRIT_KEK: Buffer.alloc(32, 1).toString('base64') });
     expect(spec.servers.map((s) => s.url)).toEqual([defaults.issuer]);
     expect(spec.servers.map((s) => s.url)).toContain('http://localhost:4000');
@@ -664,14 +664,14 @@ describe('openapi.yaml against a running Writ', () => {
     for (const [member, value] of Object.entries(metadata)) {
       if (!member.endsWith('_endpoint') && member !== 'jwks_uri') continue;
       const url = new URL(String(value));
-      // DESIGN.md §3: WRIT_ISSUER is the public base URL; endpoints are built from it.
+      // docs/DESIGN.md §3: WRIT_ISSUER is the public base URL; endpoints are built from it.
       expect(`${url.origin}`, member).toBe(t.issuer);
       expect(METHOD_OF_METADATA[member], `${member} is an endpoint this test knows`).toBeDefined();
       expect(spec.paths[url.pathname], `${member} → ${url.pathname} is documented`).toBeDefined();
       operation(url.pathname, METHOD_OF_METADATA[member]!);
       named.add(url.pathname);
     }
-    // DESIGN.md §4: the metadata names every standard endpoint, and task revocation.
+    // docs/DESIGN.md §4: the metadata names every standard endpoint, and task revocation.
     expect([...named].sort()).toEqual(['/jwks', '/task/revocation', '/token', '/token/introspection', '/token/revocation']);
     // Each endpoint's auth methods are exactly the security schemes its operation documents.
     for (const [prefix, p] of [['token', '/token'], ['introspection', '/token/introspection'], ['revocation', '/token/revocation']] as const) {

@@ -5,8 +5,8 @@ import {
 } from '../support/harness.ts';
 import { expectDenied, lineageCount } from '../support/expect.ts';
 
-/** DESIGN.md §6's example, driven over HTTP against PostgreSQL: every row of §7. */
-describe('token exchange (DESIGN.md example, PostgreSQL)', () => {
+/** docs/DESIGN.md §6's example, driven over HTTP against PostgreSQL: every row of §7. */
+describe('token exchange (docs/DESIGN.md example, PostgreSQL)', () => {
   let t: TestWrit;
   let before: number;
   beforeAll(async () => {

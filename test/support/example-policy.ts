@@ -10,7 +10,7 @@ export const EXECUTOR = 'executor-agent';
 export const PAYMENTS_API = 'payments-api';
 
 /**
- * The DESIGN.md §6 example policy (`policy/example.yaml`) as the loader yields it: parsed, with
+ * The docs/DESIGN.md §6 example policy (`policy/example.yaml`) as the loader yields it: parsed, with
  * every default applied, secrets absent (they never reach a policy version). A fresh copy on
  * every call, so tests may mutate it.
  */

@@ -2,7 +2,7 @@ import type { Grant, JsonObject, Lineage, WritSubject } from '../../src/exchange
 
 /**
  * A Writ-issued token presented again as a subject, built from its Grant the way the minting
- * layer records and signs it: the claims of DESIGN.md §5 and the lineage row of §8.
+ * layer records and signs it: the claims of docs/DESIGN.md §5 and the lineage row of §8.
  */
 export function writSubjectFromGrant(grant: Grant, selfIssuer: string, jti: string): WritSubject {
   const clientId = grant.actors[grant.actors.length - 1];

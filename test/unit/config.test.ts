@@ -8,7 +8,7 @@ import { ConfigError, loadConfig } from '../../src/config.ts';
 const dataDir = () => mkdtempSync(path.join(tmpdir(), 'writ-config-'));
 const kek = randomBytes(32);
 
-describe('configuration (DESIGN.md §3)', () => {
+describe('configuration (docs/DESIGN.md §3)', () => {
   it('has the documented defaults', () => {
     const dir = dataDir();
     const c = loadConfig({ WRIT_DATA_DIR: dir });

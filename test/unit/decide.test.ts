@@ -163,7 +163,7 @@ function plannerToExecutor(policy: CompiledPolicy, o: InputOptions = {}): WritSu
 
 // ---------------------------------------------------------------------------------------------
 
-describe('decide: the DESIGN.md §6 example policy end to end', () => {
+describe('decide: the docs/DESIGN.md §6 example policy end to end', () => {
   const policy = examplePolicy();
 
   it('direct exchange planner-agent → payments grants exactly the rule', () => {
@@ -235,7 +235,7 @@ describe('decide: the DESIGN.md §6 example policy end to end', () => {
   });
 });
 
-describe('decide: client (DESIGN.md §7 client row → unauthorized_client)', () => {
+describe('decide: client (docs/DESIGN.md §7 client row → unauthorized_client)', () => {
   it('refuses a client that is not in the policy', () => {
     expectDenied(run(examplePolicy(), input({ clientId: 'ghost-agent' })), 'client_not_agent', 'unauthorized_client');
   });
@@ -436,7 +436,7 @@ describe('decide: may_act (RFC 8693 §4.4 → may_act_mismatch)', () => {
   });
 });
 
-describe('decide: rule selection (DESIGN.md §6 selectors)', () => {
+describe('decide: rule selection (docs/DESIGN.md §6 selectors)', () => {
   const policy = examplePolicy();
 
   it('no rule for (client, audience) → no_rule / invalid_target', () => {

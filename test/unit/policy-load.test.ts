@@ -74,7 +74,7 @@ const EXPECTED_EXAMPLE: PolicyDocument = {
   settings: { max_depth_cap: 5 },
 };
 
-describe('the DESIGN example (policy/example.yaml)', () => {
+describe('the example policy of docs/DESIGN.md §6 (policy/example.yaml)', () => {
   it('loads from the directory into exactly the normalized document, defaults applied', async () => {
     const result = await loadPolicyDir(POLICY_DIR, OPTIONS);
     // strict equality: no `secret`, and no stray undefined-valued keys in what gets stored
@@ -256,7 +256,7 @@ clients:
     expect(errors.find((e) => e.code === 'missing_field')?.message).toBe('missing required field "audience"');
   });
 
-  it('requires the fields DESIGN requires of a rule', () => {
+  it('requires the fields docs/DESIGN.md §6 requires of a rule', () => {
     const errors = errorsOf(loadPolicyFiles([{ name: 'p.yaml', text: 'rules:\n  - id: r\n' }], OPTIONS));
     expect(errors.map((e) => e.message).sort()).toEqual(
       ['actor', 'audience', 'scopes', 'subject', 'ttl'].map((f) => `missing required field "${f}"`),
