@@ -5,7 +5,7 @@ import { PolicyApplyError } from '../policy/store.ts';
 import { KILL_SWITCH_KINDS, killSwitch, killSwitchTime } from '../revocation/kill-switch.ts';
 import type { KillSwitchKind } from '../revocation/revoke.ts';
 import { deriveKeys } from '../tokens/kek.ts';
-import { UsageError, type CliContext } from './context.ts';
+import { UsageError, type CliContext, cliActor } from './context.ts';
 import { callServer, onDatabaseOrServer } from './local-server.ts';
 
 /** `writ admin bootstrap [--client-id ID] [--scope S …]`: the first admin, outside policy versions. */
@@ -17,7 +17,7 @@ export async function adminCommand(ctx: CliContext, argv: string[]): Promise<num
   const scopes = (values.scope ?? [...ADMIN_SCOPES]) as AdminScope[];
   const unknown = scopes.filter((s) => !ADMIN_SCOPES.includes(s));
   if (unknown.length) throw new UsageError(`unknown scope(s): ${unknown.join(', ')}`);
-  const by = `cli:${process.env.USER ?? 'unknown'}`;
+  const by = cliActor();
   try {
     const secret = await onDatabaseOrServer(ctx,
       async (knex) => (await bootstrapAdmin(knex, { clientId, scopes, secretKey: deriveKeys(ctx.config.kek).clientSecret, by })).secret,
@@ -52,7 +52,7 @@ export async function revokeCommand(ctx: CliContext, argv: string[]): Promise<nu
   if (kind === 'subject' && !value.includes('|')) throw new UsageError('--subject takes ISSUER|SUB, e.g. "https://idp.example.com|alice"');
   const notBefore = killSwitchTime(values.before);
   if (!(notBefore instanceof Date)) throw new UsageError(`--before: ${notBefore.error}`);
-  const by = `cli:${process.env.USER ?? 'unknown'}`;
+  const by = cliActor();
   const tokens = await onDatabaseOrServer(ctx,
     async (knex) => (await killSwitch(knex, { kind, value, notBefore, revokedBy: by })).tokens,
     async (server) => {

@@ -8,7 +8,7 @@ import { migrate, openDatabase, type Database } from '../store/db.ts';
 import { deriveKeys } from '../tokens/kek.ts';
 import { assertKeyEncryptionKey } from '../tokens/signing-keys.ts';
 import { auditOpen } from './audit-open.ts';
-import { UsageError, type CliContext } from './context.ts';
+import { UsageError, type CliContext, cliActor } from './context.ts';
 import { heldByServer } from './local-server.ts';
 
 /**
@@ -162,7 +162,7 @@ async function retain(ctx: CliContext, args: string[]): Promise<number> {
   const before = new Date(Date.UTC(Number(month[1]), Number(month[2]) - 1, 1));
   try {
     const done = await withDatabase(ctx, 'retain', (db) => retainAudit(db.knex, deriveKeys(ctx.config.kek).auditCheckpoint, {
-      before, archiveDir: values.archive!, by: `cli:${process.env.USER ?? 'unknown'}`,
+      before, archiveDir: values.archive!, by: cliActor(),
     }), { maintenance: true });
     if (!done) return 1;
     for (const r of done) ctx.out(`${r.partition}: ${r.events} event(s) archived to ${r.archive} (sha256 ${r.archiveSha256}) and dropped`);

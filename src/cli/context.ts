@@ -1,3 +1,4 @@
+import { userInfo } from 'node:os';
 import { loadConfig, type Config } from '../config.ts';
 import { createLogger } from '../log.ts';
 import type { Logger } from 'pino';
@@ -23,4 +24,20 @@ export function cliContext(): CliContext {
 
 export class UsageError extends Error {
   override name = 'UsageError';
+}
+
+/**
+ * Who ran a command, as the audit record names it: `cli:<login>`. $USER first; a container or
+ * cron job without it still has a user id.
+ */
+export function cliActor(): string {
+  let name = process.env.USER;
+  if (!name) {
+    try {
+      name = userInfo().username;
+    } catch {
+      // No passwd entry for this uid.
+    }
+  }
+  return `cli:${name || 'unknown'}`;
 }

@@ -4,7 +4,7 @@ import type { SigningAlg } from '../policy/model.ts';
 import { deriveKeys } from '../tokens/kek.ts';
 import { DEFAULT_PREPUBLISH_SECONDS, KeyOperationError, removeKey, rotateKeys } from '../tokens/key-rotation.ts';
 import { loadKeySchedule, SIGNING_ALGS } from '../tokens/signing-keys.ts';
-import { UsageError, type CliContext } from './context.ts';
+import { UsageError, type CliContext, cliActor } from './context.ts';
 import { callServer, onDatabaseOrServer, type LocalServer } from './local-server.ts';
 
 const UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 };
@@ -38,7 +38,7 @@ function printKeys(ctx: CliContext, keys: Listed[]): void {
 /** `writ keys list|rotate|remove`: Writ's own signing keys (docs/standards.md O4). */
 export async function keysCommand(ctx: CliContext, argv: string[]): Promise<number> {
   const [sub, ...args] = argv;
-  const by = `cli:${process.env.USER ?? 'unknown'}`;
+  const by = cliActor();
   const encryptionKey = (): Buffer => deriveKeys(ctx.config.kek).keyEncryption;
   try {
     switch (sub) {

@@ -7,6 +7,7 @@ import { deriveKeys } from '../tokens/kek.ts';
 import { assertKeyEncryptionKey } from '../tokens/signing-keys.ts';
 import { CLI_USER_HEADER } from '../admin/auth.ts';
 import type { CliContext } from './context.ts';
+import { cliActor } from './context.ts';
 
 /**
  * On the embedded database only one process may open the data dir. `writ serve` records
@@ -97,7 +98,7 @@ export async function callServer(server: LocalServer, method: 'GET' | 'POST', pa
       method,
       headers: {
         authorization: `Bearer ${server.token}`,
-        [CLI_USER_HEADER]: `cli:${process.env.USER ?? 'unknown'}`,
+        [CLI_USER_HEADER]: cliActor(),
         ...(body === undefined ? {} : { 'content-type': 'application/json' }),
       },
       ...(body === undefined ? {} : { body: JSON.stringify(body) }),

@@ -13,7 +13,7 @@ import {
 import { migrate, openDatabase } from '../store/db.ts';
 import { deriveKeys } from '../tokens/kek.ts';
 import { assertKeyEncryptionKey } from '../tokens/signing-keys.ts';
-import { UsageError, type CliContext } from './context.ts';
+import { UsageError, type CliContext, cliActor } from './context.ts';
 import { callServer, heldByServer, onDatabase as withDatabase } from './local-server.ts';
 
 const USAGE = `usage: writ policy <command>
@@ -36,7 +36,7 @@ function printIssues(ctx: CliContext, issues: readonly PolicyIssue[]): void {
 }
 
 function appliedBy(): string {
-  return `cli:${process.env.USER ?? 'unknown'}`;
+  return cliActor();
 }
 
 function loadOptions(ctx: CliContext): LoadOptions {
