@@ -144,7 +144,17 @@ export function revocationHandler(deps: RevocationDeps & {
       // or by an admin holding writ:revoke.
       if (!isTask && !value.includes('.')) {
         const adminToken = await oidc.oidc.provider.ClientCredentials.find(value);
-        if (adminToken && (adminToken.clientId === caller.client_id || (caller.kind === 'admin' && caller.scopes.includes('writ:revoke')))) {
+        if (adminToken && adminToken.clientId !== caller.client_id && !(caller.kind === 'admin' && caller.scopes.includes('writ:revoke'))) {
+          // RFC 7009 §2.1: a token not issued to the caller is refused, as for Writ's own tokens.
+          (ctx.state as Record<string, unknown>).writAudited = true;
+          (ctx.state as Record<string, unknown>).writReason = 'not_permitted';
+          await recordAudit(deps.knex, {
+            type: 'revocation', outcome: 'rejected', reason: 'not_permitted', requestId: requestId(ctx),
+            clientId: caller.client_id, details: { admin_token_of: adminToken.clientId },
+          });
+          throw oauthError('unauthorized_client', 'this client may not revoke this token');
+        }
+        if (adminToken) {
           await adminToken.destroy();
           await recordAudit(deps.knex, { type: 'revocation', outcome: 'revoked', requestId: requestId(ctx), clientId: caller.client_id, details: { admin_token_of: adminToken.clientId } });
         }

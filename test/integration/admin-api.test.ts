@@ -84,6 +84,24 @@ describe('admin API, explain and kill switches', () => {
     expect((await admin('GET', '/policy', token)).status).toBe(401);
   });
 
+  it('no other client may revoke an admin token (RFC 7009 §2.1): refused, audited, still valid; an admin with writ:revoke may', async () => {
+    const token = await adminToken('ops-reader', readerSecret, 'writ:policy.read');
+    const reader = await bootstrapAdmin(t.writ.db.knex, { clientId: 'ops-reader-2', scopes: ['writ:policy.read'], secretKey: t.writ.derived.clientSecret, by: 'test' });
+    await t.writ.policy.reload();
+    for (const auth of [basicAuth('planner-agent'), basicAuth('payments-api'), basicAuth('ops-reader-2', reader.secret)]) {
+      const res = await t.post('/token/revocation', { token }, auth);
+      expect([res.status, res.body.error]).toEqual([400, 'unauthorized_client']);
+      const rows = await t.auditRows({ request_id: res.headers.get('x-request-id') });
+      expect(rows.map((r) => [r.type, r.outcome, r.reason])).toEqual([['revocation', 'rejected', 'not_permitted']]);
+      expect((await admin('GET', '/policy', token)).status).toBe(200);
+    }
+    const revoked = await t.post('/token/revocation', { token }, basicAuth('ops-admin', adminSecret));
+    expect(revoked.status).toBe(200);
+    const rows = await t.auditRows({ request_id: revoked.headers.get('x-request-id') });
+    expect(rows.map((r) => [r.type, r.outcome, r.client_id])).toEqual([['revocation', 'revoked', 'ops-admin']]);
+    expect((await admin('GET', '/policy', token)).status).toBe(401);
+  });
+
   it('reads policy objects and versions', async () => {
     const token = await adminToken('ops-reader', readerSecret, 'writ:policy.read');
     const current = await admin('GET', '/policy', token);
