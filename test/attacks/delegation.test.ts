@@ -396,7 +396,8 @@ describe('delegation attacks over HTTP', () => {
     it('a refused task revocation is audited', async () => {
       const res = await t.post('/task/revocation', { task_id: 'not-mine' }, auth['intruder-agent']);
       expect(res.status).toBe(400);
-      expect((await t.auditRows({ request_id: res.headers.get('x-request-id') })).length).toBe(1);
+      const rows = await t.auditRows({ request_id: res.headers.get('x-request-id') });
+      expect(rows.map((r) => [r.type, r.outcome, r.reason, r.client_id, r.task_id])).toEqual([['task.revocation', 'rejected', 'not_permitted', 'intruder-agent', 'not-mine']]);
     });
   });
 });
