@@ -271,7 +271,47 @@ describe('admin API, explain and kill switches', () => {
     await expectDenied(t, await t.exchange('planner-agent', { subject_token: await userToken(), subject_token_type: AT, audience: EXECUTOR_AUD }), 'unauthorized_client', 'client_disabled');
     expect(await t.introspect('executor-agent', held.body.access_token as string)).toEqual({ active: false });
     expect((await admin('POST', '/clients/planner-agent/enable', token)).status).toBe(200);
-    expect((await t.exchange('planner-agent', { subject_token: await userToken(), subject_token_type: AT, audience: EXECUTOR_AUD })).status).toBe(200);
+    // The disable's mark stays, for the tokens issued before it; it covers its whole second.
+    await nextSecond();
+    const fresh = await t.exchange('planner-agent', { subject_token: await userToken(), subject_token_type: AT, audience: EXECUTOR_AUD });
+    expect(fresh.status).toBe(200);
+    expect(await t.introspect('executor-agent', fresh.body.access_token as string)).toMatchObject({ active: true });
+    expect(await t.introspect('executor-agent', held.body.access_token as string)).toEqual({ active: false });
+  });
+});
+
+/** Resolves once the clock is into the next whole second: token times are whole seconds. */
+async function nextSecond(): Promise<void> {
+  await new Promise((resolve) => setTimeout(resolve, 1000 - (Date.now() % 1000) + 20));
+}
+
+describe('kill switch by upstream issuer', () => {
+  let t: TestWrit;
+  let adminSecret: string;
+  beforeAll(async () => {
+    t = await startTestWrit({ name: 'kill_issuer' });
+    adminSecret = (await bootstrapAdmin(t.writ.db.knex, { clientId: 'ops-admin', scopes: ['writ:revoke'], secretKey: t.writ.derived.clientSecret, by: 'test' })).secret;
+    await t.writ.policy.reload();
+  });
+  afterAll(async () => t?.close());
+
+  it('ends every token rooted at the issuer issued before it, refuses its older upstream tokens, and spares what comes after', async () => {
+    const upstream = await t.idp.token(t.issuer);
+    const hop1 = await t.exchange('planner-agent', { subject_token: upstream, subject_token_type: AT, audience: EXECUTOR_AUD });
+    const hop2 = await t.exchange('executor-agent', { subject_token: hop1.body.access_token as string, subject_token_type: AT, audience: PAYMENTS });
+    expect([hop1.status, hop2.status]).toEqual([200, 200]);
+    const token = (await t.post('/token', { grant_type: 'client_credentials', scope: 'writ:revoke' }, basicAuth('ops-admin', adminSecret))).body.access_token as string;
+    const marked = await fetch(`${t.url}/admin/v1/revocations`, {
+      method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'issuer', value: IDP }),
+    });
+    expect(marked.status).toBe(201);
+    expect(await t.introspect('executor-agent', hop1.body.access_token as string)).toEqual({ active: false });
+    expect(await t.introspect('payments-api', hop2.body.access_token as string)).toEqual({ active: false });
+    await expectDenied(t, await t.exchange('planner-agent', { subject_token: upstream, subject_token_type: AT, audience: EXECUTOR_AUD }), 'invalid_request', 'token_revoked');
+    await nextSecond();
+    const after = await t.exchange('planner-agent', { subject_token: await t.idp.token(t.issuer), subject_token_type: AT, audience: EXECUTOR_AUD });
+    expect(after.status).toBe(200);
+    expect(await t.introspect('executor-agent', after.body.access_token as string)).toMatchObject({ active: true });
   });
 });
 
