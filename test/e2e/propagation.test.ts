@@ -102,13 +102,11 @@ describe('policy propagation between processes', () => {
     writeFileSync(path.join(policyDir, 'example.yaml'), withoutRule);
     const v2 = await run(['policy', 'apply', policyDir, '-m', 'drop planner-reads-payments'], env);
     expect(v2.code, v2.out).toBe(0);
-    const applied = Date.now();
     let refused: Awaited<ReturnType<typeof exchange>> | undefined;
     await expect.poll(async () => {
       refused = await exchange(urlB, 'planner-agent', { subject_token: await idp.token(issuer), subject_token_type: AT, audience: PAYMENTS });
       return refused.status;
     }, { timeout: 1000, interval: 25 }).toBe(400);
-    expect(Date.now() - applied).toBeLessThan(1000);
     expect(refused!.body.error).toBe('invalid_target');
     expect(await auditVersion(refused!.requestId)).toBe(2);
 
@@ -118,8 +116,6 @@ describe('policy propagation between processes', () => {
     writeFileSync(path.join(policyDir, 'example.yaml'), withoutRule.replace('  - client_id: executor-agent\n    kind: agent\n', '  - client_id: executor-agent\n    kind: agent\n    enabled: false\n'));
     const v3 = await run(['policy', 'apply', policyDir, '-m', 'disable executor'], env);
     expect(v3.code, v3.out).toBe(0);
-    const disabled = Date.now();
     await expect.poll(async () => (await exchange(urlB, 'executor-agent', { subject_token: hop1.body.access_token as string, subject_token_type: AT, audience: PAYMENTS })).body.error, { timeout: 1000, interval: 25 }).toBe('unauthorized_client');
-    expect(Date.now() - disabled).toBeLessThan(1000);
   }, 60_000);
 });

@@ -163,9 +163,7 @@ describe('rotation across instances on one PostgreSQL database', () => {
     const token = await hop1(b);
     expect(await b.introspect('executor-agent', token)).toMatchObject({ active: true });
     const [next] = await rotate(a, 0);
-    const start = Date.now();
     await expect.poll(async () => kidOf(await hop1(b)), { timeout: 1000, interval: 50 }).toBe(next!.kid);
-    expect(Date.now() - start).toBeLessThan(1000);
 
     // The key b signed with before is retired, still accepted; removed on a, b refuses it.
     expect((await chained(b, token)).status).toBe(200);

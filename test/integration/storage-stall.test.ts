@@ -49,7 +49,6 @@ describe('PostgreSQL stops answering', () => {
       resumedAt = Date.now();
       const atResume = answers.length;
       await expect.poll(() => answers.slice(atResume).some((a) => a.status === 200), { timeout: 5000, interval: 50 }).toBe(true);
-      expect(Date.now() - resumedAt).toBeLessThan(5000);
     } finally {
       running = false;
       await Promise.all(workers);
@@ -66,10 +65,11 @@ describe('PostgreSQL stops answering', () => {
     const during = answers.filter((a) => a.sentAt >= stalledAt && a.sentAt < resumedAt - 200);
     expect(during.length).toBeGreaterThan(10);
     for (const a of during) expect([a.status, a.doneAt - a.sentAt < 3500]).toEqual([503, true]);
-    // Once the stall was found, requests were refused without waiting on PostgreSQL.
+    // Once the stall was found, requests were refused without waiting on PostgreSQL: not after
+    // the pool's 2 s wait for a connection (the bound leaves room for a busy machine).
     const late = during.filter((a) => a.sentAt >= stalledAt + 3000);
     expect(late.length).toBeGreaterThan(5);
-    for (const a of late) expect(a.doneAt - a.sentAt).toBeLessThan(300);
+    for (const a of late) expect(a.doneAt - a.sentAt).toBeLessThan(1000);
 
     // Every token that left has its lineage row and its audit event.
     expect(issued.length).toBeGreaterThan(5);
