@@ -36,6 +36,7 @@ import pg from 'pg';
 import { SERVING_NODE_FLAGS } from '../src/cli/heap-tuning.ts';
 import { inlineIssuerKeys } from '../src/policy/overlay.ts';
 import { formatDecideResults, runDecideBench, type DecideCaseResult } from './decide.ts';
+import { formatStrictJsonResults, runStrictJsonBench } from './strict-json.ts';
 import { measureJitter, type Jitter } from './jitter.ts';
 import { closedLoop, CpuMeter, openLoop, summarise, type GcPauses, type LoadRequest, type RunResult } from './load.ts';
 import { runInProcess, type LoadJob } from './load-process.ts';
@@ -753,6 +754,8 @@ async function main(): Promise<void> {
 
     log('decide() microbenchmark');
     const decideResults = runDecideBench(quick ? 20_000 : 100_000);
+    log('strict JSON reader on large and adversarial inputs');
+    const strictJson = runStrictJsonBench();
 
     log('starting Writ (child process, PostgreSQL, example policy)');
     writ = await startWrit(dbUrl, idp);
@@ -776,6 +779,8 @@ async function main(): Promise<void> {
       formatTable(results),
       '',
       formatDecideResults(decideResults),
+      '',
+      formatStrictJsonResults(strictJson),
       '',
       ...(results.some((r) => r.cpu_percent.other > 25)
         ? [`WARNING: other processes used up to ${Math.max(...results.map((r) => r.cpu_percent.other))}% of a core during the runs (column "other"): the figures understate this machine; rerun on a quiet box (--wait-quiet=120)`, '']
@@ -801,6 +806,7 @@ async function main(): Promise<void> {
       machine_jitter: jitter,
       results,
       decide: decideResults,
+      strict_json: strictJson,
       targets,
     }, null, 2)}\n`);
     process.stdout.write(`\nwritten ${path.relative(ROOT, file)}\n`);
