@@ -352,12 +352,10 @@ describe('delegation attacks over HTTP', () => {
     it.each(['x'.repeat(129), 'a/b', 'task id', 'tâche', 'a\ud800', '../../etc', "t' OR '1'='1"])('a malformed task_id %j → task_invalid', async (task) => {
       await refused('planner-agent', { subject_token: await user(), audience: EXECUTOR_AUD, task_id: task }, 'invalid_request', 'task_invalid');
     });
-    // SERVER BUG: a task_id containing U+0000 is answered 503 temporarily_unavailable (with
-    // Retry-After) and leaves no audit record, instead of 400 invalid_request / task_invalid
-    // (docs/DESIGN.md §7 task row). The denial's audit row copies the raw task_id into a text column
-    // and PostgreSQL refuses NUL bytes; src/exchange/service.ts `deny` then reports
-    // storage_unavailable. See test/attacks/protocol.test.ts for the same defect through
-    // `audience` and through upstream claims.
+    // Regression: a task_id containing U+0000 was answered 503 with no audit record, because the
+    // denial's audit row copied the raw task_id into a text column and PostgreSQL refuses NUL
+    // (docs/DESIGN.md §7 task row wants task_invalid). protocol.test.ts "hostile characters" holds
+    // the same for `audience` and upstream claims.
     it('a task_id with a NUL character → task_invalid (not 503)', async () => {
       await refused('planner-agent', { subject_token: await user(), audience: EXECUTOR_AUD, task_id: 'task\u0000' }, 'invalid_request', 'task_invalid');
     });
@@ -372,13 +370,9 @@ describe('delegation attacks over HTTP', () => {
       expect((await introspect(leaf)).active).toBe(true);
       await granted(await as('executor-agent', { subject_token: parent, audience: PAYMENTS }));
     });
-    // SERVER BUG (design gap): task ids are one global namespace and any agent may start a chain
-    // under any task_id, after which `POST /task/revocation` treats the task as its own
-    // (src/http/revocation.ts revokeTaskById: "some lineage row with this task_id lists the
-    // caller") and revokes every chain with that id (src/revocation/revoke.ts revokeTask).
-    // intruder-agent thus ends planner-agent's task. Expected: a task belongs to the chain(s)
-    // that created it (e.g. scope task ids by root subject or first client), so the intruder's
-    // revocation touches at most its own tokens.
+    // Regression: task ids were one global namespace, so an agent that started a chain of its own
+    // under another chain's task_id could then end that task for everyone. An agent's task
+    // revocation now ends the task for the root subjects of its own chains only.
     it('an agent that names another chain’s task_id cannot end that chain', async () => {
       const task = `victim-${randomBytes(4).toString('hex')}`;
       const parent = await hop1({ task_id: task });
@@ -389,10 +383,8 @@ describe('delegation attacks over HTTP', () => {
       await new Promise((r) => setTimeout(r, 1500));
       expect((await introspect(leaf)).active).toBe(true);
     });
-    // SERVER BUG (audit): a refused revocation by an authenticated client leaves no audit record
-    // (docs/standards.md O2: "Denials by authenticated clients are always audited"); the refusals of
-    // POST /token/revocation and POST /task/revocation are answered 400 unauthorized_client and
-    // nothing is written (src/http/handlers.ts revocationHandler throws before any audit).
+    // Regression: refused revocations of authenticated clients were answered with no audit record
+    // (docs/standards.md O2: "Denials by authenticated clients are always audited").
     it('a refused task revocation is audited', async () => {
       const res = await t.post('/task/revocation', { task_id: 'not-mine' }, auth['intruder-agent']);
       expect(res.status).toBe(400);
