@@ -5,6 +5,7 @@ import { PolicyApplyError } from '../policy/store.ts';
 import { KILL_SWITCH_KINDS, killSwitch, killSwitchTime } from '../revocation/kill-switch.ts';
 import type { KillSwitchKind } from '../revocation/revoke.ts';
 import { deriveKeys } from '../tokens/kek.ts';
+import { ensureSigningKeys } from '../tokens/signing-keys.ts';
 import { UsageError, type CliContext, cliActor } from './context.ts';
 import { callServer, onDatabaseOrServer } from './local-server.ts';
 
@@ -20,7 +21,11 @@ export async function adminCommand(ctx: CliContext, argv: string[]): Promise<num
   const by = cliActor();
   try {
     const secret = await onDatabaseOrServer(ctx,
-      async (knex) => (await bootstrapAdmin(knex, { clientId, scopes, secretKey: deriveKeys(ctx.config.kek).clientSecret, by })).secret,
+      async (knex) => {
+        // The secret is hashed under a key derived from WRIT_KEK: only under the database's own.
+        await ensureSigningKeys(knex, deriveKeys(ctx.config.kek).keyEncryption);
+        return (await bootstrapAdmin(knex, { clientId, scopes, secretKey: deriveKeys(ctx.config.kek).clientSecret, by })).secret;
+      },
       async (server) => {
         const res = await callServer(server, 'POST', '/admin/v1/local/admin/bootstrap', { client_id: clientId, scopes, by });
         if (res.status !== 200) throw new PolicyApplyError(String(res.body.error_description ?? `HTTP ${res.status}`));

@@ -2,8 +2,6 @@ import { userInfo } from 'node:os';
 import { recordAudit } from '../audit/event.ts';
 import { createLoginToken, DEFAULT_LOGIN_TTL_SECONDS, type LoginToken } from '../audit/view-login.ts';
 import { migrate, openDatabase } from '../store/db.ts';
-import { deriveKeys } from '../tokens/kek.ts';
-import { assertKeyEncryptionKey } from '../tokens/signing-keys.ts';
 import { UsageError, type CliContext } from './context.ts';
 import { runningServer } from './local-server.ts';
 
@@ -53,7 +51,6 @@ export async function auditOpen(ctx: CliContext, args: string[] = []): Promise<n
     const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, poolMax: 2 });
     try {
       await migrate(db);
-      await assertKeyEncryptionKey(db.knex, deriveKeys(config.kek).keyEncryption);
       login = await createLoginToken(db.knex, { createdBy });
       await recordAudit(db.knex, {
         type: 'admin.action', outcome: 'ok',

@@ -26,7 +26,6 @@ async function withDatabase<T>(ctx: CliContext, command: string, run: (db: Datab
   const db = await openDatabase({ databaseUrl: ctx.config.databaseUrl, dataDir: ctx.config.dataDir, poolMax: 2, maintenance: options.maintenance ?? false });
   try {
     await migrate(db);
-    await assertKeyEncryptionKey(db.knex, deriveKeys(ctx.config.kek).keyEncryption);
     return await run(db);
   } finally {
     await db.close();
@@ -47,7 +46,11 @@ async function verify(ctx: CliContext, args: string[]): Promise<number> {
   } });
   if (positionals.length > 0) throw new UsageError('audit verify takes no arguments');
   const externalCheckpoints = values.checkpoints ? checkpointsFromNdjson(await readFile(values.checkpoints, 'utf8')) : undefined;
-  const report = await withDatabase(ctx, 'verify', (db) => verifyAuditChain(db.knex, deriveKeys(ctx.config.kek).auditCheckpoint, externalCheckpoints ? { externalCheckpoints } : {}));
+  // Checkpoints signed under another key would all read as forged: refuse that key outright.
+  const report = await withDatabase(ctx, 'verify', async (db) => {
+    await assertKeyEncryptionKey(db.knex, deriveKeys(ctx.config.kek).keyEncryption);
+    return verifyAuditChain(db.knex, deriveKeys(ctx.config.kek).auditCheckpoint, externalCheckpoints ? { externalCheckpoints } : {});
+  });
   if (!report) return 1;
   if (values.json) ctx.out(JSON.stringify(report, null, 2));
   else for (const line of formatVerifyReport(report)) ctx.out(line);
@@ -161,9 +164,10 @@ async function retain(ctx: CliContext, args: string[]): Promise<number> {
   if (!values.archive) throw new UsageError('audit retain needs --archive DIR: each month is written there before it leaves the database');
   const before = new Date(Date.UTC(Number(month[1]), Number(month[2]) - 1, 1));
   try {
-    const done = await withDatabase(ctx, 'retain', (db) => retainAudit(db.knex, deriveKeys(ctx.config.kek).auditCheckpoint, {
-      before, archiveDir: values.archive!, by: cliActor(),
-    }), { maintenance: true });
+    const done = await withDatabase(ctx, 'retain', async (db) => {
+      await assertKeyEncryptionKey(db.knex, deriveKeys(ctx.config.kek).keyEncryption);
+      return retainAudit(db.knex, deriveKeys(ctx.config.kek).auditCheckpoint, { before, archiveDir: values.archive!, by: cliActor() });
+    }, { maintenance: true });
     if (!done) return 1;
     for (const r of done) ctx.out(`${r.partition}: ${r.events} event(s) archived to ${r.archive} (sha256 ${r.archiveSha256}) and dropped`);
     if (done.length === 0) ctx.out(`no audit partition ended by ${before.toISOString().slice(0, 7)}`);

@@ -3,8 +3,6 @@ import { readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import type { Knex } from 'knex';
 import { migrate, openDatabase } from '../store/db.ts';
-import { deriveKeys } from '../tokens/kek.ts';
-import { assertKeyEncryptionKey } from '../tokens/signing-keys.ts';
 import { CLI_USER_HEADER } from '../admin/auth.ts';
 import type { CliContext } from './context.ts';
 import { cliActor } from './context.ts';
@@ -78,12 +76,11 @@ export function heldByServer(ctx: CliContext): LocalServer | undefined {
   return ctx.config.databaseUrl ? undefined : runningServer(ctx.config.dataDir);
 }
 
-/** Runs `direct` on the database, migrated first, once WRIT_KEK is known to be the database's. */
+/** Runs `direct` on the database, migrated first. */
 export async function onDatabase<T>(ctx: CliContext, direct: (knex: Knex) => Promise<T>): Promise<T> {
   const db = await openDatabase({ databaseUrl: ctx.config.databaseUrl, dataDir: ctx.config.dataDir });
   try {
     await migrate(db);
-    await assertKeyEncryptionKey(db.knex, deriveKeys(ctx.config.kek).keyEncryption);
     return await direct(db.knex);
   } finally {
     await db.close();

@@ -12,7 +12,7 @@ import {
 } from '../policy/versions.ts';
 import { migrate, openDatabase } from '../store/db.ts';
 import { deriveKeys } from '../tokens/kek.ts';
-import { assertKeyEncryptionKey } from '../tokens/signing-keys.ts';
+import { assertKeyEncryptionKey, ensureSigningKeys } from '../tokens/signing-keys.ts';
 import { UsageError, type CliContext, cliActor } from './context.ts';
 import { callServer, heldByServer, onDatabase as withDatabase } from './local-server.ts';
 
@@ -69,6 +69,7 @@ export async function policyDiff(ctx: CliContext, dir: string): Promise<number> 
   const outcome: DiffView = server
     ? diffFromServer(await callServer(server, 'POST', '/admin/v1/policy/diff', { files: read.files, env: referencedEnv(read.files) }))
     : await withDatabase(ctx, async (knex) => {
+      await assertKeyEncryptionKey(knex, deriveKeys(ctx.config.kek).keyEncryption);
       const d = await diffPolicyFiles(knex, read.files, { ...loadOptions(ctx), secretKey: deriveKeys(ctx.config.kek).clientSecret });
       return d.ok ? { ok: true, base: d.base && { version: d.base.version, digest: d.base.digest }, changes: d.changes, warnings: d.warnings, clientsWithoutSecret: d.clientsWithoutSecret } : d;
     });
@@ -154,7 +155,9 @@ export async function policyApply(ctx: CliContext, dir: string, message: string,
     const db = await openDatabase({ databaseUrl: ctx.config.databaseUrl, dataDir: ctx.config.dataDir });
     try {
       await migrate(db);
-      await assertKeyEncryptionKey(db.knex, deriveKeys(ctx.config.kek).keyEncryption);
+      // Client secrets are hashed under a key derived from WRIT_KEK: only under the database's own,
+      // which the first keys stored fix (generated here on a new database, as a server would).
+      await ensureSigningKeys(db.knex, deriveKeys(ctx.config.kek).keyEncryption);
       outcome = await applyPolicyFilesWithDiff(db.knex, files, {
         ...loadOptions(ctx),
         appliedBy: appliedBy(),

@@ -5,7 +5,7 @@ import { createLogger } from '../log.ts';
 import { serveMetrics } from '../metrics.ts';
 import { migrate, openDatabase } from '../store/db.ts';
 import { deriveKeys } from '../tokens/kek.ts';
-import { ensureSigningKeysWith } from '../tokens/signing-keys.ts';
+import { ensureSigningKeys } from '../tokens/signing-keys.ts';
 import type { CliContext } from './context.ts';
 import { policyApply } from './policy.ts';
 
@@ -38,7 +38,7 @@ async function prepareDatabase(ctx: CliContext): Promise<void> {
   const db = await openDatabase({ databaseUrl: ctx.config.databaseUrl, dataDir: ctx.config.dataDir });
   try {
     await migrate(db);
-    await ensureSigningKeysWith(db.knex, deriveKeys(ctx.config.kek).keyEncryption);
+    await ensureSigningKeys(db.knex, deriveKeys(ctx.config.kek).keyEncryption);
   } finally {
     await db.close();
   }

@@ -3,7 +3,7 @@ import type { KoaContextWithOIDC } from 'oidc-provider';
 import type { BatchedAuditWriter } from '../audit/batch-writer.ts';
 import { recordAudit } from '../audit/event.ts';
 import { exchange, isStorageError, type ExchangeDeps } from '../exchange/service.ts';
-import { oauthError } from '../oauth/provider.ts';
+import { oauthError } from '../oauth/errors.ts';
 import type { CompiledPolicy } from '../policy/compiled.ts';
 import type { ClientPolicy } from '../policy/model.ts';
 import type { Metrics } from '../metrics.ts';

@@ -2,7 +2,9 @@ import type { AdapterPayload } from 'oidc-provider';
 import Provider, { errors } from 'oidc-provider';
 import { ADMIN_SCOPES } from '../admin/bootstrap.ts';
 import { toRow } from '../audit/event.ts';
+import { isStorageError } from '../exchange/service.ts';
 import { KnexAdapter } from './adapter.ts';
+import { oauthError } from './errors.ts';
 
 const KNOWN_SCOPES: ReadonlySet<string> = new Set(ADMIN_SCOPES);
 
@@ -25,7 +27,17 @@ export class AdminTokenAdapter extends KnexAdapter {
     const unknown = requested.find((s) => !KNOWN_SCOPES.has(s));
     if (unknown !== undefined) throw new errors.InvalidScope('requested scope is unknown', unknown);
     const scopes = String(payload.scope ?? '').split(' ').filter((s) => s !== '');
-    // A database error goes up to Writ's outermost handler, which answers it with a 503.
+    try {
+      await this.record(id, payload, expiresIn, scopes, requestIdOf(ctx));
+    } catch (err) {
+      if (!isStorageError(err)) throw err;
+      // The provider answers an error of its own kind as it is, and any other with a 500.
+      ctx?.set('Retry-After', '1');
+      throw oauthError('temporarily_unavailable', 'try again shortly', 503);
+    }
+  }
+
+  private async record(id: string, payload: AdapterPayload, expiresIn: number, scopes: string[], requestId: string | null): Promise<void> {
     await this.knex().transaction(async (trx) => {
       await this.store(trx, id, payload, expiresIn);
       // Named by its client, scopes and expiry; the opaque token itself is a credential.
@@ -33,7 +45,7 @@ export class AdminTokenAdapter extends KnexAdapter {
         type: 'admin.token_issued',
         outcome: 'granted',
         clientId: typeof payload.clientId === 'string' ? payload.clientId : null,
-        requestId: requestIdOf(ctx),
+        requestId,
         details: { scopes, expires_at: new Date(Date.now() + expiresIn * 1000).toISOString() },
       }));
     });

@@ -113,11 +113,6 @@ export async function lockedSchedule(trx: Knex.Transaction): Promise<{ schedule:
 }
 
 /**
- * Makes sure every algorithm has a key that signs now, generating (once, across every instance
- * sharing the database) the ones missing: on first start, and never again unless an operator
- * removed a key without its replacement.
- */
-/**
  * Refuses a key-encryption key that opens none of the stored signing keys: it is not the one this
  * database was set up with (another data dir's development key, say). An instance started with
  * it would publish no keys and sign nothing, seal audit checkpoints that no other instance can
@@ -127,7 +122,13 @@ export class KeyEncryptionKeyMismatch extends ConfigError {
   override name = 'KeyEncryptionKeyMismatch';
 }
 
-export async function assertKeyEncryptionKey(knex: Knex, encryptionKey: Buffer): Promise<void> {
+/**
+ * The stored signing keys are sealed under the key-encryption key, so they are its check: one
+ * that opens is enough (a key sealed under another is left out by the ring, and logged). With no
+ * keys stored yet there is nothing to check against; whoever first stores keys, under the key
+ * lock (`ensureSigningKeys`), fixes the key-encryption key for everyone after.
+ */
+export async function assertKeyEncryptionKey(knex: Knex | Knex.Transaction, encryptionKey: Buffer): Promise<void> {
   const rows = await knex<KeyRow>('signing_keys').select('kid', 'private_jwk_enc').orderBy('created_at', 'desc');
   if (rows.length === 0) return;
   for (const row of rows) {
@@ -135,27 +136,23 @@ export async function assertKeyEncryptionKey(knex: Knex, encryptionKey: Buffer):
       open(encryptionKey, row.private_jwk_enc, `signing-key:${row.kid}`);
       return;
     } catch {
-      // Sealed under another key: try the next. One that opens is enough.
+      // Sealed under another key: try the next.
     }
   }
   throw new KeyEncryptionKeyMismatch(`WRIT_KEK opens none of the ${rows.length} signing keys in this database: it is not the key-encryption key this database was set up with. Every instance and every writ command using this database needs the same WRIT_KEK (without WRIT_KEK, development mode uses the one generated in the data dir, ${'`WRIT_DATA_DIR`'}, ./.writ by default).`);
 }
 
 /**
- * Checks the key-encryption key against the stored signing keys, then makes sure every algorithm
- * has a key that signs now, then checks again: of two instances with different keys starting on
- * a new database at once, the one whose keys were not stored is refused.
+ * Makes sure every algorithm has a key that signs now, generating (once, across every instance
+ * sharing the database) the ones missing: on first start, and never again unless an operator
+ * removed a key without its replacement. Under the key lock, and only with the database's own
+ * key-encryption key: of two instances with different keys starting on a new database at once,
+ * the second to take the lock is refused.
  */
-export async function ensureSigningKeysWith(knex: Knex, encryptionKey: Buffer): Promise<NewKey[]> {
-  await assertKeyEncryptionKey(knex, encryptionKey);
-  const created = await ensureSigningKeys(knex, encryptionKey);
-  await assertKeyEncryptionKey(knex, encryptionKey);
-  return created;
-}
-
 export async function ensureSigningKeys(knex: Knex, encryptionKey: Buffer): Promise<NewKey[]> {
   return knex.transaction(async (trx) => {
     const { schedule, now } = await lockedSchedule(trx);
+    await assertKeyEncryptionKey(trx, encryptionKey);
     const signing = new Set(schedule.keys.filter((k) => k.state === 'active').map((k) => k.alg));
     const created: NewKey[] = [];
     for (const alg of SIGNING_ALGS) {
@@ -231,7 +228,7 @@ export class SigningKeyRing {
   }
 
   async start(): Promise<void> {
-    await ensureSigningKeysWith(this.knex, this.encryptionKey);
+    await ensureSigningKeys(this.knex, this.encryptionKey);
     await this.reload();
     this.poll = setInterval(() => void this.check(), this.options.pollMs ?? 1000);
     this.poll.unref();

@@ -70,6 +70,30 @@ describe('a WRIT_KEK that is not the database’s own', () => {
     expect(await counts()).toEqual(before);
   });
 
+  it.each<[string, string[]]>([
+    ['keys list', ['keys', 'list']],
+    ['policy history', ['policy', 'history']],
+    ['audit search', ['audit', 'search', '--since', '2000-01-01']],
+  ])('writ %s, which uses no key derived from it, runs with any WRIT_KEK', async (_name, args) => {
+    const run = await runWrit(args, { DATABASE_URL: databaseUrl, WRIT_DATA_DIR: dataDir(), WRIT_KEK: kek(2) });
+    expect(run.code, run.stdout + run.stderr).toBe(0);
+  });
+
+  it('on a new database the first command to store anything fixes the key: policy apply, then serve with another', async () => {
+    const fresh = await createTestDatabase('kek_first');
+    const secrets = { PLANNER_SECRET: 'p'.repeat(40), EXECUTOR_SECRET: 'e'.repeat(40), PAYMENTS_API_SECRET: 's'.repeat(40) };
+    const applied = await runWrit(['policy', 'apply', 'policy/', '-m', 'first'], { DATABASE_URL: fresh, WRIT_DATA_DIR: dataDir(), WRIT_KEK: kek(3), ...secrets });
+    expect(applied.code, applied.stdout + applied.stderr).toBe(0);
+    const port = await freePort();
+    const run = await runWrit(['serve'], {
+      DATABASE_URL: fresh, WRIT_DATA_DIR: dataDir(), WRIT_KEK: kek(4), PORT: String(port), WRIT_ISSUER: `http://localhost:${port}`,
+      WRIT_METRICS_ADDR: '127.0.0.1:0', LOG_LEVEL: 'warn',
+    }, 20_000);
+    expect(run.code, run.stdout + run.stderr).toBe(78);
+    const second = await runWrit(['admin', 'bootstrap', '--client-id', 'ops-admin'], { DATABASE_URL: fresh, WRIT_DATA_DIR: dataDir(), WRIT_KEK: kek(4) });
+    expect(second.code, second.stdout + second.stderr).toBe(78);
+  });
+
   it('the database’s own key still works', async () => {
     const run = await runWrit(['audit', 'verify'], { DATABASE_URL: databaseUrl, WRIT_DATA_DIR: dataDir(), WRIT_KEK: kek(1) });
     expect(run.code, run.stdout + run.stderr).toBe(0);

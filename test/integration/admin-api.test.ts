@@ -61,6 +61,21 @@ describe('admin API, explain and kill switches', () => {
     }
   });
 
+  it('an admin token whose record cannot be stored is a 503, not a token, and not a refusal on record', async () => {
+    // The payloads table held by another transaction: the token's insert runs into PostgreSQL's
+    // statement timeout while the rest of the database answers.
+    const lock = await t.writ.db.knex.transaction();
+    try {
+      await lock.raw('LOCK TABLE oidc_payloads IN ACCESS EXCLUSIVE MODE');
+      const res = await t.post('/token', { grant_type: 'client_credentials', scope: 'writ:audit.read' }, basicAuth('ops-admin', adminSecret));
+      expect([res.status, res.body.error, res.body.access_token, res.headers.get('retry-after')]).toEqual([503, 'temporarily_unavailable', undefined, '1']);
+      await lock.rollback();
+      expect(await t.auditRows({ request_id: res.headers.get('x-request-id') })).toEqual([]);
+    } finally {
+      if (!lock.isCompleted()) await lock.rollback();
+    }
+  }, 15_000);
+
   it('refuses missing or wrong credentials with 401 and too-narrow ones with 403, changing nothing', async () => {
     const version = t.writ.policy.policy.version;
     expect((await admin('GET', '/policy', undefined)).status).toBe(401);
