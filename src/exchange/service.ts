@@ -226,7 +226,8 @@ export async function exchange(deps: ExchangeDeps, call: ExchangeCall): Promise<
   } catch (err) {
     if (err instanceof ExchangeDenied) {
       if (err.error === 'temporarily_unavailable') {
-        // An upstream JWKS that cannot be fetched: retry later, and still leave a record.
+        // An upstream JWKS that cannot be fetched, or no signing key this instance can open:
+        // retry later, and still leave a record.
         await deny(err.reason, err.message, err.role ? { role: err.role } : {});
         return { ok: false, error: 'temporarily_unavailable', reason: err.reason };
       }
