@@ -142,6 +142,7 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
       introspect: introspectionHandler({ issuer: config.issuer, writKeys, revocations, lineage, policy: () => policy.policy, auditQueue, metrics, limiter, verified: introspected }),
       revoke: revocationHandler({ issuer: config.issuer, writKeys, knex: db.knex, syncRevocations: () => revocations.sync(), policy: () => policy.policy, metrics, limiter, auditQueue }),
       extraRevocationParams: (ctx) => ((ctx.state as Record<string, unknown>).writTaskRevocation ? ['task_id'] : []),
+      onStorageError: (message, requestId) => logger.error({ err: message, requestId }, 'storage unavailable while issuing an admin token'),
     });
     provider.on('server_error', (_ctx: unknown, err: Error) => logger.error({ err: err.message }, 'provider server_error'));
 

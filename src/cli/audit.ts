@@ -165,7 +165,8 @@ async function retain(ctx: CliContext, args: string[]): Promise<number> {
   const before = new Date(Date.UTC(Number(month[1]), Number(month[2]) - 1, 1));
   try {
     const done = await withDatabase(ctx, 'retain', async (db) => {
-      await assertKeyEncryptionKey(db.knex, deriveKeys(ctx.config.kek).keyEncryption);
+      // Its marker is signed under a key derived from WRIT_KEK: never under one not yet checked.
+      await assertKeyEncryptionKey(db.knex, deriveKeys(ctx.config.kek).keyEncryption, { requireKeys: true });
       return retainAudit(db.knex, deriveKeys(ctx.config.kek).auditCheckpoint, { before, archiveDir: values.archive!, by: cliActor() });
     }, { maintenance: true });
     if (!done) return 1;

@@ -136,7 +136,14 @@ export async function policyApply(ctx: CliContext, dir: string, message: string,
   const { files } = read;
   // Keys first: an unreachable jwks_uri is worth knowing before the apply, and never blocks it.
   const preview = loadPolicyFiles(files, loadOptions(ctx));
-  if (preview.ok) printIssues(ctx, await checkJwksUris(preview.document, { timeoutMs: JWKS_CHECK_TIMEOUT_MS, files }));
+  if (!preview.ok) {
+    // Refused before the database is opened: on a new database nothing, signing keys included,
+    // is stored under this WRIT_KEK for a policy that does not apply.
+    printIssues(ctx, [...preview.errors, ...preview.warnings]);
+    ctx.err(`policy not applied: ${preview.errors.length} error(s)`);
+    return 1;
+  }
+  printIssues(ctx, await checkJwksUris(preview.document, { timeoutMs: JWKS_CHECK_TIMEOUT_MS, files }));
 
   let outcome: ApplyResponse;
   const server = heldByServer(ctx);

@@ -1,3 +1,4 @@
+import type { Knex } from 'knex';
 import type { AdapterPayload } from 'oidc-provider';
 import Provider, { errors } from 'oidc-provider';
 import { ADMIN_SCOPES } from '../admin/bootstrap.ts';
@@ -19,6 +20,13 @@ const KNOWN_SCOPES: ReadonlySet<string> = new Set(ADMIN_SCOPES);
  * unrecorded, and a database that cannot take the record answers 503, not a token.
  */
 export class AdminTokenAdapter extends KnexAdapter {
+  private readonly onStorageError: (message: string, requestId: string | null) => void;
+
+  constructor(model: string, knex: () => Knex, onStorageError: (message: string, requestId: string | null) => void) {
+    super(model, knex);
+    this.onStorageError = onStorageError;
+  }
+
   override async upsert(id: string, payload: AdapterPayload, expiresIn: number): Promise<void> {
     const ctx = Provider.ctx;
     // The body as sent: the provider's own parameters have the scopes it does not know removed.
@@ -31,7 +39,9 @@ export class AdminTokenAdapter extends KnexAdapter {
       await this.record(id, payload, expiresIn, scopes, requestIdOf(ctx));
     } catch (err) {
       if (!isStorageError(err)) throw err;
-      // The provider answers an error of its own kind as it is, and any other with a 500.
+      // The provider answers an error of its own kind as it is, and any other with a 500. Nothing
+      // else will log this one.
+      this.onStorageError((err as Error).message, requestIdOf(ctx));
       ctx?.set('Retry-After', '1');
       throw oauthError('temporarily_unavailable', 'try again shortly', 503);
     }

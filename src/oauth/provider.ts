@@ -25,6 +25,8 @@ export interface ProviderOptions {
   introspect: Middleware;
   revoke: Middleware;
   extraRevocationParams: (ctx: ParameterizedContext) => string[];
+  /** An admin token not issued because its record could not be stored (answered 503). */
+  onStorageError: (message: string, requestId: string | null) => void;
 }
 
 const CLIENT_AUTHENTICATED = Symbol('writ.clientAuthenticated');
@@ -67,7 +69,7 @@ export function createProvider(options: ProviderOptions): Provider {
   const configuration: Configuration = {
     adapter: (name: string) => (name === 'Client'
       ? new PolicyClientAdapter(options.findClient)
-      : name === 'ClientCredentials' ? new AdminTokenAdapter(name, options.knex) : new KnexAdapter(name, options.knex)),
+      : name === 'ClientCredentials' ? new AdminTokenAdapter(name, options.knex, options.onStorageError) : new KnexAdapter(name, options.knex)),
     clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt'],
     responseTypes: [],
     // Only admin clients obtain tokens with these, through client_credentials, for the admin API.

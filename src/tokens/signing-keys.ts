@@ -128,8 +128,11 @@ export class KeyEncryptionKeyMismatch extends ConfigError {
  * keys stored yet there is nothing to check against; whoever first stores keys, under the key
  * lock (`ensureSigningKeys`), fixes the key-encryption key for everyone after.
  */
-export async function assertKeyEncryptionKey(knex: Knex | Knex.Transaction, encryptionKey: Buffer): Promise<void> {
+export async function assertKeyEncryptionKey(knex: Knex | Knex.Transaction, encryptionKey: Buffer, options: { requireKeys?: boolean } = {}): Promise<void> {
   const rows = await knex<KeyRow>('signing_keys').select('kid', 'private_jwk_enc').orderBy('created_at', 'desc');
+  if (rows.length === 0 && options.requireKeys) {
+    throw new KeyEncryptionKeyMismatch('this database has no signing keys yet, so WRIT_KEK cannot be checked against it: start writ serve on it (or apply a policy) first');
+  }
   if (rows.length === 0) return;
   for (const row of rows) {
     try {

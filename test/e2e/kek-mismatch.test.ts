@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import knexFactory, { type Knex } from 'knex';
@@ -92,6 +92,23 @@ describe('a WRIT_KEK that is not the database’s own', () => {
     expect(run.code, run.stdout + run.stderr).toBe(78);
     const second = await runWrit(['admin', 'bootstrap', '--client-id', 'ops-admin'], { DATABASE_URL: fresh, WRIT_DATA_DIR: dataDir(), WRIT_KEK: kek(4) });
     expect(second.code, second.stdout + second.stderr).toBe(78);
+  });
+
+  it('on a new database, a policy that does not apply stores nothing (no signing keys either), and retain refuses', async () => {
+    const fresh = await createTestDatabase('kek_nothing');
+    const broken = dataDir();
+    writeFileSync(path.join(broken, 'bad.yaml'), 'audiences:\n  - audience: https://a.example.com\n    scopes: [read]\n    max_ttl: 60\n    colour: blue\n');
+    const applied = await runWrit(['policy', 'apply', broken, '-m', 'broken'], { DATABASE_URL: fresh, WRIT_DATA_DIR: dataDir(), WRIT_KEK: kek(5) });
+    expect(applied.code, applied.stdout + applied.stderr).toBe(1);
+    const other = knexFactory({ client: 'pg', connection: fresh, pool: { min: 0, max: 1 } });
+    try {
+      expect(await other.schema.hasTable('signing_keys') ? Number((await other('signing_keys').count<Array<{ count: string }>>('* as count'))[0]!.count) : 0).toBe(0);
+    } finally {
+      await other.destroy();
+    }
+    const retained = await runWrit(['audit', 'retain', '--before', '2026-06', '--archive', dataDir()], { DATABASE_URL: fresh, WRIT_DATA_DIR: dataDir(), WRIT_KEK: kek(5) });
+    expect(retained.code, retained.stdout + retained.stderr).toBe(78);
+    expect(retained.stderr).toContain('no signing keys yet');
   });
 
   it('the database’s own key still works', async () => {

@@ -10,7 +10,7 @@ import { RetentionError, retainAudit } from '../../src/audit/retention.ts';
 import { verifyAuditChain } from '../../src/audit/verify.ts';
 import { createLogger } from '../../src/log.ts';
 import { migrate, openDatabase, type Database } from '../../src/store/db.ts';
-import { deriveKeys } from '../../src/tokens/kek.ts';
+import { deriveKeys, seal } from '../../src/tokens/kek.ts';
 import { runWrit } from '../support/cli.ts';
 import { createTestDatabase } from '../support/harness.ts';
 
@@ -63,6 +63,12 @@ describe.each([
     const dataDir = dir();
     const db = await openDatabase({ databaseUrl, dataDir });
     await migrate(db);
+    // A signing key sealed under KEK, as a served database has (the CLI checks WRIT_KEK against
+    // it before it retains), stored without the audit event a real one brings.
+    await db.knex('signing_keys').insert({
+      kid: 'es256-retention', alg: 'ES256', public_jwk: JSON.stringify({ kty: 'EC' }),
+      private_jwk_enc: seal(deriveKeys(KEK).keyEncryption, '{}', 'signing-key:es256-retention'), activates_at: new Date(),
+    });
     await db.knex.raw('SELECT writ_audit_ensure_partitions(3, 1)');
     // Old months' events interleave with this month's by id, as events near a month's end can.
     const sealer = new AuditSealer(db.knex, { checkpointKey: KEY, logger: createLogger('silent'), graceMs: 0, backdateToleranceMs: 200 * DAY });

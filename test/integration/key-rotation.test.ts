@@ -1,9 +1,11 @@
 import { tmpdir } from 'node:os';
 import { createRemoteJWKSet, decodeProtectedHeader, jwtVerify } from 'jose';
+import type { Knex } from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migrate, openDatabase } from '../../src/store/db.ts';
 import { removeKey, rotateKeys } from '../../src/tokens/key-rotation.ts';
-import { insertKey, loadKeySchedule } from '../../src/tokens/signing-keys.ts';
+import { ensureSigningKeys, insertKey, KeyEncryptionKeyMismatch, loadKeySchedule } from '../../src/tokens/signing-keys.ts';
+import { open } from '../../src/tokens/kek.ts';
 import { AT, EXECUTOR_AUD, PAYMENTS, createTestDatabase, startTestWrit, type TestWrit } from '../support/harness.ts';
 import { expectDenied } from '../support/expect.ts';
 
@@ -297,6 +299,43 @@ describe('what the key ring and the migration do with keys they cannot use', () 
       expect([after.get(kids.active), after.get(kids.retired), after.get(kids.rsRemoved), after.get(kids.pending)]).toEqual(['active', 'retired', 'removed', 'removed']);
     } finally {
       await db.close();
+    }
+  });
+});
+
+describe('the key-encryption key, fixed by the first keys stored', () => {
+  const A = Buffer.alloc(32, 0xa);
+  const B = Buffer.alloc(32, 0xb);
+  /** Whether every stored key opens under `key`. */
+  const allOpen = async (knex: Knex, key: Buffer): Promise<boolean> => {
+    const rows = await knex('signing_keys').select<Array<{ kid: string; private_jwk_enc: string }>>('kid', 'private_jwk_enc');
+    return rows.length > 0 && rows.every((r) => {
+      try {
+        open(key, r.private_jwk_enc, `signing-key:${r.kid}`);
+        return true;
+      } catch {
+        return false;
+      }
+    });
+  };
+
+  it('of two first starts with different keys at once, one stores its keys and the other is refused', async () => {
+    for (let round = 0; round < 3; round++) {
+      const db = await openDatabase({ databaseUrl: await createTestDatabase(`kek_race_${round}`), dataDir: tmpdir() });
+      try {
+        await migrate(db);
+        const [a, b] = await Promise.allSettled([ensureSigningKeys(db.knex, A), ensureSigningKeys(db.knex, B)]);
+        const refused = [a, b].filter((r) => r.status === 'rejected');
+        expect(refused).toHaveLength(1);
+        expect((refused[0] as PromiseRejectedResult).reason).toBeInstanceOf(KeyEncryptionKeyMismatch);
+        const winner = a.status === 'fulfilled' ? A : B;
+        expect(await allOpen(db.knex, winner)).toBe(true);
+        // A rotation racing it with the other key is refused the same way, under the same lock.
+        await expect(rotateKeys(db.knex, winner === A ? B : A, { activateInSeconds: 0, by: 'test' })).rejects.toBeInstanceOf(KeyEncryptionKeyMismatch);
+        expect(await allOpen(db.knex, winner)).toBe(true);
+      } finally {
+        await db.close();
+      }
     }
   });
 });
