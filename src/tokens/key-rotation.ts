@@ -1,7 +1,7 @@
 import type { Knex } from 'knex';
 import { toRow } from '../audit/event.ts';
 import type { SigningAlg } from '../policy/model.ts';
-import { assertKeyEncryptionKey, insertKey, JWKS_MAX_AGE_SECONDS, lockedSchedule, SIGNING_ALGS, type NewKey } from './signing-keys.ts';
+import { insertKey, JWKS_MAX_AGE_SECONDS, lockedSchedule, SIGNING_ALGS, type NewKey } from './signing-keys.ts';
 
 /** A rotation or removal that cannot be done as asked; the message says why, for the operator. */
 export class KeyOperationError extends Error {
@@ -43,9 +43,7 @@ export async function rotateKeys(knex: Knex, encryptionKey: Buffer, input: Rotat
     throw new KeyOperationError('invalid_request', `the activation delay must be 0 (at once) or a whole number of seconds from ${JWKS_MAX_AGE_SECONDS} (the JWKS cache age) to ${MAX_PREPUBLISH_SECONDS}`);
   }
   return knex.transaction(async (trx) => {
-    const { schedule, now } = await lockedSchedule(trx);
-    // A key sealed under another key-encryption key would be one no instance can open.
-    await assertKeyEncryptionKey(trx, encryptionKey);
+    const { schedule, now } = await lockedSchedule(trx, encryptionKey);
     // An immediate rotation is the emergency path and is never held up by a scheduled one.
     for (const alg of delay === 0 ? [] : algs) {
       const pending = schedule.keys.find((k) => k.alg === alg && k.state === 'pending');
@@ -79,9 +77,7 @@ export interface RemoveInput {
  */
 export async function removeKey(knex: Knex, encryptionKey: Buffer, input: RemoveInput): Promise<{ removed: string; replacement: NewKey | null }> {
   return knex.transaction(async (trx) => {
-    const { schedule, now } = await lockedSchedule(trx);
-    // A key sealed under another key-encryption key would be one no instance can open.
-    await assertKeyEncryptionKey(trx, encryptionKey);
+    const { schedule, now } = await lockedSchedule(trx, encryptionKey);
     const key = schedule.keys.find((k) => k.kid === input.kid);
     if (!key) throw new KeyOperationError('unknown_kid', `no signing key has kid ${input.kid}`);
     if (key.state === 'removed') throw new KeyOperationError('already_removed', `key ${input.kid} was removed at ${key.removedAt!.toISOString()}`);

@@ -104,12 +104,18 @@ export async function insertKey(trx: Knex.Transaction, encryptionKey: Buffer, in
   return { kid: key.kid, alg: input.alg, activatesAt: input.activatesAt };
 }
 
-/** Takes the key lock for the rest of the transaction, then reads the schedule under it. */
-export async function lockedSchedule(trx: Knex.Transaction): Promise<{ schedule: KeySchedule; now: Date }> {
+/**
+ * Takes the key lock for the rest of the transaction, then reads the schedule under it, refusing
+ * a key-encryption key that opens none of the keys read: every writer of signing keys comes
+ * through here, so whoever first stores keys fixes the key-encryption key for everyone after.
+ */
+export async function lockedSchedule(trx: Knex.Transaction, encryptionKey: Buffer): Promise<{ schedule: KeySchedule; now: Date }> {
   await trx.raw('SELECT pg_advisory_xact_lock(?)', [KEY_LOCK]);
   const { rows } = await trx.raw<{ rows: Array<{ now: Date }> }>('SELECT clock_timestamp() AS now');
   const now = rows[0]!.now;
-  return { schedule: scheduleKeys((await loadKeyRows(trx)).map(times), now, KEY_RETENTION_MS), now };
+  const keyRows = await loadKeyRows(trx);
+  checkKeyEncryptionKey(keyRows, encryptionKey);
+  return { schedule: scheduleKeys(keyRows.map(times), now, KEY_RETENTION_MS), now };
 }
 
 /**
@@ -125,14 +131,9 @@ export class KeyEncryptionKeyMismatch extends ConfigError {
 /**
  * The stored signing keys are sealed under the key-encryption key, so they are its check: one
  * that opens is enough (a key sealed under another is left out by the ring, and logged). With no
- * keys stored yet there is nothing to check against; whoever first stores keys, under the key
- * lock (`ensureSigningKeys`), fixes the key-encryption key for everyone after.
+ * keys stored yet there is nothing to check against.
  */
-export async function assertKeyEncryptionKey(knex: Knex | Knex.Transaction, encryptionKey: Buffer, options: { requireKeys?: boolean } = {}): Promise<void> {
-  const rows = await knex<KeyRow>('signing_keys').select('kid', 'private_jwk_enc').orderBy('created_at', 'desc');
-  if (rows.length === 0 && options.requireKeys) {
-    throw new KeyEncryptionKeyMismatch('this database has no signing keys yet, so WRIT_KEK cannot be checked against it: start writ serve on it (or apply a policy) first');
-  }
+function checkKeyEncryptionKey(rows: ReadonlyArray<Pick<KeyRow, 'kid' | 'private_jwk_enc'>>, encryptionKey: Buffer): void {
   if (rows.length === 0) return;
   for (const row of rows) {
     try {
@@ -142,7 +143,16 @@ export async function assertKeyEncryptionKey(knex: Knex | Knex.Transaction, encr
       // Sealed under another key: try the next.
     }
   }
-  throw new KeyEncryptionKeyMismatch(`WRIT_KEK opens none of the ${rows.length} signing keys in this database: it is not the key-encryption key this database was set up with. Every instance and every writ command using this database needs the same WRIT_KEK (without WRIT_KEK, development mode uses the one generated in the data dir, ${'`WRIT_DATA_DIR`'}, ./.writ by default).`);
+  throw new KeyEncryptionKeyMismatch(`WRIT_KEK opens none of the ${rows.length} signing keys in this database: it is not the key-encryption key this database was set up with. Every instance and every writ command using this database needs the same WRIT_KEK (without WRIT_KEK, development mode uses the one generated in the data dir, WRIT_DATA_DIR, ./.writ by default).`);
+}
+
+/** The same check for a command that reads with a derived key but stores no signing key. */
+export async function assertKeyEncryptionKey(knex: Knex, encryptionKey: Buffer, options: { requireKeys?: boolean } = {}): Promise<void> {
+  const rows = await knex<KeyRow>('signing_keys').select('kid', 'private_jwk_enc');
+  if (rows.length === 0 && options.requireKeys) {
+    throw new KeyEncryptionKeyMismatch('this database has no signing keys yet, so WRIT_KEK cannot be checked against it: start writ serve on it (or apply a policy) first');
+  }
+  checkKeyEncryptionKey(rows, encryptionKey);
 }
 
 /**
@@ -154,8 +164,7 @@ export async function assertKeyEncryptionKey(knex: Knex | Knex.Transaction, encr
  */
 export async function ensureSigningKeys(knex: Knex, encryptionKey: Buffer): Promise<NewKey[]> {
   return knex.transaction(async (trx) => {
-    const { schedule, now } = await lockedSchedule(trx);
-    await assertKeyEncryptionKey(trx, encryptionKey);
+    const { schedule, now } = await lockedSchedule(trx, encryptionKey);
     const signing = new Set(schedule.keys.filter((k) => k.state === 'active').map((k) => k.alg));
     const created: NewKey[] = [];
     for (const alg of SIGNING_ALGS) {
