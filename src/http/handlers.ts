@@ -3,7 +3,7 @@ import type { KoaContextWithOIDC } from 'oidc-provider';
 import type { BatchedAuditWriter } from '../audit/batch-writer.ts';
 import { recordAudit } from '../audit/event.ts';
 import { exchange, isStorageError, type ExchangeDeps } from '../exchange/service.ts';
-import { oauthError } from '../oauth/errors.ts';
+import { oauthError, unavailable } from '../oauth/errors.ts';
 import type { CompiledPolicy } from '../policy/compiled.ts';
 import type { ClientPolicy } from '../policy/model.ts';
 import type { Metrics } from '../metrics.ts';
@@ -18,7 +18,6 @@ const DESCRIPTIONS: Record<string, string> = {
   invalid_target: 'the requested audience is not available to this client',
   invalid_scope: 'the requested scope is not available',
   unauthorized_client: 'this client may not use token exchange',
-  temporarily_unavailable: 'try again shortly',
 };
 
 export const TASK_FLAG = 'writTaskRevocation';
@@ -49,11 +48,6 @@ export function limitClient(ctx: ParameterizedContext, deps: { limiter?: RateLim
     requestId: requestId(ctx), clientId, details: { limit: 'client', endpoint },
   });
   throw tooMany(ctx, rate);
-}
-
-function unavailable(ctx: ParameterizedContext): Error {
-  ctx.set('Retry-After', '1');
-  return oauthError('temporarily_unavailable', DESCRIPTIONS.temporarily_unavailable!, 503);
 }
 
 /** The policy client behind `ctx.oidc.client`, which the provider authenticated. */

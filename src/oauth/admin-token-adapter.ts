@@ -5,7 +5,7 @@ import { ADMIN_SCOPES } from '../admin/bootstrap.ts';
 import { toRow } from '../audit/event.ts';
 import { isStorageError } from '../exchange/service.ts';
 import { KnexAdapter } from './adapter.ts';
-import { oauthError } from './errors.ts';
+import { unavailable } from './errors.ts';
 
 const KNOWN_SCOPES: ReadonlySet<string> = new Set(ADMIN_SCOPES);
 
@@ -42,8 +42,7 @@ export class AdminTokenAdapter extends KnexAdapter {
       // The provider answers an error of its own kind as it is, and any other with a 500. Nothing
       // else will log this one.
       this.onStorageError((err as Error).message, requestIdOf(ctx));
-      ctx?.set('Retry-After', '1');
-      throw oauthError('temporarily_unavailable', 'try again shortly', 503);
+      throw unavailable(ctx);
     }
   }
 

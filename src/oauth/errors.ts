@@ -1,3 +1,4 @@
+import type { ParameterizedContext } from 'koa';
 import { errors } from 'oidc-provider';
 
 /** oidc-provider's error classes, thrown by Writ's handlers so the provider renders them. */
@@ -7,4 +8,10 @@ export function oauthError(error: string, description: string, status = 400): Er
   err.statusCode = status;
   err.expose = true;
   return err;
+}
+
+/** The database cannot be used right now: 503 with Retry-After, never a token or a refusal. */
+export function unavailable(ctx: Pick<ParameterizedContext, 'set'> | undefined): Error {
+  ctx?.set('Retry-After', '1');
+  return oauthError('temporarily_unavailable', 'try again shortly', 503);
 }
