@@ -221,12 +221,6 @@ export function createApp(deps: AppDeps): Koa {
       ctx.body = { error: 'not_found' };
       return;
     }
-    if (POST_ONLY.has(ctx.path)) {
-      // Nor is `Origin` a credential here. Left in, the provider refuses a request carrying it
-      // with a 400 once it has found the client named, before any secret is checked, and a 401
-      // for an unknown one: an oracle of client ids.
-      if (ctx.req.headers.origin !== undefined) delete ctx.req.headers.origin;
-    }
     if (POST_ONLY.has(ctx.path) && ctx.method !== 'POST') {
       ctx.status = 405;
       ctx.set('Allow', 'POST');
