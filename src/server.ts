@@ -218,15 +218,21 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
     const writ: Writ = {
       config, db, app, provider, policy, revocations, keys, derived, auditQueue, auditSealer, metrics,
       listen: async () => {
-        if (options.metrics && !options.worker) metricsServer = await serveMetrics(metrics, config.metricsAddr);
-        return new Promise((resolve, reject) => {
+        const hostPort = (host: string, port: number): string => `${host.includes(':') ? `[${host}]` : host}:${port}`;
+        // Node's message names the address but not the setting the operator has to change.
+        const cannotListen = (setting: string, addr: string) => (err: Error): never => {
+          throw new Error(`cannot listen on ${addr} (${setting}): ${err.message}`, { cause: err });
+        };
+        if (options.metrics && !options.worker) {
+          metricsServer = await serveMetrics(metrics, config.metricsAddr)
+            .catch(cannotListen('WRIT_METRICS_ADDR', hostPort(config.metricsAddr.host, config.metricsAddr.port)));
+        }
+        const bound = await new Promise<AddressInfo>((resolve, reject) => {
           server = app.listen(config.port, config.host);
           server.once('error', reject);
-          server.once('listening', () => {
-            const { port } = server!.address() as AddressInfo;
-            resolve(`http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`);
-          });
-        });
+          server.once('listening', () => resolve(server!.address() as AddressInfo));
+        }).catch(cannotListen('PORT, HOST', hostPort(config.host, config.port)));
+        return `http://${hostPort(config.host, bound.port)}`;
       },
       async close() {
         draining = true;

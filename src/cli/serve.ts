@@ -40,7 +40,15 @@ export async function startServing(ctx: CliContext, options: { applyDir?: string
     metrics: options.metrics ?? true,
     ...(options.worker ? { worker: options.worker } : {}),
   });
-  const url = await writ.listen();
+  let url: string;
+  try {
+    url = await writ.listen();
+  } catch (err) {
+    // A server that cannot take requests must not linger holding database connections and
+    // running the audit sealer (or the metrics listener that did bind).
+    await writ.close().catch((closeErr: unknown) => logger.error({ err: (closeErr as Error).message }, 'closing after a failed start'));
+    throw err;
+  }
   if (embedded) local = claimDataDir(config.dataDir, url);
   logger.info({ url, issuer: config.issuer, database: writ.db.kind, policyVersion: writ.policy.policy.version }, options.worker ? 'worker serving' : 'writ serving');
   let stopping: Promise<void> | undefined;
