@@ -49,6 +49,12 @@ interface Head {
   occurredMs: number | null;
 }
 
+/** A point of the chain: its seq and the hash the chain row there must have. */
+interface Anchor {
+  seq: number;
+  hash: string;
+}
+
 interface CandidateRow extends ChainEvent {
   id: number;
   occurred_at: string;
@@ -89,8 +95,18 @@ const TWO_31 = 2 ** 31;
  *
  * Rows that cannot be legitimate are not sealed (which would launder them into the chain):
  * backdated rows (see backdateToleranceMs), rows below the head, and rows sharing an id.
- * `audit verify` names them. If the head is behind the last checkpoint (the tail was
- * deleted), does not match it, or its event is gone, sealing stops and says so.
+ * `audit verify` names them.
+ *
+ * Nor does a pass extend, or sign a checkpoint over, a chain that is not the one already
+ * vouched for. Its anchor is the furthest point of the chain it knows to be genuine: the newest
+ * checkpoint with a valid signature, in the database or seen earlier by this process, or the
+ * head this process last sealed. Someone who rewrites events and recomputes the chain rows
+ * above a point changes the chain row at the anchor; someone who also deletes the checkpoints
+ * that would show it cannot delete this process's memory of them. If the head is behind the
+ * anchor (the tail was deleted), the chain row at the anchor does not match it, or the head's
+ * event is gone, sealing stops and says so. A process started after such a rewrite knows only
+ * the checkpoints left in the database: the log stream's copies are the anchor then
+ * (`writ audit verify --checkpoints`).
  *
  * Passes take a transaction-level advisory lock, so several instances may run a sealer.
  */
@@ -111,6 +127,10 @@ export class AuditSealer {
   private oldestUnsealedMs: number | undefined;
   private lastPartitionCheck = 0;
   private readonly reported = new Set<string>();
+  /** The furthest point of the chain this process knows to be genuine (see the class comment). */
+  private anchor: Anchor | undefined;
+  /** The newest checkpoint with a valid signature this process has seen, by seq. */
+  private checkpointSeen = 0;
   /** Events left unsealed because they cannot be legitimate (backdated or below the head). */
   anomalies = 0;
   /** Events sealed by this instance. */
@@ -222,6 +242,8 @@ export class AuditSealer {
   async sealOnce(options: SealOnceOptions = {}): Promise<number> {
     const graceMs = options.graceMs ?? this.graceMs;
     const logged: LoggedCheckpoint[] = [];
+    let reached: Anchor | undefined;
+    let checkpointNow = 0;
     const sealedNow = await this.knex.transaction(async (trx) => {
       // No parallel workers for the rest of the pass. Once the events table holds some 100,000
       // rows, its planner estimates put the candidate read (a bounded range scan of ~200 rows)
@@ -249,8 +271,7 @@ export class AuditSealer {
         watermark = Math.min(watermark, id);
       }
 
-      // 2. The head, and the last checkpoint it must not be behind.
-      const head = await readHead(trx);
+      // 2. The anchor, and the head, which must extend the chain through it.
       // (Only a checkpoint this key signed counts: a forged one must not stop the sealer.)
       const cps = await trx.raw<{ rows: Array<{ id: string | number; seq: string | number; hash: string; count: string | number; signature: string; created_ms: string | number }> }>(
         'SELECT id, seq, hash, count, signature, extract(epoch FROM created_at) * 1000 AS created_ms FROM audit_checkpoints ORDER BY seq DESC, id DESC LIMIT 50');
@@ -261,16 +282,26 @@ export class AuditSealer {
           { checkpoints: forged.map((c) => Number(c.id)) }, 'audit checkpoint with an invalid signature ignored; run `writ audit verify`'));
       }
       const lastCheckpoint = valid ? { seq: Number(valid.seq), hash: valid.hash, createdMs: Number(valid.created_ms) } : undefined;
-      if (lastCheckpoint && (!head || head.seq < lastCheckpoint.seq)) {
-        this.reportOnce(`behind:${lastCheckpoint.seq}:${head?.seq ?? 0}`, () => this.logger.error(
-          { head: head?.seq ?? 0, checkpoint: lastCheckpoint.seq },
-          'audit chain head is behind its last signed checkpoint (events deleted?): sealing stopped; run `writ audit verify`'));
+      const seen = this.checkpointSeen;
+      if (seen > (lastCheckpoint?.seq ?? 0)) {
+        this.reportOnce(`lostcp:${seen}:${lastCheckpoint?.seq ?? 0}`, () => this.logger.error(
+          { checkpoint: seen, newest_in_database: lastCheckpoint?.seq ?? null },
+          'a signed audit checkpoint seen earlier is gone from the database (deleted?); run `writ audit verify --checkpoints` with the logged checkpoints'));
+      }
+      const remembered = this.anchor;
+      const anchor = lastCheckpoint && (!remembered || lastCheckpoint.seq >= remembered.seq) ? lastCheckpoint : remembered;
+      const head = await readHead(trx, anchor?.seq);
+      if (anchor && (!head || head.seq < anchor.seq)) {
+        this.reportOnce(`behind:${anchor.seq}:${head?.seq ?? 0}`, () => this.logger.error(
+          { head: head?.seq ?? 0, anchor: anchor.seq },
+          'audit chain head is behind a point already sealed or signed (events deleted?): sealing stopped; run `writ audit verify`'));
         await this.measureLag(trx, head?.id ?? 0, []);
         return 0;
       }
-      if (lastCheckpoint && head && head.seq === lastCheckpoint.seq && head.hash !== lastCheckpoint.hash) {
-        this.reportOnce(`mismatch:${lastCheckpoint.seq}`, () => this.logger.error(
-          { seq: head.seq }, 'audit chain head does not match its last signed checkpoint: sealing stopped; run `writ audit verify`'));
+      if (anchor && head && head.hashAtAnchor !== anchor.hash) {
+        this.reportOnce(`mismatch:${anchor.seq}`, () => this.logger.error(
+          { seq: anchor.seq, head: head.seq },
+          'audit chain no longer matches a point already sealed or signed (rewritten?): sealing stopped; run `writ audit verify`'));
         await this.measureLag(trx, head.id, []);
         return 0;
       }
@@ -335,9 +366,16 @@ export class AuditSealer {
       }
 
       await this.measureLag(trx, tip?.id ?? 0, skipped);
+      // The head this pass leaves extends the anchor (checked above), so it becomes the anchor.
+      reached = tip ?? anchor;
+      if (lastCheckpoint) checkpointNow = lastCheckpoint.seq;
+      if (logged.length > 0) checkpointNow = tip!.seq;
       return seals.length;
     });
     this.sealed += sealedNow;
+    // Only what committed becomes the anchor: a pass that rolled back sealed nothing.
+    if (reached && (!this.anchor || reached.seq >= this.anchor.seq)) this.anchor = { seq: reached.seq, hash: reached.hash };
+    this.checkpointSeen = Math.max(this.checkpointSeen, checkpointNow);
     // Logged only once committed: every checkpoint in the log stream is one in the database.
     for (const checkpoint of logged) this.logger.info({ checkpoint }, 'audit checkpoint');
     return sealedNow;
@@ -351,18 +389,25 @@ interface Seal {
   hash: string;
 }
 
-/** The highest chain row, with its event's occurred_at (null when that event is gone). */
-async function readHead(knex: Knex): Promise<Head | undefined> {
+/**
+ * The highest chain row, with its event's occurred_at (null when that event is gone) and the
+ * hash of the chain row at `anchorSeq` (undefined without an anchor, null when that row is gone).
+ */
+async function readHead(knex: Knex, anchorSeq: number | undefined): Promise<(Head & { hashAtAnchor: string | null | undefined }) | undefined> {
   // Were a forged event to share the head's id, the earliest date is the one that can only
   // make the backdate test laxer, never hold back a legitimate row.
-  const result = await knex.raw<{ rows: Array<{ seq: string | number; event_id: string | number; hash: string; occurred_ms: string | number | null }> }>(`
+  const result = await knex.raw<{ rows: Array<{ seq: string | number; event_id: string | number; hash: string; occurred_ms: string | number | null; anchor_hash: string | null }> }>(`
     SELECT c.seq, c.event_id, c.hash,
-      (SELECT extract(epoch FROM min(e.occurred_at)) * 1000 FROM audit_events e WHERE e.id = c.event_id) AS occurred_ms
-    FROM audit_chain c ORDER BY c.seq DESC LIMIT 1`);
+      (SELECT extract(epoch FROM min(e.occurred_at)) * 1000 FROM audit_events e WHERE e.id = c.event_id) AS occurred_ms,
+      (SELECT a.hash FROM audit_chain a WHERE a.seq = ?) AS anchor_hash
+    FROM audit_chain c ORDER BY c.seq DESC LIMIT 1`, [anchorSeq ?? 0]);
   const row = result.rows[0];
   if (!row) return undefined;
   const occurredMs = row.occurred_ms === null ? null : Number(row.occurred_ms);
-  return { seq: Number(row.seq), id: Number(row.event_id), hash: row.hash, occurredMs };
+  return {
+    seq: Number(row.seq), id: Number(row.event_id), hash: row.hash, occurredMs,
+    hashAtAnchor: anchorSeq === undefined ? undefined : row.anchor_hash,
+  };
 }
 
 const MAX_BIGINT = '9223372036854775807';

@@ -541,7 +541,81 @@ describe.each(backends)('tamper-evident audit log on $backend', ({ embedded }) =
       return inTrx.sealOnce({ graceMs: 0 });
     });
     expect(sealedNow).toBe(0);
-    expect(lines.some((l) => l.includes('behind its last signed checkpoint'))).toBe(true);
+    expect(lines.some((l) => l.includes('behind a point already sealed or signed'))).toBe(true);
+  });
+
+  /** As a superuser: changes one sealed event and recomputes every chain row from it on, as no key is needed for that. */
+  async function rewriteFrom(trx: Knex.Transaction, seq: number): Promise<void> {
+    const rows = (await sealedRows(trx)).filter((r) => r.seq >= seq);
+    let prev = rows[0]!.prev_hash;
+    for (const row of rows) {
+      const details = row.seq === seq ? { ...(row.details as object), rewritten: true } : row.details;
+      if (row.seq === seq) await trx('audit_events').where({ id: row.id }).update({ details: JSON.stringify(details) });
+      const hash = eventHash(prev, row.seq, { ...row, details });
+      await trx('audit_chain').where({ seq: row.seq }).update({ prev_hash: prev, hash });
+      prev = hash;
+    }
+  }
+
+  async function checkpointCount(trx: Knex.Transaction): Promise<number> {
+    return Number((await trx('audit_checkpoints').count<Array<{ count: string }>>('* as count'))[0]!.count);
+  }
+
+  it('signs no checkpoint over a rewritten chain whose checkpoints were deleted, while it remembers them', async () => {
+    const lines: string[] = [];
+    const outcome = await tampered(knex, async (trx) => {
+      const inTrx = new AuditSealer(trx, { checkpointKey: key, logger: captureLogger(lines), graceMs: 0, checkpointIntervalMs: 0 });
+      await recordAudit(trx, { type: 'key.generated', outcome: 'ok' });
+      await inTrx.sealOnce({ forceCheckpoint: true });
+      await rewriteFrom(trx, 2);
+      await trx('audit_checkpoints').delete();
+      await trx.raw('SET LOCAL session_replication_role = origin');
+      await recordAudit(trx, { type: 'key.generated', outcome: 'ok' });
+      const sealedNow = await inTrx.sealOnce({ forceCheckpoint: true });
+      return { sealedNow, checkpoints: await checkpointCount(trx), report: await verifyAuditChain(trx, key) };
+    });
+    expect(outcome.sealedNow).toBe(0);
+    expect(outcome.checkpoints).toBe(0);
+    expect(lines.some((l) => l.includes('gone from the database'))).toBe(true);
+    expect(lines.some((l) => l.includes('no longer matches a point already sealed or signed'))).toBe(true);
+    // What the database alone shows: a chain without checkpoints, nothing signed over the change.
+    expect(outcome.report.checkpoints.valid).toBe(0);
+  });
+
+  it('stops at a rewrite of what it sealed after the last checkpoint', async () => {
+    const lines: string[] = [];
+    const outcome = await tampered(knex, async (trx) => {
+      const inTrx = new AuditSealer(trx, { checkpointKey: key, logger: captureLogger(lines), graceMs: 0, checkpointEvery: 1_000_000, checkpointIntervalMs: 3_600_000 });
+      await inTrx.sealOnce({ forceCheckpoint: true });
+      await recordAudit(trx, [{ type: 'key.generated', outcome: 'ok' }, { type: 'key.generated', outcome: 'ok' }]);
+      expect(await inTrx.sealOnce()).toBe(2);
+      const head = (await sealedRows(trx)).at(-1)!;
+      await trx.raw('SET LOCAL session_replication_role = replica');
+      await rewriteFrom(trx, head.seq - 1);
+      await trx.raw('SET LOCAL session_replication_role = origin');
+      await recordAudit(trx, { type: 'key.generated', outcome: 'ok' });
+      return { sealedNow: await inTrx.sealOnce({ forceCheckpoint: true }), before: await checkpointCount(trx) };
+    });
+    expect(outcome.sealedNow).toBe(0);
+    expect(lines.some((l) => l.includes('no longer matches a point already sealed or signed'))).toBe(true);
+  });
+
+  it('a new process stops at a rewrite below the last checkpoint, though the head has moved past it', async () => {
+    const lines: string[] = [];
+    const sealedNow = await tampered(knex, async (trx) => {
+      const first = new AuditSealer(trx, { checkpointKey: key, logger: captureLogger([]), graceMs: 0, checkpointEvery: 1_000_000, checkpointIntervalMs: 3_600_000 });
+      await first.sealOnce({ forceCheckpoint: true });
+      await recordAudit(trx, { type: 'key.generated', outcome: 'ok' });
+      expect(await first.sealOnce()).toBe(1);
+      await trx.raw('SET LOCAL session_replication_role = replica');
+      await rewriteFrom(trx, 2);
+      await trx.raw('SET LOCAL session_replication_role = origin');
+      await recordAudit(trx, { type: 'key.generated', outcome: 'ok' });
+      const restarted = new AuditSealer(trx, { checkpointKey: key, logger: captureLogger(lines), graceMs: 0 });
+      return restarted.sealOnce({ forceCheckpoint: true });
+    });
+    expect(sealedNow).toBe(0);
+    expect(lines.some((l) => l.includes('no longer matches a point already sealed or signed'))).toBe(true);
   });
 });
 
