@@ -31,6 +31,14 @@ export interface TraceHop {
   inactive_reason: 'revoked' | 'task_ended' | 'kill_switch' | null;
   /** The request that obtained it (from its exchange.granted event), when recorded. */
   request_id: string | null;
+  /**
+   * The lineage row against its exchange.granted event, the sealed record of the grant: whether
+   * they agree on who obtained the token, for whom, for what and under which rule; `absent` when
+   * the event is not there (archived by retention, or removed). `record_differs` names the
+   * fields that disagree: the row was changed after the grant, and the event is the one to trust.
+   */
+  record: 'matches' | 'differs' | 'absent';
+  record_differs: string[];
 }
 
 export interface TraceNode extends TraceHop {
@@ -70,15 +78,33 @@ interface LineageRow {
   iat: Date | string;
   exp: Date | string;
   revoked_at: Date | string | null;
-  request_id: string | null;
+  granted: GrantedEvent | string | null;
   lvl: number;
+}
+
+/** The exchange.granted event's account of a grant (what RECORD_GRANT wrote beside the row). */
+interface GrantedEvent {
+  request_id: string | null;
+  client_id: string | null;
+  parent_jti: string | null;
+  audience: string | null;
+  task_id: string | null;
+  subject: string | null;
+  policy_version: number | null;
+  rule: unknown;
+  scope: unknown;
+  exp: unknown;
+  depth: unknown;
 }
 
 const HOP_COLUMNS = `l.jti, l.parent_jti, l.client_id, l.actors, l.audience, l.scopes, l.root_issuer, l.root_sub, l.rule_id,
   l.policy_version, l.task_id, l.depth, l.iat, l.exp, l.revoked_at`;
 
 const GRANTED = `SELECT %s FROM audit_events e WHERE e.jti = t.jti AND e.type = 'exchange.granted' ORDER BY e.id LIMIT 1`;
-const REQUEST_ID = `(${GRANTED.replace('%s', 'e.request_id')}) AS request_id`;
+const GRANTED_EVENT = `(${GRANTED.replace('%s', `jsonb_build_object('request_id', e.request_id, 'client_id', e.client_id,
+  'parent_jti', e.parent_jti, 'audience', e.audience, 'task_id', e.task_id, 'subject', e.subject,
+  'policy_version', e.policy_version, 'rule', e.details->'rule', 'scope', e.details->'scope',
+  'exp', e.details->'exp', 'depth', e.details->'depth')`)}) AS granted`;
 /** Siblings in the order they were issued: iat has one-second resolution, the audit id does not. */
 const ISSUED_ORDER = `t.iat, (${GRANTED.replace('%s', 'e.id')}), t.jti`;
 
@@ -91,7 +117,27 @@ function jsonArray(v: string[] | string): string[] {
   return typeof v === 'string' ? JSON.parse(v) as string[] : v;
 }
 
+/** The fields on which a lineage row and its exchange.granted event disagree. */
+function differences(r: LineageRow, e: GrantedEvent): string[] {
+  const epoch = (v: Date | string): number => Math.floor(new Date(v).getTime() / 1000);
+  const checks: Array<[string, boolean]> = [
+    ['client_id', e.client_id === r.client_id],
+    ['parent_jti', e.parent_jti === r.parent_jti],
+    ['audience', e.audience === r.audience],
+    ['task_id', e.task_id === r.task_id],
+    ['subject', e.subject === `${r.root_issuer}|${r.root_sub}`],
+    ['policy_version', Number(e.policy_version) === Number(r.policy_version)],
+    ['rule_id', e.rule === r.rule_id],
+    ['scopes', JSON.stringify(e.scope) === JSON.stringify(jsonArray(r.scopes))],
+    ['exp', e.exp === epoch(r.exp)],
+    ['depth', e.depth === Number(r.depth)],
+  ];
+  return checks.filter(([, same]) => !same).map(([field]) => field);
+}
+
 function hopOf(r: LineageRow): TraceHop {
+  const granted = typeof r.granted === 'string' ? JSON.parse(r.granted) as GrantedEvent : r.granted;
+  const differs = granted ? differences(r, granted) : [];
   return {
     jti: r.jti,
     parent_jti: r.parent_jti,
@@ -108,7 +154,9 @@ function hopOf(r: LineageRow): TraceHop {
     revoked: r.revoked_at !== null,
     revoked_at: iso(r.revoked_at),
     inactive_reason: r.revoked_at !== null ? 'revoked' : null,
-    request_id: r.request_id ?? null,
+    request_id: granted?.request_id ?? null,
+    record: granted === null ? 'absent' : differs.length > 0 ? 'differs' : 'matches',
+    record_differs: differs,
   };
 }
 
@@ -166,7 +214,7 @@ export async function traceToken(knex: Knex, jti: string): Promise<TokenTrace | 
       UNION ALL
       SELECT ${HOP_COLUMNS}, up.lvl + 1 FROM token_lineage l JOIN up ON l.jti = up.parent_jti WHERE up.lvl < ${MAX_DEPTH}
     )
-    SELECT t.*, ${REQUEST_ID} FROM up AS t ORDER BY t.lvl DESC`, [jti]);
+    SELECT t.*, ${GRANTED_EVENT} FROM up AS t ORDER BY t.lvl DESC`, [jti]);
   if (up.rows.length === 0) return undefined;
   const ancestry = up.rows.map(hopOf);
   await applyMarks(knex, up.rows, ancestry);
@@ -179,7 +227,7 @@ export async function traceToken(knex: Knex, jti: string): Promise<TokenTrace | 
       UNION ALL
       SELECT ${HOP_COLUMNS}, down.lvl + 1 FROM token_lineage l JOIN down ON l.parent_jti = down.jti WHERE down.lvl < ${MAX_DEPTH}
     )
-    SELECT t.*, ${REQUEST_ID} FROM (SELECT * FROM down ORDER BY lvl, iat, jti LIMIT ${MAX_DESCENDANTS + 1}) AS t
+    SELECT t.*, ${GRANTED_EVENT} FROM (SELECT * FROM down ORDER BY lvl, iat, jti LIMIT ${MAX_DESCENDANTS + 1}) AS t
     ORDER BY t.lvl, ${ISSUED_ORDER}`, [jti]);
   const truncated = down.rows.length > MAX_DESCENDANTS || down.rows.some((r) => Number(r.lvl) >= MAX_DEPTH);
   const nodes = new Map<string, TraceNode>();
@@ -217,6 +265,7 @@ function hopLine(h: TraceHop): string {
   if (h.inactive_reason === 'revoked') parts.push(`REVOKED${h.revoked_at ? ` ${h.revoked_at.replace(/\.\d{3}Z$/, 'Z')}` : ''}`);
   else if (h.inactive_reason === 'task_ended') parts.push('INACTIVE (task ended)');
   else if (h.inactive_reason === 'kill_switch') parts.push('INACTIVE (kill switch)');
+  if (h.record === 'differs') parts.push(`CHANGED SINCE GRANTED (${h.record_differs.join(', ')}; the audit event differs)`);
   return parts.join('  ');
 }
 

@@ -61,10 +61,12 @@ describe('audit trace, search and export (PostgreSQL)', () => {
       expect.objectContaining({
         jti: jti(hop1), parent_jti: null, client_id: 'planner-agent', actors: ['planner-agent'], audience: EXECUTOR_AUD,
         scopes: ['payment.read'], rule_id: 'planner-delegates-to-executor', policy_version: 1, task_id: 'task-7', depth: 1, revoked: false,
+        record: 'matches', record_differs: [],
       }),
       expect.objectContaining({
         jti: jti(hop2), parent_jti: jti(hop1), client_id: 'executor-agent', actors: ['planner-agent', 'executor-agent'], audience: PAYMENTS,
         scopes: ['payment.read'], rule_id: 'executor-reads-payments', depth: 2, revoked: false,
+        record: 'matches', record_differs: [],
       }),
     ]);
     expect(trace!.ancestry[1]!.request_id).toBeTruthy();
@@ -77,6 +79,28 @@ describe('audit trace, search and export (PostgreSQL)', () => {
     expect(lines[2]).toMatch(/^ {3}└─ executor-agent → https:\/\/payments\.example\.com {2}\[payment\.read\] {2}rule executor-reads-payments/);
     expect(lines[2]).toContain(`jti ${jti(hop2)}`);
     expect(lines[2]).toMatch(/◀$/);
+  });
+
+  it('shows where a lineage row no longer agrees with the sealed grant event', async () => {
+    // As a superuser with the triggers off (writ db grants leaves the serving role no such
+    // update), in a transaction that is rolled back.
+    const trx = await knex.transaction();
+    try {
+      await trx.raw('SET LOCAL session_replication_role = replica');
+      await trx('token_lineage').where({ jti: jti(hop2) }).update({
+        client_id: 'innocent-agent', actors: JSON.stringify(['planner-agent', 'innocent-agent']), scopes: JSON.stringify(['payment.read', 'payment.transfer']),
+      });
+      const trace = await traceToken(trx, jti(hop2));
+      expect(trace!.ancestry.map((h) => [h.client_id, h.record, h.record_differs])).toEqual([
+        ['planner-agent', 'matches', []],
+        ['innocent-agent', 'differs', ['client_id', 'scopes']],
+      ]);
+      expect(formatTraceTree(trace!).split('\n')[2]).toContain('CHANGED SINCE GRANTED (client_id, scopes; the audit event differs)');
+      const fromRoot = await traceToken(trx, jti(hop1));
+      expect(fromRoot!.descendants.find((d) => d.jti === jti(hop2))).toMatchObject({ record: 'differs', record_differs: ['client_id', 'scopes'] });
+    } finally {
+      await trx.rollback();
+    }
   });
 
   it('traces the root token with the tree of tokens derived from it', async () => {

@@ -4,8 +4,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migrate, openDatabase, type Database } from '../../src/store/db.ts';
+import { killSwitch } from '../../src/revocation/kill-switch.ts';
 import { runWrit } from '../support/cli.ts';
-import { AT, EXECUTOR_AUD, createTestDatabase, startTestWrit, type TestWrit } from '../support/harness.ts';
+import { AT, EXECUTOR_AUD, basicAuth, createTestDatabase, startTestWrit, type TestWrit } from '../support/harness.ts';
 
 describe('Writ serving as a role with the least privileges (writ db grants)', () => {
   const role = `writ_app_${randomBytes(4).toString('hex')}`;
@@ -67,5 +68,35 @@ describe('Writ serving as a role with the least privileges (writ db grants)', ()
     ]) await expect(knex.raw(sql), sql).rejects.toThrow(/permission denied/);
     await expect(knex.raw('ALTER TABLE audit_events DISABLE TRIGGER ALL')).rejects.toThrow(/must be owner/);
     await expect(knex.raw('SET session_replication_role = replica')).rejects.toThrow(/permission denied/);
+  });
+
+  it('revokes as that role, and cannot un-revoke, rewrite or delete a lineage row or a revocation mark', async () => {
+    const knex = t.writ.db.knex;
+    const res = await t.exchange('planner-agent', { subject_token: await t.idp.token(t.issuer), subject_token_type: AT, audience: EXECUTOR_AUD });
+    expect(res.status).toBe(200);
+    const token = res.body.access_token as string;
+    const jti = JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString()).jti as string;
+    expect((await t.post('/token/revocation', { token }, basicAuth('planner-agent'))).status).toBe(200);
+    expect(await t.introspect('executor-agent', token)).toEqual({ active: false });
+    // A kill switch set twice moves its mark forward through the role's column grants.
+    await killSwitch(knex, { kind: 'client', value: 'nobody-agent', notBefore: new Date(Date.now() - 60_000), revokedBy: 'test' });
+    await killSwitch(knex, { kind: 'client', value: 'nobody-agent', notBefore: new Date(), revokedBy: 'test' });
+
+    for (const [sql, refusal] of [
+      [`UPDATE token_lineage SET revoked_at = NULL WHERE jti = '${jti}'`, /already revoked/],
+      [`UPDATE token_lineage SET client_id = 'someone-else'`, /permission denied/],
+      [`UPDATE token_lineage SET actors = '[]'::jsonb`, /permission denied/],
+      ['DELETE FROM token_lineage', /permission denied/],
+      ['DELETE FROM revocations', /permission denied/],
+      [`UPDATE revocations SET value = 'x' WHERE kind = 'jti'`, /permission denied/],
+      [`UPDATE revocations SET not_before = not_before - interval '1 day' WHERE kind = 'client'`, /only moves forward/],
+    ] as const) await expect(knex.raw(sql), sql).rejects.toThrow(refusal);
+    expect(await t.introspect('executor-agent', token)).toEqual({ active: false });
+    // The triggers hold for the owner too.
+    await expect(owner.knex.raw(`UPDATE token_lineage SET revoked_at = NULL WHERE jti = ?`, [jti])).rejects.toThrow(/already revoked/);
+    await expect(owner.knex.raw(`UPDATE token_lineage SET root_sub = 'mallory' WHERE jti = ?`, [jti])).rejects.toThrow(/already revoked/);
+    const live = await t.exchange('planner-agent', { subject_token: await t.idp.token(t.issuer), subject_token_type: AT, audience: EXECUTOR_AUD });
+    const liveJti = JSON.parse(Buffer.from((live.body.access_token as string).split('.')[1]!, 'base64url').toString()).jti as string;
+    await expect(owner.knex.raw(`UPDATE token_lineage SET root_sub = 'mallory' WHERE jti = ?`, [liveJti])).rejects.toThrow(/only revoked_at may be set/);
   });
 });

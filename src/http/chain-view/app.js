@@ -308,8 +308,14 @@
     group.dataset.jti = hop.jti;
     const tip = svg('title');
     tip.textContent = `${hop.client_id} → ${hop.audience} (jti ${hop.jti}): click to list its events`;
+    // The lineage row was changed after the grant: its sealed exchange.granted event is the account to trust.
+    const changed = hop.record === 'differs';
+    if (changed) {
+      group.classList.add('changed');
+      tip.textContent += `. Changed since granted (${hop.record_differs.join(', ')}): see its exchange.granted event`;
+    }
     group.append(tip);
-    text(`agent · depth ${hop.depth}`, 'kicker');
+    text(`agent · depth ${hop.depth}${changed ? ' · CHANGED SINCE GRANTED' : ''}`, 'kicker');
     text(hop.client_id, 'title');
     if (hop.revoked) {
       const badge = svg('g', { class: 'badge', transform: `translate(${w - 84},8)` });
