@@ -62,7 +62,7 @@ export async function verifySubjectToken(req: ExchangeRequest, ctx: PresentedTok
       selfIssuer: ctx.selfIssuer, keys: ctx.writKeys, now: ctx.now, role: 'subject', inspected, signatures: ctx.signatures,
     });
     const lineage = await ctx.lineage.get(ctx.knex, claims.jti, ctx.now);
-    if (!lineage) throw new ExchangeDenied('token_revoked', 'no lineage for this Writ token', 'subject');
+    if (!lineage) throw new ExchangeDenied('token_revoked', 'no lineage for this Writ token', 'subject', { jti: claims.jti, root: `${claims.iss}|${claims.sub}`, taskId: claims.task_id ?? null });
     const revoked = ctx.revocations.check({
       jti: claims.jti,
       iat: claims.iat,
@@ -72,7 +72,10 @@ export async function verifySubjectToken(req: ExchangeRequest, ctx: PresentedTok
       rootSubject: lineage.root.sub,
       ruleId: lineage.ruleId,
     });
-    if (revoked) throw new ExchangeDenied(revoked === 'task_revoked' ? 'task_revoked' : 'parent_revoked', 'the subject token, an ancestor or its task is revoked', 'subject');
+    if (revoked) {
+      throw new ExchangeDenied(revoked === 'task_revoked' ? 'task_revoked' : 'parent_revoked', 'the subject token, an ancestor or its task is revoked', 'subject',
+        { jti: claims.jti, root: `${lineage.root.issuer}|${lineage.root.sub}`, taskId: claims.task_id ?? null });
+    }
     return {
       kind: 'writ',
       issuer: claims.iss,
@@ -107,7 +110,7 @@ export async function verifySubjectToken(req: ExchangeRequest, ctx: PresentedTok
     rootIssuer: verified.issuer,
     rootSubject: verified.sub,
   });
-  if (revoked) throw new ExchangeDenied('token_revoked', 'the subject or its issuer is under a kill switch', 'subject');
+  if (revoked) throw new ExchangeDenied('token_revoked', 'the subject or its issuer is under a kill switch', 'subject', { root: `${verified.issuer}|${verified.sub}` });
   return {
     kind: 'upstream',
     issuer: verified.issuer,

@@ -98,11 +98,26 @@ export class ExchangeDenied extends Error {
   readonly reason: ReasonCode;
   readonly error: OAuthErrorCode;
   readonly role: TokenRole | undefined;
-  constructor(reason: ReasonCode, detail: string, role?: TokenRole) {
+  readonly presented: PresentedSubject | undefined;
+  constructor(reason: ReasonCode, detail: string, role?: TokenRole, presented?: PresentedSubject) {
     super(detail);
     this.name = 'ExchangeDenied';
     this.reason = reason;
     this.error = REASONS[reason];
     this.role = role;
+    this.presented = presented;
   }
+}
+
+/**
+ * What a refused subject token was, once its signature verified: so that the refusal's audit
+ * record names the token and the human it was for (a revoked token presented again is exactly
+ * what an auditor looks for), never the token itself.
+ */
+export interface PresentedSubject {
+  /** A Writ token's jti (recorded as the denial's parent_jti). */
+  jti?: string;
+  /** The root subject, `issuer|sub`. */
+  root: string;
+  taskId?: string | null;
 }

@@ -10,7 +10,7 @@ import { decide } from './decide.ts';
 import type { LineageCache } from './lineage-store.ts';
 import { mint } from './mint.ts';
 import { verifyActorToken, verifySubjectToken, type PresentedTokenContext } from './presented-tokens.ts';
-import { ExchangeDenied, REASONS, type OAuthErrorCode, type ReasonCode } from './reasons.ts';
+import { ExchangeDenied, REASONS, type OAuthErrorCode, type PresentedSubject, type ReasonCode } from './reasons.ts';
 import type { GrantRecord } from './record.ts';
 import type { VerifiedSignatures } from '../tokens/verified-signatures.ts';
 import { parseExchangeRequest } from './request.ts';
@@ -81,16 +81,16 @@ export async function exchange(deps: ExchangeDeps, call: ExchangeCall): Promise<
   let request: ExchangeRequest | undefined;
   let subject: VerifiedSubject | undefined;
 
-  const deny = async (reason: ReasonCode, detail: string, extra: { role?: string; ruleId?: string; steps?: unknown } = {}): Promise<ExchangeResult> => {
+  const deny = async (reason: ReasonCode, detail: string, extra: { role?: string; ruleId?: string; steps?: unknown; presented?: PresentedSubject } = {}): Promise<ExchangeResult> => {
     const event: AuditEvent = {
       type: 'exchange.denied',
       outcome: 'denied',
       reason,
       requestId: call.requestId,
       clientId: call.clientId,
-      parentJti: subject?.kind === 'writ' ? subject.jti : null,
-      taskId: request?.taskId ?? null,
-      subject: rootOf(subject),
+      parentJti: subject?.kind === 'writ' ? subject.jti : extra.presented?.jti ?? null,
+      taskId: request?.taskId ?? extra.presented?.taskId ?? null,
+      subject: rootOf(subject) ?? extra.presented?.root ?? null,
       audience: request?.audience ?? null,
       policyVersion: policy.version,
       details: {
@@ -231,7 +231,7 @@ export async function exchange(deps: ExchangeDeps, call: ExchangeCall): Promise<
         await deny(err.reason, err.message, err.role ? { role: err.role } : {});
         return { ok: false, error: 'temporarily_unavailable', reason: err.reason };
       }
-      return deny(err.reason, err.message, err.role ? { role: err.role } : {});
+      return deny(err.reason, err.message, { ...(err.role ? { role: err.role } : {}), ...(err.presented ? { presented: err.presented } : {}) });
     }
     if (err instanceof StorageUnavailable || isStorageError(err)) {
       deps.logger.error({ err: (err as Error).message }, 'storage unavailable during exchange');

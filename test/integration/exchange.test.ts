@@ -222,7 +222,11 @@ describe('token exchange (docs/DESIGN.md example, PostgreSQL)', () => {
       const hop1 = await plannerToExecutor();
       const revoked = await t.post('/token/revocation', { token: hop1 }, basicAuth('planner-agent'));
       expect(revoked.status).toBe(200);
-      await expectDenied(t, await t.exchange('executor-agent', { subject_token: hop1, subject_token_type: AT, audience: PAYMENTS }), 'invalid_request', 'parent_revoked');
+      const again = await t.exchange('executor-agent', { subject_token: hop1, subject_token_type: AT, audience: PAYMENTS });
+      await expectDenied(t, again, 'invalid_request', 'parent_revoked');
+      // The record names the revoked token presented again, and whose it was.
+      const [denial] = await t.auditRows({ request_id: again.headers.get('x-request-id') });
+      expect(denial).toMatchObject({ parent_jti: decodeJwt(hop1).jti, subject: `${IDP}|alice` });
     });
     it('a Writ token presented as an actor token', async () => {
       const hop1 = await plannerToExecutor();
