@@ -72,6 +72,14 @@ function rootOf(subject: VerifiedSubject | undefined): string | null {
   return subject.kind === 'writ' ? `${subject.lineage.root.issuer}|${subject.lineage.root.sub}` : `${subject.issuer}|${subject.sub}`;
 }
 
+/** Whether the token a grant would mint is already covered by a revocation this instance knows. */
+function bornRevoked(revocations: RevocationState, grant: Grant): boolean {
+  return revocations.check({
+    jti: '', iat: grant.iat, taskId: grant.taskId, clients: grant.actors,
+    rootIssuer: grant.root.issuer, rootSubject: grant.root.sub, ruleId: grant.ruleId,
+  }) !== null;
+}
+
 /**
  * The token-exchange grant, free of HTTP: validate → decide → mint → record. Nothing leaves
  * unless its audit record committed; a database failure answers `temporarily_unavailable`.
@@ -138,8 +146,7 @@ export async function exchange(deps: ExchangeDeps, call: ExchangeCall): Promise<
     if (request.taskId !== undefined && deps.revocations.isTaskRevoked(request.taskId, root)) {
       throw new ExchangeDenied('task_revoked', 'the task has ended');
     }
-    const decisionStarted = performance.now();
-    const decision = decide(policy, {
+    const input = {
       now: call.now,
       selfIssuer: deps.issuer,
       maxTtl: deps.maxTtl,
@@ -147,10 +154,23 @@ export async function exchange(deps: ExchangeDeps, call: ExchangeCall): Promise<
       request,
       subject,
       ...(actor ? { actor } : {}),
-    });
+    };
+    const decisionStarted = performance.now();
+    let decision = decide(policy, input);
     deps.onDecision?.((performance.now() - decisionStarted) / 1000);
     if (!decision.ok) {
       return await deny(decision.reason, decision.detail, { ...(decision.ruleId ? { ruleId: decision.ruleId } : {}), steps: decision.steps });
+    }
+    if (bornRevoked(deps.revocations, decision.grant)) {
+      // A kill switch covers the whole second its time falls in (token times are whole seconds,
+      // so a token issued a moment before it cannot be told from one a moment after): a token
+      // minted in that second would be inactive as it left. Mint it in the next second instead.
+      await new Promise((resolve) => setTimeout(resolve, 1000 - (Date.now() % 1000)));
+      decision = decide(policy, { ...input, now: Math.floor(Date.now() / 1000) });
+      if (!decision.ok) {
+        return await deny(decision.reason, decision.detail, { ...(decision.ruleId ? { ruleId: decision.ruleId } : {}), steps: decision.steps });
+      }
+      if (bornRevoked(deps.revocations, decision.grant)) throw new ExchangeDenied('token_revoked', 'a kill switch covers the token this exchange would issue');
     }
     const { grant } = decision;
     const minted = await mint(grant, deps.issuer, call.clientId, deps.keys());
@@ -219,7 +239,7 @@ export async function exchange(deps: ExchangeDeps, call: ExchangeCall): Promise<
         access_token: minted.jwt,
         issued_token_type: TOKEN_TYPE_URN.access_token,
         token_type: 'Bearer',
-        expires_in: grant.exp - call.now,
+        expires_in: grant.exp - grant.iat,
         scope: grant.scopes.join(' '),
       },
     };

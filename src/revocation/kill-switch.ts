@@ -13,14 +13,16 @@ const FUTURE_SKEW_MS = 60_000;
 /**
  * A kill switch's `before` time. Marks only move forward (a later one for the same target wins),
  * so a time in the future would hold every token of the target inactive until then with no way
- * back: it must be an ISO 8601 time no later than now.
+ * back: it must be an ISO 8601 time no later than now. A time up to a minute ahead is a caller's
+ * clock running fast, and is taken as now: a mark never covers a token issued after it was set
+ * (but for the rest of its second, src/exchange/service.ts `bornRevoked`).
  */
 export function killSwitchTime(value: string | undefined, now = new Date()): Date | { error: string } {
   if (value === undefined) return now;
   const time = new Date(value);
   if (!ISO_TIME.test(value) || Number.isNaN(time.getTime())) return { error: 'before must be an ISO 8601 time, such as 2026-12-05T10:00:00Z' };
   if (time.getTime() > now.getTime() + FUTURE_SKEW_MS) return { error: 'before must not be in the future: a mark can never be moved back' };
-  return time;
+  return time.getTime() > now.getTime() ? now : time;
 }
 
 /**

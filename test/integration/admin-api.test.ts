@@ -293,6 +293,22 @@ describe('admin API, explain and kill switches', () => {
     expect(await t.introspect('executor-agent', fresh.body.access_token as string)).toMatchObject({ active: true });
     expect(await t.introspect('executor-agent', held.body.access_token as string)).toEqual({ active: false });
   });
+
+  it('an exchange in the second of a kill switch waits for the next: its token is not born revoked', async () => {
+    const revoker = await adminToken('ops-admin', adminSecret, 'writ:revoke');
+    const subjectToken = await userToken();
+    // Early in a second, so that the exchange below falls in the mark's second.
+    await nextSecond();
+    const marked = await admin('POST', '/revocations', revoker, { kind: 'client', value: 'planner-agent' });
+    expect(marked.status).toBe(201);
+    const covered = Math.ceil(new Date(marked.body.not_before as string).getTime() / 1000);
+    const res = await t.exchange('planner-agent', { subject_token: subjectToken, subject_token_type: AT, audience: EXECUTOR_AUD });
+    expect(res.status).toBe(200);
+    const token = res.body.access_token as string;
+    expect(decodeJwt(token).iat).toBeGreaterThanOrEqual(covered);
+    expect(res.body.expires_in).toBe(decodeJwt(token).exp! - decodeJwt(token).iat!);
+    expect(await t.introspect('executor-agent', token)).toMatchObject({ active: true });
+  });
 });
 
 /** Resolves once the clock is into the next whole second: token times are whole seconds. */
