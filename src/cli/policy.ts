@@ -1,11 +1,12 @@
 import { writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import type { Knex } from 'knex';
-import type { ApplyOutcome } from '../policy/apply.ts';
+import { emptinessWarnings, everyClientRemoved, type ApplyOutcome } from '../policy/apply.ts';
 import { formatDiff, type PolicyChange } from '../policy/diff.ts';
 import { formatIssue, loadPolicyDir, loadPolicyFiles, readPolicyDir, type LoadOptions, type PolicyFile, type PolicyIssue } from '../policy/load.ts';
 import { checkJwksUris } from '../policy/reachability.ts';
 import { formatReport, scopeCreepReport } from '../policy/report.ts';
+import type { PolicyDocument } from '../policy/model.ts';
 import { currentVersion } from '../policy/store.ts';
 import {
   applyPolicyFilesWithDiff, diffPolicyFiles, exportVersion, listVersions, rollbackTo, RollbackError, type VersionSummary,
@@ -20,7 +21,9 @@ const USAGE = `usage: writ policy <command>
 
   validate DIR                   check policy files (and whether each jwks_uri answers) without applying them
   diff DIR                       show what apply would change: objects, fields, rule order, secrets (changed or not, never the value)
-  apply DIR [-m MSG]             set DIR's policy as a new version, all or nothing, and print what changed
+  apply DIR [-m MSG] [--allow-empty]
+                                 set DIR's policy as a new version, all or nothing, and print what changed;
+                                 --allow-empty: even if it defines no clients and so removes every one
   export [--version N] [--out FILE]
                                  the current (or version N's) policy as YAML, without secrets
   history [--limit N]            versions, newest first: who applied each and why
@@ -54,6 +57,7 @@ export async function policyValidate(ctx: CliContext, dir: string): Promise<numb
   }
   const read = await readPolicyDir(dir);
   printIssues(ctx, await checkJwksUris(result.document, { timeoutMs: JWKS_CHECK_TIMEOUT_MS, ...(read.ok && { files: read.files }) }));
+  printIssues(ctx, emptinessWarnings(result.document));
   const d = result.document;
   ctx.out(`policy in ${dir} is valid: ${d.issuers.length} issuer(s), ${d.clients.length} client(s), ${d.audiences.length} audience(s), ${d.rules.length} rule(s)`);
   return 0;
@@ -126,7 +130,23 @@ function referencedEnv(files: PolicyFile[]): Record<string, string> {
 /** What an apply answers; a running server's answer may lack the diff. */
 type ApplyResponse = ApplyOutcome & { changes?: PolicyChange[] };
 
-export async function policyApply(ctx: CliContext, dir: string, message: string, options: { showDiff?: boolean } = {}): Promise<number> {
+/**
+ * Refuses (true) a policy that would remove every client the current policy defines, naming them:
+ * a directory of comments validates, and applying it deletes every client's stored secret.
+ */
+function refuseRemovingEveryClient(ctx: CliContext, dir: string, current: { version: number; clients: ReadonlyArray<{ client_id: string }> } | undefined, next: PolicyDocument): boolean {
+  const removed = everyClientRemoved(current, next);
+  if (removed.length === 0) return false;
+  const named = removed.length > 10 ? `${removed.slice(0, 10).join(', ')} and ${removed.length - 10} more` : removed.join(', ');
+  printIssues(ctx, [{
+    severity: 'error', path: '', code: 'removes_every_client',
+    message: `policy in ${dir} defines no clients: applying it would remove all ${removed.length} client(s) of policy version ${current!.version} (${named}) and delete their stored secrets, which a rollback does not restore`,
+  }]);
+  ctx.err(`policy not applied: to remove every client, run writ policy apply --allow-empty ${dir}`);
+  return true;
+}
+
+export async function policyApply(ctx: CliContext, dir: string, message: string, options: { showDiff?: boolean; allowEmpty?: boolean } = {}): Promise<number> {
   const read = await readPolicyDir(dir);
   if (!read.ok) {
     printIssues(ctx, read.errors);
@@ -144,10 +164,18 @@ export async function policyApply(ctx: CliContext, dir: string, message: string,
     return 1;
   }
   printIssues(ctx, await checkJwksUris(preview.document, { timeoutMs: JWKS_CHECK_TIMEOUT_MS, files }));
+  printIssues(ctx, emptinessWarnings(preview.document));
+  const mayEmpty = options.allowEmpty === true || preview.document.clients.length > 0;
 
   let outcome: ApplyResponse;
   const server = heldByServer(ctx);
   if (server) {
+    if (!mayEmpty) {
+      const res = await callServer(server, 'GET', '/admin/v1/policy/clients');
+      if (res.status !== 200) throw new Error(refusal('apply', res));
+      const current = { version: Number(res.body.version), clients: res.body.clients as Array<{ client_id: string }> };
+      if (refuseRemovingEveryClient(ctx, dir, current, preview.document)) return 1;
+    }
     const response = await fetch(`${server.url}/admin/v1/local/policy/apply`, {
       method: 'POST',
       headers: { authorization: `Bearer ${server.token}`, 'content-type': 'application/json' },
@@ -162,6 +190,12 @@ export async function policyApply(ctx: CliContext, dir: string, message: string,
     const db = await openDatabase({ databaseUrl: ctx.config.databaseUrl, dataDir: ctx.config.dataDir });
     try {
       await migrate(db);
+      // Read apart from the apply's own transaction: a guard against a mistaken directory, not
+      // against a concurrent apply.
+      if (!mayEmpty) {
+        const current = await currentVersion(db.knex);
+        if (refuseRemovingEveryClient(ctx, dir, current && { version: current.version, clients: current.document.clients }, preview.document)) return 1;
+      }
       // Client secrets are hashed under a key derived from WRIT_KEK: only under the database's own,
       // which the first keys stored fix (generated here on a new database, as a server would).
       await ensureSigningKeys(db.knex, deriveKeys(ctx.config.kek).keyEncryption);
@@ -310,8 +344,8 @@ export async function policyCommand(ctx: CliContext, argv: string[]): Promise<nu
       return policyDiff(ctx, onePositional(positionals, sub, 'directory'));
     }
     case 'apply': {
-      const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { message: { type: 'string', short: 'm' } } });
-      return policyApply(ctx, onePositional(positionals, sub, 'directory'), values.message ?? '');
+      const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { message: { type: 'string', short: 'm' }, 'allow-empty': { type: 'boolean' } } });
+      return policyApply(ctx, onePositional(positionals, sub, 'directory'), values.message ?? '', { allowEmpty: values['allow-empty'] ?? false });
     }
     case 'export': {
       const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { version: { type: 'string' }, out: { type: 'string', short: 'o' } } });

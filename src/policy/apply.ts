@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
 import { loadPolicyFiles, type LoadOptions, type PolicyFile, type PolicyIssue } from './load.ts';
+import type { PolicyDocument } from './model.ts';
 import { applyPolicy, PolicyApplyError, policyAppliedEvent } from './store.ts';
 
 export type ApplyOutcome =
@@ -36,4 +37,29 @@ export async function applyPolicyFiles(knex: Knex, files: PolicyFile[], options:
     }
     throw err;
   }
+}
+
+/**
+ * A policy without clients or rules is valid (a directory of comments loads as one) but is hardly
+ * ever meant: it shuts every agent out.
+ */
+export function emptinessWarnings(document: PolicyDocument): PolicyIssue[] {
+  const warnings: PolicyIssue[] = [];
+  if (document.clients.length === 0) {
+    warnings.push({ severity: 'warning', path: '', code: 'no_clients', message: 'the policy defines no clients: no agent or resource server can authenticate, and applying it removes every client the current policy defines' });
+  }
+  if (document.rules.length === 0) {
+    warnings.push({ severity: 'warning', path: '', code: 'no_rules', message: 'the policy defines no rules: every token exchange will be refused' });
+  }
+  return warnings;
+}
+
+/**
+ * The clients of the current policy that applying `next` would remove when it removes all of
+ * them, else none. Their stored secrets are deleted with them and no rollback restores those, so
+ * such an apply has to be asked for explicitly.
+ */
+export function everyClientRemoved(current: { clients: ReadonlyArray<{ client_id: string }> } | undefined, next: PolicyDocument): string[] {
+  if (!current || next.clients.length > 0) return [];
+  return current.clients.map((c) => c.client_id);
 }
