@@ -54,6 +54,36 @@ export interface DatabaseLog {
 const STATEMENT_TIMEOUT_MS = 2000;
 const UNANSWERED_LIMIT_MS = 2500;
 
+/**
+ * A message knex logs, fit for an operator's log: knex appends the error's stack to a failed
+ * connection ("Acquire connection error: Error: connect ECONNREFUSED …\n    at …"), which only
+ * buries the cause, and DATABASE_URL's password must not reach a log whatever a message quotes.
+ */
+export function knexLogLine(message: unknown, databaseUrl: string): string {
+  const text = message instanceof Error ? message.message : String(message);
+  let line = text.split('\n').filter((l) => !/^\s*at\s/.test(l)).map((l) => l.trim()).filter(Boolean).join(' ');
+  // A message may quote a connection string, this one or another, or the password alone.
+  line = line.replace(/(\b[a-z][a-z0-9+.-]*:\/\/[^/\s:@]*:)[^@\s]*@/gi, '$1***@');
+  let password = '';
+  try {
+    password = new URL(databaseUrl).password;
+  } catch {
+    // Not a URL (a libpq keyword string): nothing to take a password from here.
+  }
+  for (const form of new Set([password, safeDecode(password)])) {
+    if (form) line = line.split(form).join('***');
+  }
+  return line;
+}
+
+function safeDecode(s: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    return s;
+  }
+}
+
 /** Resolves once PostgreSQL answers `SELECT 1` on a connection of its own, within ~1 s. */
 async function answers(url: string): Promise<void> {
   // A rare statement (only while stalled), so pg's own per-statement timer is fine here.
@@ -77,9 +107,9 @@ async function openPostgres(url: string, poolMax: number, log: DatabaseLog, main
   });
   const knex = knexFactory({
     log: {
-      warn: (m: unknown) => log.warn(String(m)),
-      error: (m: unknown) => log.warn(String(m)),
-      deprecate: (m: unknown) => log.warn(String(m)),
+      warn: (m: unknown) => log.warn(knexLogLine(m, url)),
+      error: (m: unknown) => log.warn(knexLogLine(m, url)),
+      deprecate: (m: unknown) => log.warn(knexLogLine(m, url)),
       debug: () => undefined,
     },
     client: 'pg',

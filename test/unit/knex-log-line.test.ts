@@ -1,0 +1,22 @@
+import { describe, expect, it } from 'vitest';
+import { knexLogLine } from '../../src/store/db.ts';
+
+const URL = 'postgres://writ:s3cret%2Fpw@db.internal:5432/writ';
+
+describe('knexLogLine', () => {
+  it('keeps the message and drops the stack knex appends', () => {
+    const err = new Error('connect ECONNREFUSED 127.0.0.1:5999');
+    expect(knexLogLine(`Acquire connection error: ${err.stack}`, URL)).toBe('Acquire connection error: Error: connect ECONNREFUSED 127.0.0.1:5999');
+  });
+
+  it('never passes on the password of DATABASE_URL, written or decoded, or of any URL it quotes', () => {
+    const line = knexLogLine(`could not use ${URL}: password s3cret/pw (s3cret%2Fpw) refused; also postgres://other:hunter22@x/y`, URL);
+    expect(line).not.toContain('s3cret');
+    expect(line).not.toContain('hunter22');
+    expect(line).toBe('could not use postgres://writ:***@db.internal:5432/writ: password *** (***) refused; also postgres://other:***@x/y');
+  });
+
+  it('takes an Error as its message', () => {
+    expect(knexLogLine(new Error('Timeout acquiring a connection'), URL)).toBe('Timeout acquiring a connection');
+  });
+});
