@@ -9,7 +9,7 @@ import { applyPolicyFiles } from '../policy/apply.ts';
 import type { CompiledPolicy } from '../policy/compiled.ts';
 import type { AdminScope, PolicyDocument } from '../policy/model.ts';
 import { currentVersion, PolicyVersionMoved } from '../policy/store.ts';
-import { KILL_SWITCH_KINDS, killSwitch, killSwitchTime } from '../revocation/kill-switch.ts';
+import { KILL_SWITCH_KINDS, killSwitch, killSwitchTime, killSwitchWarnings } from '../revocation/kill-switch.ts';
 import type { KillSwitchKind } from '../revocation/revoke.ts';
 import { BodyError, readJsonBody } from '../http/json-body.ts';
 import { isPlainText } from '../store/text.ts';
@@ -261,8 +261,14 @@ export function adminRoutes(deps: AdminDeps): Middleware {
     const state = ctx.state as { requestId?: string; admin?: AdminCaller };
     const result = await killSwitch(deps.knex, { kind: kind as KillSwitchKind, value, notBefore, revokedBy: state.admin!.clientId, ...(state.requestId ? { requestId: state.requestId } : {}) });
     await deps.syncRevocations();
+    const policy = deps.policy();
+    const warnings = killSwitchWarnings({
+      clients: policy.clients.keys(),
+      rules: [...policy.rules.values()].flatMap((rules) => rules.map((r) => r.id)),
+      issuers: policy.issuers.keys(),
+    }, kind as KillSwitchKind, value);
     ctx.status = 201;
-    ctx.body = { kind, value, not_before: notBefore.toISOString(), tokens_revoked_by_jti: result.tokens };
+    ctx.body = { kind, value, not_before: notBefore.toISOString(), tokens_revoked_by_jti: result.tokens, ...(warnings.length > 0 ? { warnings } : {}) };
   });
 
   registerKeyRoutes(router, helpers, deps.keys);

@@ -1,8 +1,8 @@
 import { parseArgs } from 'node:util';
 import { ADMIN_SCOPES, bootstrapAdmin } from '../admin/bootstrap.ts';
 import type { AdminScope } from '../policy/model.ts';
-import { PolicyApplyError } from '../policy/store.ts';
-import { KILL_SWITCH_KINDS, killSwitch, killSwitchTime } from '../revocation/kill-switch.ts';
+import { PolicyApplyError, currentVersion, loadBootstrapAdmins } from '../policy/store.ts';
+import { KILL_SWITCH_KINDS, killSwitch, killSwitchTime, killSwitchWarnings } from '../revocation/kill-switch.ts';
 import type { KillSwitchKind } from '../revocation/revoke.ts';
 import { deriveKeys } from '../tokens/kek.ts';
 import { ensureSigningKeys } from '../tokens/signing-keys.ts';
@@ -80,13 +80,24 @@ export async function revokeCommand(ctx: CliContext, argv: string[]): Promise<nu
   const notBefore = killSwitchTime(values.before);
   if (!(notBefore instanceof Date)) throw new UsageError(`--before: ${notBefore.error}`);
   const by = cliActor();
-  const tokens = await onDatabaseOrServer(ctx,
-    async (knex) => (await killSwitch(knex, { kind, value, notBefore, revokedBy: by })).tokens,
+  const { tokens, warnings } = await onDatabaseOrServer(ctx,
+    async (knex) => {
+      const { tokens: revoked } = await killSwitch(knex, { kind, value, notBefore, revokedBy: by });
+      const document = (await currentVersion(knex))?.document;
+      const admins = await loadBootstrapAdmins(knex);
+      const known = {
+        clients: [...(document?.clients ?? []), ...admins].map((c) => c.client_id),
+        rules: (document?.rules ?? []).map((r) => r.id),
+        issuers: (document?.issuers ?? []).map((i) => i.issuer),
+      };
+      return { tokens: revoked, warnings: killSwitchWarnings(known, kind, value) };
+    },
     async (server) => {
       const res = await callServer(server, 'POST', '/admin/v1/revocations', { kind, value, before: notBefore.toISOString() });
       if (res.status !== 201) throw new UsageError(String(res.body.error_description ?? `HTTP ${res.status}`));
-      return Number(res.body.tokens_revoked_by_jti ?? 0);
+      return { tokens: Number(res.body.tokens_revoked_by_jti ?? 0), warnings: Array.isArray(res.body.warnings) ? res.body.warnings.map(String) : [] };
     });
+  for (const warning of warnings) ctx.err(`warning: ${warning}`);
   ctx.out(`revoked every token of ${kind} ${value} issued before ${notBefore.toISOString()}${kind === 'rule' ? ` (${tokens} live token(s) and their descendants)` : ''}`);
   return 0;
 }

@@ -161,16 +161,20 @@ export async function exchange(deps: ExchangeDeps, call: ExchangeCall): Promise<
     if (!decision.ok) {
       return await deny(decision.reason, decision.detail, { ...(decision.ruleId ? { ruleId: decision.ruleId } : {}), steps: decision.steps });
     }
-    if (bornRevoked(deps.revocations, decision.grant)) {
-      // A kill switch covers the whole second its time falls in (token times are whole seconds,
-      // so a token issued a moment before it cannot be told from one a moment after): a token
-      // minted in that second would be inactive as it left. Mint it in the next second instead.
-      await new Promise((resolve) => setTimeout(resolve, 1000 - (Date.now() % 1000)));
+    // A kill switch covers the whole second its time falls in (token times are whole seconds,
+    // so a token issued a moment before it cannot be told from one a moment after): a token
+    // minted in that second would be inactive as it left. Mint it in the next second instead.
+    // A mark is never later than when it was set, so this waits at most until the second after
+    // the one this exchange began in.
+    for (let waits = 0; bornRevoked(deps.revocations, decision.grant); waits += 1) {
+      if (waits === 2) throw new ExchangeDenied('token_revoked', 'a kill switch covers the token this exchange would issue');
+      // (A timer may fire a little before the wall clock gets there: libuv times from its loop's cached now.)
+      const next = (decision.grant.iat + 1) * 1000;
+      while (Date.now() < next) await new Promise((resolve) => setTimeout(resolve, next - Date.now() + 1));
       decision = decide(policy, { ...input, now: Math.floor(Date.now() / 1000) });
       if (!decision.ok) {
         return await deny(decision.reason, decision.detail, { ...(decision.ruleId ? { ruleId: decision.ruleId } : {}), steps: decision.steps });
       }
-      if (bornRevoked(deps.revocations, decision.grant)) throw new ExchangeDenied('token_revoked', 'a kill switch covers the token this exchange would issue');
     }
     const { grant } = decision;
     const minted = await mint(grant, deps.issuer, call.clientId, deps.keys());

@@ -25,6 +25,25 @@ export function killSwitchTime(value: string | undefined, now = new Date()): Dat
   return time.getTime() > now.getTime() ? now : time;
 }
 
+/** The names a kill switch can target in the current policy, to tell a typo from a real target. */
+export interface KnownTargets {
+  clients: Iterable<string>;
+  rules: Iterable<string>;
+  issuers: Iterable<string>;
+}
+
+/**
+ * Warnings for a kill switch whose target the current policy does not name. The mark is still
+ * set: a client or rule removed from policy may have live tokens, and subjects are not listed
+ * anywhere. But in an emergency a mistyped id must not look like it worked.
+ */
+export function killSwitchWarnings(known: KnownTargets, kind: KillSwitchKind, value: string): string[] {
+  const names = kind === 'client' ? known.clients : kind === 'rule' ? known.rules : kind === 'issuer' ? known.issuers : undefined;
+  if (names === undefined) return [];
+  for (const name of names) if (name === value) return [];
+  return [`no ${kind} "${value}" in the current policy: check the ${kind === 'issuer' ? 'issuer' : 'id'}; the mark covers only tokens issued for it before, if there were any`];
+}
+
 /**
  * Sets a revoke-before mark and records it. A rule mark cannot be checked from a token's claims
  * (tokens do not name their rule), so the live tokens that rule granted before the mark, and

@@ -212,6 +212,11 @@ describe('admin API, explain and kill switches', () => {
     expect(await t.introspect('executor-agent', hop1.body.access_token as string)).toMatchObject({ active: true });
     const [event] = await t.auditRows({ type: 'kill_switch' });
     expect(event).toMatchObject({ client_id: 'ops-admin', outcome: 'revoked' });
+    expect(res.body.warnings).toBeUndefined();
+    // A mistyped id is still marked, but not silently.
+    const typo = await admin('POST', '/revocations', revoker, { kind: 'client', value: 'executer-agent' });
+    expect(typo.status).toBe(201);
+    expect(typo.body.warnings).toEqual([expect.stringContaining('no client "executer-agent" in the current policy')]);
   });
 
   it('a kill switch and a client’s disabling hold at this instance from their answer, without the feed', async () => {
