@@ -70,6 +70,38 @@ function namedClient(ctx: Koa.Context): string | undefined {
   return (ctx as { oidc?: { client?: { clientId?: string } } }).oidc?.client?.clientId;
 }
 
+/** The path the client called: task revocation runs under the revocation route's path. */
+function calledPath(ctx: Koa.Context): string {
+  return (ctx.state as Record<string, unknown>)[TASK_FLAG] ? '/task/revocation' : ctx.path;
+}
+
+/**
+ * oidc-provider's 400 invalid_request descriptions for an `Authorization` header it could not
+ * read as client_secret_basic (lib/shared/client_auth.js): another scheme, not base64, no colon,
+ * credentials not form-encoded, an empty secret.
+ */
+const UNREADABLE_BASIC = new Set([
+  'invalid authorization header value format',
+  'client_id and client_secret in the authorization header are not properly encoded',
+  'client_secret must be provided in the Authorization header',
+]);
+
+/**
+ * Whether the request offered any client credential: an `Authorization` header, a client
+ * attestation, or a non-empty `client_secret` or a `client_assertion` in the body. A bare
+ * `client_id` is not one: RFC 6749 §2.3 has the client authenticate with a password or
+ * another credential, and the identifier alone proves nothing.
+ */
+function offeredCredential(ctx: Koa.Context): boolean {
+  const headers = ctx.headers;
+  if (headers.authorization !== undefined || headers['oauth-client-attestation'] !== undefined || headers['oauth-client-attestation-pop'] !== undefined) return true;
+  const body = (ctx.request as { body?: unknown }).body;
+  if (!Buffer.isBuffer(body)) return false;
+  const form = querystring.parse(body.toString());
+  // The provider's own test: an empty client_secret is none, any client_assertion is one.
+  return Boolean(form.client_secret) || form.client_assertion !== undefined;
+}
+
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,64}$/;
 const POST_ONLY = new Set<string>([ROUTES.token, ROUTES.introspection, ROUTES.revocation, '/task/revocation']);
 /** Endpoints where clients authenticate (task revocation runs through the revocation route). */
@@ -179,7 +211,8 @@ export function createApp(deps: AppDeps): Koa {
       deps.logger.info({
         requestId,
         method: ctx.method,
-        path: ctx.path,
+        // The path the client used, not the route a task revocation is run through.
+        path: calledPath(ctx),
         status: ctx.status,
         ms: Math.round((performance.now() - started) * 100) / 100,
         client: namedClient(ctx),
@@ -255,7 +288,7 @@ export function createApp(deps: AppDeps): Koa {
       requestId: state.requestId as string,
       clientId,
       details: {
-        endpoint: (ctx.state as Record<string, unknown>)[TASK_FLAG] ? '/task/revocation' : ctx.path,
+        endpoint: calledPath(ctx),
         error: body?.error ?? null, source_ip: ctx.ip, authenticated: clientId !== null,
         ...(clientId === null && claimed ? { claimed_client_id: claimed } : {}),
       },
@@ -273,23 +306,6 @@ export function createApp(deps: AppDeps): Koa {
     }
   });
 
-  // RFC 6749 §5.2: a request with no client authentication at all is `invalid_client` (401),
-  // which oidc-provider answers as a 400 invalid_request.
-  app.use(async (ctx, next) => {
-    await next();
-    const body = ctx.body as { error?: string; error_description?: string } | undefined;
-    // RFC 6749 §5.2: a grant type the client may not use is `unauthorized_client`.
-    if (ctx.status === 400 && body?.error === 'invalid_request' && body.error_description === 'requested grant type is not allowed for this client') {
-      ctx.body = { error: 'unauthorized_client', error_description: 'this client may not use this grant type' };
-      return;
-    }
-    if (ctx.status === 400 && body?.error === 'invalid_request' && body.error_description === 'no client authentication mechanism provided') {
-      ctx.status = 401;
-      ctx.set('WWW-Authenticate', 'Basic realm="writ"');
-      ctx.body = { error: 'invalid_client', error_description: 'client authentication is required' };
-    }
-  });
-
   const tally = new RefusalTally(deps.auditQueue);
   const hold = new RefusalHold();
   // Failed client authentications are limited per claimed client id from one source address, and
@@ -301,7 +317,7 @@ export function createApp(deps: AppDeps): Koa {
     const state = ctx.state as Record<string, unknown>;
     state.writAudited = true;
     state.writReason = reason;
-    tally.add(reason, claimed ?? null, ctx.ip, ctx.path, state.requestId as string);
+    tally.add(reason, claimed ?? null, ctx.ip, calledPath(ctx), state.requestId as string);
     // A caller back before its Retry-After gets this refusal only then (src/http/refusal-hold.ts).
     const plan = deps.draining() ? 0 : hold.plan(`${key}\n${ctx.ip}`, rate.retryAfter);
     if (plan === 'close') ctx.set('Connection', 'close');
@@ -330,13 +346,65 @@ export function createApp(deps: AppDeps): Koa {
       if (!rate.ok) return refuseLimited(ctx, key, rate, reason, claimed);
     }
     await next();
-    // A refusal by client authentication: every 401, and the provider's 400s for a client it
-    // found but did not authenticate (two mechanisms at once, say).
+    // A refusal by client authentication: every 401 (an unreadable `Authorization` header
+    // included: the remap below runs before this line), and the provider's 400s for a client it
+    // found but did not authenticate (two mechanisms at once, say). A request that offered no
+    // credential at all guesses no secret, and a client that waits for the challenge before it
+    // sends its credentials must not spend its address's budget doing so.
     const found = namedClient(ctx);
-    if (ctx.status === 401 || (ctx.status >= 400 && ctx.status < 500 && found !== undefined && !clientAuthenticated(ctx))) {
+    const uncredentialed = (ctx.state as Record<string, unknown>).writNoCredential === true;
+    if (!uncredentialed && (ctx.status === 401 || (ctx.status >= 400 && ctx.status < 500 && found !== undefined && !clientAuthenticated(ctx)))) {
       const client = claimed ?? found;
       deps.limiter.spend(addressKey(ctx.ip), perAddress);
       if (client) deps.limiter.spend(clientKey(client, ctx.ip), limit);
+    }
+  });
+
+  // Client authentication refusals as RFC 6749 §5.2 has them, which oidc-provider answers
+  // otherwise. Inside the failure limiter and the audit above: both see the final answer.
+  const challenge = (description: string): string => {
+    // oidc-provider's own challenge for a failed Basic header (lib/helpers/append_www_authenticate.js),
+    // so that every Basic challenge Writ sends reads alike.
+    const quoted = (value: string): string => `"${value.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`;
+    return `Basic realm=${quoted(deps.provider.issuer)}, error="invalid_client", error_description=${quoted(description)}`;
+  };
+  app.use(async (ctx, next) => {
+    await next();
+    if (!AUTHENTICATED.has(ctx.path)) return;
+    const body = ctx.body as { error?: string; error_description?: string } | undefined;
+    if (ctx.status === 400 && body?.error === 'invalid_request') {
+      // RFC 6749 §5.2: a grant type the client may not use is `unauthorized_client`.
+      if (body.error_description === 'requested grant type is not allowed for this client') {
+        ctx.body = { error: 'unauthorized_client', error_description: 'this client may not use this grant type' };
+        return;
+      }
+      // RFC 6749 §5.2 invalid_client: "Client authentication failed (e.g., unknown client, no
+      // client authentication included, or unsupported authentication method)."
+      if (body.error_description === 'no client authentication mechanism provided') {
+        (ctx.state as Record<string, unknown>).writNoCredential = true;
+        ctx.status = 401;
+        ctx.body = { error: 'invalid_client', error_description: 'client authentication is required' };
+        ctx.set('WWW-Authenticate', challenge(ctx.body.error_description));
+        return;
+      }
+      // "If the client attempted to authenticate via the "Authorization" request header field,
+      // the authorization server MUST respond with an HTTP 401 (Unauthorized) status code and
+      // include the "WWW-Authenticate" response header field matching the authentication scheme
+      // used by the client." Any scheme other than Basic is an unsupported method; the answer's
+      // challenge names the one Writ supports. Two mechanisms at once stay invalid_request.
+      if (ctx.headers.authorization !== undefined && UNREADABLE_BASIC.has(body.error_description ?? '')) {
+        ctx.status = 401;
+        ctx.body = { error: 'invalid_client', error_description: 'client authentication failed' };
+        ctx.set('WWW-Authenticate', challenge(ctx.body.error_description));
+        return;
+      }
+    }
+    // A bare client_id is no client authentication either (offeredCredential): oidc-provider
+    // refuses it 401 without a challenge, which it sends only for a failed Authorization header.
+    // A failed client_secret_post or private_key_jwt gets none.
+    if (ctx.status === 401 && body?.error === 'invalid_client' && !ctx.response.get('WWW-Authenticate') && !offeredCredential(ctx)) {
+      (ctx.state as Record<string, unknown>).writNoCredential = true;
+      ctx.set('WWW-Authenticate', challenge(body.error_description ?? 'client authentication failed'));
     }
   });
 
@@ -346,7 +414,7 @@ export function createApp(deps: AppDeps): Koa {
     state.writReason = 'invalid_parameter';
     deps.auditQueue.enqueue({
       type: 'token_endpoint.rejected', outcome: 'rejected', reason: 'invalid_parameter', requestId: state.requestId as string,
-      details: { endpoint: ctx.path, detail: why, source_ip: ctx.ip },
+      details: { endpoint: calledPath(ctx), detail: why, source_ip: ctx.ip },
     });
     ctx.status = 400;
     ctx.body = { error: 'invalid_request', error_description: 'the request body is not acceptable' };

@@ -199,14 +199,54 @@ describe('protocol abuse over HTTP', () => {
     it.each(['payment.read  payment.transfer', ' payment.read', 'payment.read '])('a scope %j outside RFC 6749 §3.3 syntax → invalid_scope / invalid_parameter', async (scope) => {
       await refused(async () => t.post('/token', { ...(await base()), scope }, planner()), 'invalid_scope', 'invalid_parameter');
     });
-    it('Basic credentials with an empty secret → invalid_request / missing_parameter', async () => {
-      await refused(async () => t.post('/token', await base(), basicAuth('planner-agent', '')), 'invalid_request', 'missing_parameter');
+    // RFC 6749 §5.2: "If the client attempted to authenticate via the "Authorization" request
+    // header field, the authorization server MUST respond with an HTTP 401 (Unauthorized) status
+    // code and include the "WWW-Authenticate" response header field". oidc-provider answers
+    // these 400 invalid_request; Writ answers them 401, counted and audited as failures.
+    const challenge = (description: string): string => `Basic realm="${t.issuer}", error="invalid_client", error_description="${description}"`;
+    it.each<[string, string]>([
+      ['an empty secret', basicAuth('planner-agent', '')],
+      ['not base64', 'Basic !!!'],
+      ['no colon', `Basic ${Buffer.from('no-colon').toString('base64')}`],
+      ['credentials not form-encoded', `Basic ${Buffer.from('planner-agent:%zz').toString('base64')}`],
+      ['a Bearer token', 'Bearer abc'],
+      ['Basic with nothing after it', 'Basic'],
+      ['three parts', 'Basic a b'],
+      ['another scheme', 'Digest username="planner-agent"'],
+      ['an empty header', ''],
+    ])('an Authorization header with %s → 401 invalid_client / client_auth_failed, with the Basic challenge', async (_name, auth) => {
+      for (const path of ENDPOINTS) {
+        const form = path === '/token' ? await base() : path === '/task/revocation' ? { task_id: 't-1' } : { token: 'x' };
+        const res = await refused(async () => t.post(path, form, undefined, { authorization: auth }), 'invalid_client', 'client_auth_failed');
+        expect([path, res.headers.get('www-authenticate')]).toEqual([path, challenge('client authentication failed')]);
+      }
     });
-    it.each(['Basic !!!', `Basic ${Buffer.from('no-colon').toString('base64')}`, 'Bearer abc', 'Basic', 'Digest username="planner-agent"'])(
-      'a malformed Authorization header %j → invalid_request', async (auth) => {
-        await refused(async () => t.post('/token', await base(), auth), 'invalid_request', 'invalid_parameter');
-      },
-    );
+    it('two mechanisms at once stay invalid_request / duplicate_parameter, without a challenge', async () => {
+      const res = await refused(async () => t.post('/token', { ...(await base()), client_id: 'planner-agent', client_secret: 'x' }, planner()), 'invalid_request', 'duplicate_parameter');
+      expect(res.headers.get('www-authenticate')).toBeNull();
+    });
+    it('every Basic challenge reads alike: no credentials, a bare client_id, a wrong Basic secret', async () => {
+      const none = await refused(async () => t.post('/token', await base()), 'invalid_client', 'client_auth_failed');
+      expect(none.headers.get('www-authenticate')).toBe(challenge('client authentication is required'));
+      // RFC 6749 §2.3: a client_id alone is no client authentication.
+      for (const client_id of ['planner-agent', 'nobody']) {
+        const bare = await refused(async () => t.post('/token', { ...(await base()), client_id }), 'invalid_client', 'client_auth_failed');
+        expect([client_id, bare.headers.get('www-authenticate')]).toEqual([client_id, challenge('client authentication failed')]);
+      }
+      const wrong = await refused(async () => t.post('/token', await base(), basicAuth('planner-agent', 'y'.repeat(43))), 'invalid_client', 'client_auth_failed');
+      expect(wrong.headers.get('www-authenticate')).toBe(challenge('client authentication failed'));
+    });
+    it('a failed client_secret_post or client assertion gets no challenge (RFC 6749 §5.2)', async () => {
+      const post = await refused(async () => t.post('/token', { ...(await base()), client_id: 'planner-agent', client_secret: 'y'.repeat(43) }), 'invalid_client', 'client_auth_failed');
+      expect(post.headers.get('www-authenticate')).toBeNull();
+      const header = Buffer.from(JSON.stringify({ alg: 'ES256' })).toString('base64url');
+      const claims = Buffer.from(JSON.stringify({ iss: 'planner-agent', sub: 'planner-agent', aud: t.issuer, exp: Math.floor(Date.now() / 1000) + 60, jti: randomBytes(8).toString('hex') })).toString('base64url');
+      const assertion = await t.post('/token', {
+        ...(await base()), client_assertion_type: 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer', client_assertion: `${header}.${claims}.c2ln`,
+      });
+      expect({ status: assertion.status, error: assertion.body.error }).toEqual({ status: 401, error: 'invalid_client' });
+      expect(assertion.headers.get('www-authenticate')).toBeNull();
+    });
   });
 
   // -------------------------------------------------------------------------------------------

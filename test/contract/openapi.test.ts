@@ -595,6 +595,9 @@ describe('openapi.yaml against a running Writ', () => {
   it('answers every other method on a documented path as the path says (405 with its Allow, or 404)', async () => {
     // Admin routes authenticate before they route: probe them with a token that may do anything.
     const bearer = `Bearer ${await adminToken()}`;
+    // Writ answers every such 404 as JSON, OPTIONS at the provider's paths included (it used to
+    // be the provider's plain text): the document offers no other body for one.
+    expect(Object.keys(spec.components.responses.NotFound!.content as Json)).toEqual(['application/json']);
     for (const [p, item] of Object.entries(spec.paths)) {
       if (!onMainListener(p)) continue;
       const auth = p.startsWith('/admin/v1/') ? { auth: bearer } : {};
@@ -768,13 +771,25 @@ describe('openapi.yaml against a running Writ', () => {
       ['client credentials for an agent', { grant_type: 'client_credentials' }, basicAuth('planner-agent'), 400, 'unauthorized_client'],
       ['client credentials with a resource', { grant_type: 'client_credentials', scope: 'writ:policy.read', resource: PAYMENTS }, adminAuth, 400, 'invalid_target'],
       ['no client authentication', { ...base, audience: PAYMENTS }, undefined, 401, 'invalid_client'],
+      ['a bare client_id', { ...base, audience: PAYMENTS, client_id: 'planner-agent' }, undefined, 401, 'invalid_client'],
       ['a wrong secret', { ...base, audience: PAYMENTS }, basicAuth('planner-agent', 'x'.repeat(40)), 401, 'invalid_client'],
+      ['a non-Basic Authorization scheme', { ...base, audience: PAYMENTS }, 'Bearer abc', 401, 'invalid_client'],
+      ['a Basic header that is not base64', { ...base, audience: PAYMENTS }, 'Basic !!!', 401, 'invalid_client'],
+      ['a Basic header with an empty secret', { ...base, audience: PAYMENTS }, basicAuth('planner-agent', ''), 401, 'invalid_client'],
+      ['a Basic header with a secret not form-encoded', { ...base, audience: PAYMENTS }, `Basic ${Buffer.from('planner-agent:%zz').toString('base64')}`, 401, 'invalid_client'],
+      ['two client authentication mechanisms', { ...base, audience: PAYMENTS, client_id: 'planner-agent', client_secret: 'x' }, basicAuth('planner-agent'), 400, 'invalid_request'],
     ];
     for (const [label, form, auth, status, error] of cases) {
       const answer = expectDocumented('/token', 'post', await send('POST', '/token', { form, ...(auth ? { auth } : {}) }));
       expect([answer.status, (answer.body as Json).error], label).toEqual([status, error]);
-      if (status === 401) expect(answer.headers.get('www-authenticate'), label).toMatch(/^Basic /);
+      // One challenge for every Basic refusal: the provider's, realm the issuer.
+      const description = label === 'no client authentication' ? 'client authentication is required' : 'client authentication failed';
+      expect(answer.headers.get('www-authenticate'), label)
+        .toBe(status === 401 ? `Basic realm="${t.issuer}", error="invalid_client", error_description="${description}"` : null);
     }
+    // A failed client_secret_post is answered without a challenge (RFC 6749 §5.2).
+    const post = expectDocumented('/token', 'post', await send('POST', '/token', { form: { ...base, audience: PAYMENTS, client_id: 'planner-agent', client_secret: 'x'.repeat(40) } }));
+    expect([post.status, (post.body as Json).error, post.headers.get('www-authenticate')]).toEqual([401, 'invalid_client', null]);
     // The scopes the admin does not hold are named back (RFC 6749 §5.2 allows more members).
     const reader = await bootstrapAdmin(t.writ.db.knex, { clientId: 'openapi-reader', scopes: ['writ:policy.read'], secretKey: t.writ.derived.clientSecret, by: 'test' });
     await t.writ.policy.reload();

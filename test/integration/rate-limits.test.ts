@@ -120,6 +120,43 @@ describe('rate limits', () => {
     expect((await t.post('/token/introspection', { token: 'x' }, basicAuth('payments-api'), from('203.0.113.9'))).status).toBe(429);
   });
 
+  it('an Authorization header the provider cannot read is a failed authentication: 401, and it spends the budget', async () => {
+    // An empty secret names the client: its bucket for this address empties after the burst.
+    const empty = `Basic ${Buffer.from('payments-api:').toString('base64')}`;
+    const statuses: number[] = [];
+    for (let i = 0; i < 6; i++) statuses.push((await t.post('/token/introspection', { token: 'x' }, empty, from('203.0.113.12'))).status);
+    expect(statuses).toEqual([401, 401, 401, 401, 401, 429]);
+    expect((await t.post('/token/introspection', { token: 'x' }, basicAuth('payments-api'), from('203.0.113.12'))).status).toBe(429);
+    // The refusal is recorded at the endpoint the client called, task revocation included
+    // (which runs through the revocation route).
+    // (The bucket refills meanwhile: a 401 may come first, and spends what refilled.)
+    let task = await t.post('/task/revocation', { task_id: 't-1' }, empty, from('203.0.113.12'));
+    for (let i = 0; i < 5 && task.status === 401; i++) task = await t.post('/task/revocation', { task_id: 't-1' }, empty, from('203.0.113.12'));
+    expect(task.status).toBe(429);
+    expect((await t.auditRows({ request_id: task.headers.get('x-request-id') })).map((r) => [r.reason, (r.details as { endpoint: string }).endpoint]))
+      .toEqual([['auth_rate_limited', '/task/revocation']]);
+    const rows = await t.auditRows({ reason: 'client_auth_failed' });
+    expect(rows.filter((r) => (r.details as { source_ip?: string; endpoint: string }).source_ip === '203.0.113.12' && (r.details as { endpoint: string }).endpoint === '/token/introspection')).toHaveLength(5);
+    // Another scheme names nobody: the address's own budget (ten times the burst) runs out.
+    const others: number[] = [];
+    const started = performance.now();
+    while (others.length < 200 && !others.includes(429)) others.push((await t.post('/token/introspection', { token: 'x' }, 'Bearer abc', from('203.0.113.13'))).status);
+    const refilled = Math.ceil(((performance.now() - started) / 1000) * 5);
+    expect(others.indexOf(429)).toBeGreaterThanOrEqual(50);
+    expect(others.indexOf(429)).toBeLessThanOrEqual(50 + refilled);
+    expect(others.slice(0, others.indexOf(429)).every((s) => s === 401)).toBe(true);
+  });
+
+  it('a request that offers no credential spends nothing: a client may wait for the challenge', async () => {
+    for (let i = 0; i < 60; i++) {
+      const form: Record<string, string> = i % 2 === 0 ? { token: 'x' } : { token: 'x', client_id: 'payments-api' };
+      const res = await t.post('/token/introspection', form, undefined, from('203.0.113.14'));
+      expect([i, res.status, res.headers.get('www-authenticate')]).toEqual([i, 401, expect.stringMatching(/^Basic realm=/)]);
+    }
+    const own = await t.post('/token/introspection', { token: 'x' }, basicAuth('payments-api'), from('203.0.113.14'));
+    expect({ status: own.status, body: own.body }).toEqual({ status: 200, body: { active: false } });
+  });
+
   it('a client the provider names but does not authenticate spends the failure budget too', async () => {
     // Two mechanisms at once (an attestation header beside a client_id): the provider's 400.
     const claims = Buffer.from(JSON.stringify({ sub: 'executor-agent' })).toString('base64url');
