@@ -135,7 +135,10 @@ export async function demo(ctx: CliContext, options: { exit: boolean }): Promise
     print(`6. planner-agent revokes its own token (${revoked.status}); payments-api introspects the executor's again → ${JSON.stringify(after.body)}`);
     print('   Revoking a token revokes everything derived from it.\n');
     if (options.exit) return 0;
-    print(`Writ keeps serving at ${url}. Discovery: ${url}/.well-known/oauth-authorization-server — Ctrl-C to stop.`);
+    // RFC 8414 §3.3: "The "issuer" value returned MUST be identical to the authorization
+    // server's issuer identifier value into which the well-known URI string was inserted": the
+    // discovery URL a reader is given is the issuer's, not the address the demo listens on.
+    print(`Writ keeps serving at ${url}. Discovery: ${config.issuer}/.well-known/oauth-authorization-server — Ctrl-C to stop.`);
     // A token of alice's for the reader to exchange by hand; the secrets stay in their file.
     const aliceFile = path.join(config.dataDir, 'demo-alice.jwt');
     writeFileSync(aliceFile, `${await aliceToken(state.issuerKey, config.issuer)}\n`, { mode: 0o600 });

@@ -64,6 +64,10 @@ describe('the writ command', () => {
       expect(res.status).toBe(200);
       expect(((await res.json()) as { scope: string }).scope).toBe('payment.read');
       expect(out).not.toContain(secret);
+      // RFC 8414 §3.3: the printed discovery URL is the issuer's own, which its metadata names.
+      const discovery = /Discovery: (\S+)/.exec(out)![1]!;
+      const metadata = await (await fetch(discovery)).json() as { issuer: string };
+      expect(`${metadata.issuer}/.well-known/oauth-authorization-server`).toBe(discovery);
     } finally {
       child.kill('SIGINT');
     }
