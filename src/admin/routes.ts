@@ -268,7 +268,7 @@ export function adminRoutes(deps: AdminDeps): Middleware {
       issuers: policy.issuers.keys(),
     }, kind as KillSwitchKind, value);
     ctx.status = 201;
-    ctx.body = { kind, value, not_before: notBefore.toISOString(), tokens_revoked_by_jti: result.tokens, ...(warnings.length > 0 ? { warnings } : {}) };
+    ctx.body = { kind, value, not_before: result.notBefore.toISOString(), tokens_revoked_by_jti: result.tokens, ...(warnings.length > 0 ? { warnings } : {}) };
   });
 
   registerKeyRoutes(router, helpers, deps.keys);

@@ -72,12 +72,12 @@ function rootOf(subject: VerifiedSubject | undefined): string | null {
   return subject.kind === 'writ' ? `${subject.lineage.root.issuer}|${subject.lineage.root.sub}` : `${subject.issuer}|${subject.sub}`;
 }
 
-/** Whether the token a grant would mint is already covered by a revocation this instance knows. */
-function bornRevoked(revocations: RevocationState, grant: Grant): boolean {
+/** Why the token a grant would mint is already inactive by a revocation this instance knows, if it is. */
+function bornRevoked(revocations: RevocationState, grant: Grant): 'token_revoked' | 'task_revoked' | null {
   return revocations.check({
     jti: '', iat: grant.iat, taskId: grant.taskId, clients: grant.actors,
     rootIssuer: grant.root.issuer, rootSubject: grant.root.sub, ruleId: grant.ruleId,
-  }) !== null;
+  });
 }
 
 /**
@@ -164,14 +164,21 @@ export async function exchange(deps: ExchangeDeps, call: ExchangeCall): Promise<
     // A kill switch covers the whole second its time falls in (token times are whole seconds,
     // so a token issued a moment before it cannot be told from one a moment after): a token
     // minted in that second would be inactive as it left. Mint it in the next second instead.
-    // A mark is never later than when it was set, so this waits at most until the second after
-    // the one this exchange began in.
-    for (let waits = 0; bornRevoked(deps.revocations, decision.grant); waits += 1) {
+    // A mark is no later than the database's clock when it was set, so one wait normally does;
+    // a second covers a mark set after this exchange began, in the second after.
+    const deadline = performance.now() + 2_500;
+    for (let waits = 0; ; waits += 1) {
+      const covered = bornRevoked(deps.revocations, decision.grant);
+      if (covered === null) break;
+      if (covered === 'task_revoked') throw new ExchangeDenied('task_revoked', 'the task has ended');
       if (waits === 2) throw new ExchangeDenied('token_revoked', 'a kill switch covers the token this exchange would issue');
-      // (A timer may fire a little before the wall clock gets there: libuv times from its loop's cached now.)
+      // On the wall clock (a timer may fire a little before it gets there: libuv times from its
+      // loop's cached now), bounded in case the clock is stepped back meanwhile.
       const next = (decision.grant.iat + 1) * 1000;
-      while (Date.now() < next) await new Promise((resolve) => setTimeout(resolve, next - Date.now() + 1));
-      decision = decide(policy, { ...input, now: Math.floor(Date.now() / 1000) });
+      while (Date.now() < next && performance.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, Math.min(next - Date.now(), deadline - performance.now()) + 1));
+      }
+      decision = decide(policy, { ...input, now: Math.max(decision.grant.iat + 1, Math.floor(Date.now() / 1000)) });
       if (!decision.ok) {
         return await deny(decision.reason, decision.detail, { ...(decision.ruleId ? { ruleId: decision.ruleId } : {}), steps: decision.steps });
       }

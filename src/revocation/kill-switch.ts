@@ -2,7 +2,7 @@ import type { Knex } from 'knex';
 import { toRow } from '../audit/event.ts';
 import { retryOnConflict } from '../store/retry.ts';
 import { notify, setRevokeBefore, type KillSwitchKind } from './revoke.ts';
-import type { RevocationEntry } from './state.ts';
+import { markSeconds, type RevocationEntry } from './state.ts';
 
 export const KILL_SWITCH_KINDS: readonly KillSwitchKind[] = ['client', 'subject', 'issuer', 'rule'];
 
@@ -49,19 +49,20 @@ export function killSwitchWarnings(known: KnownTargets, kind: KillSwitchKind, va
  * (tokens do not name their rule), so the live tokens that rule granted before the mark, and
  * everything derived from them, are revoked by jti in the same transaction.
  */
-export async function killSwitch(knex: Knex, input: { kind: KillSwitchKind; value: string; notBefore: Date; revokedBy: string; requestId?: string }): Promise<{ tokens: number }> {
+export async function killSwitch(knex: Knex, input: { kind: KillSwitchKind; value: string; notBefore: Date; revokedBy: string; requestId?: string }): Promise<{ tokens: number; notBefore: Date }> {
   return retryOnConflict(() => knex.transaction(async (trx) => {
-    await setRevokeBefore(trx, input);
+    const notBefore = await setRevokeBefore(trx, input);
     let tokens = 0;
     if (input.kind === 'rule') {
       const { rows } = await trx.raw<{ rows: Array<{ jti: string; exp: number }> }>(`
         WITH RECURSIVE granted AS (
-          SELECT jti FROM token_lineage WHERE rule_id = ? AND iat < ? AND exp > now() AND revoked_at IS NULL
+          SELECT jti FROM token_lineage WHERE rule_id = ? AND iat < to_timestamp(?) AND exp > now() AND revoked_at IS NULL
           UNION
           SELECT l.jti FROM token_lineage l JOIN granted g ON l.parent_jti = g.jti WHERE l.revoked_at IS NULL
         )
         UPDATE token_lineage SET revoked_at = clock_timestamp()
-        WHERE jti IN (SELECT jti FROM granted) RETURNING jti, extract(epoch FROM exp)::bigint AS exp`, [input.value, input.notBefore]);
+        WHERE jti IN (SELECT jti FROM granted) AND revoked_at IS NULL
+        RETURNING jti, extract(epoch FROM exp)::bigint AS exp`, [input.value, markSeconds(notBefore)]);
       tokens = rows.length;
       if (rows.length > 0) {
         await trx('revocations').insert(rows.map((r) => ({ kind: 'jti', value: r.jti, expires_at: new Date(r.exp * 1000), revoked_by: input.revokedBy })))
@@ -74,8 +75,8 @@ export async function killSwitch(knex: Knex, input: { kind: KillSwitchKind; valu
       outcome: 'revoked',
       requestId: input.requestId ?? null,
       clientId: input.revokedBy,
-      details: { kind: input.kind, value: input.value, not_before: input.notBefore.toISOString(), tokens_revoked_by_jti: tokens },
+      details: { kind: input.kind, value: input.value, not_before: notBefore.toISOString(), tokens_revoked_by_jti: tokens },
     }));
-    return { tokens };
+    return { tokens, notBefore };
   }));
 }

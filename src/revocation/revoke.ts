@@ -87,16 +87,21 @@ export type KillSwitchKind = 'client' | 'subject' | 'issuer' | 'rule';
  * the subject (`issuer|sub`) or issuer, or that a rule granted, and that was issued before
  * `notBefore`, is inactive. A later mark for the same target moves the time forward.
  */
-export async function setRevokeBefore(trx: Knex.Transaction, input: { kind: KillSwitchKind; value: string; notBefore: Date; revokedBy: string }): Promise<void> {
-  await trx('revocations')
-    .insert({ kind: input.kind, value: input.value, not_before: input.notBefore, revoked_by: input.revokedBy, created_at: trx.raw('clock_timestamp()') })
+export async function setRevokeBefore(trx: Knex.Transaction, input: { kind: KillSwitchKind; value: string; notBefore: Date; revokedBy: string }): Promise<Date> {
+  // The database's clock bounds the time, not the caller's: a mark set by a host whose clock
+  // runs ahead would otherwise cover tokens the servers issue after it.
+  const [row] = await trx('revocations')
+    .insert({ kind: input.kind, value: input.value, not_before: trx.raw('LEAST(?::timestamptz, clock_timestamp())', [input.notBefore]), revoked_by: input.revokedBy, created_at: trx.raw('clock_timestamp()') })
     .onConflict(['kind', 'value'])
     .merge({
       not_before: trx.raw('GREATEST(revocations.not_before, excluded.not_before)'),
       created_at: trx.raw('clock_timestamp()'),
       revoked_by: input.revokedBy,
-    });
-  await notify(trx, [{ kind: input.kind, value: input.value, notBefore: markSeconds(input.notBefore), expiresAt: null }]);
+    })
+    .returning('not_before') as Array<{ not_before: Date | string }>;
+  const notBefore = new Date(row!.not_before);
+  await notify(trx, [{ kind: input.kind, value: input.value, notBefore: markSeconds(notBefore), expiresAt: null }]);
+  return notBefore;
 }
 
 /**

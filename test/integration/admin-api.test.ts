@@ -2,6 +2,7 @@ import { decodeJwt } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bootstrapAdmin } from '../../src/admin/bootstrap.ts';
 import { applyPolicyFiles } from '../../src/policy/apply.ts';
+import { killSwitch } from '../../src/revocation/kill-switch.ts';
 import { AT, EXECUTOR_AUD, IDP, PAYMENTS, SECRETS, basicAuth, examplePolicyFor, startTestWrit, type TestWrit } from '../support/harness.ts';
 import { expectDenied } from '../support/expect.ts';
 
@@ -297,6 +298,13 @@ describe('admin API, explain and kill switches', () => {
     expect(fresh.status).toBe(200);
     expect(await t.introspect('executor-agent', fresh.body.access_token as string)).toMatchObject({ active: true });
     expect(await t.introspect('executor-agent', held.body.access_token as string)).toEqual({ active: false });
+  });
+
+  it('a mark is no later than the database\'s clock: the time of a host whose clock runs ahead is taken as now', async () => {
+    const { notBefore } = await killSwitch(t.writ.db.knex, { kind: 'client', value: 'clockless-agent', notBefore: new Date(Date.now() + 30_000), revokedBy: 'test' });
+    expect(notBefore.getTime()).toBeLessThanOrEqual(Date.now() + 1_000);
+    const [stored] = await t.writ.db.knex('revocations').where({ kind: 'client', value: 'clockless-agent' }).select('not_before') as Array<{ not_before: Date }>;
+    expect(new Date(stored!.not_before).getTime()).toBe(notBefore.getTime());
   });
 
   it('an exchange in the second of a kill switch waits for the next: its token is not born revoked', async () => {
