@@ -7,9 +7,13 @@ import type { Knex } from 'knex';
  *   else (un-revoking, or rewriting who obtained a token, for whom, for what) is refused.
  * - revocations: a kill switch's not_before only moves forward (a later mark for the same
  *   target wins); kind, value and expires_at never change.
- * The triggers hold for every role; `writ db grants` also leaves the serving role no DELETE on
- * either table and UPDATE of those columns only, and a role without ownership cannot turn the
- * triggers off. (Rows are not deleted: lineage and marks are kept past expiry for the trace.)
+ * - Neither loses rows: a deleted mark would un-revoke every token it covered (introspection
+ *   reads the revoked set built from these rows), and lineage and marks are kept past expiry
+ *   for the trace.
+ * The triggers hold for every role but one that can turn them off (the owner, a superuser);
+ * `writ db grants` also leaves the serving role no DELETE on either table and UPDATE of those
+ * columns only. A later migration that must rewrite or purge these rows disables the triggers
+ * for its own statements.
  */
 export async function up(knex: Knex): Promise<void> {
   await knex.raw(`CREATE FUNCTION writ_lineage_revoke_only() RETURNS trigger LANGUAGE plpgsql AS $fn$
@@ -34,9 +38,23 @@ BEGIN
   RETURN NEW;
 END $fn$`);
   await knex.raw('CREATE TRIGGER writ_revocation_forward_only BEFORE UPDATE ON revocations FOR EACH ROW EXECUTE FUNCTION writ_revocation_forward_only()');
+
+  await knex.raw(`CREATE FUNCTION writ_revocation_kept() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+  RAISE EXCEPTION '%: revocations and lineage are kept', TG_TABLE_NAME USING ERRCODE = 'insufficient_privilege';
+END $fn$`);
+  for (const table of ['token_lineage', 'revocations']) {
+    await knex.raw(`CREATE TRIGGER writ_${table}_kept BEFORE DELETE ON ${table} FOR EACH ROW EXECUTE FUNCTION writ_revocation_kept()`);
+    await knex.raw(`CREATE TRIGGER writ_${table}_not_truncated BEFORE TRUNCATE ON ${table} FOR EACH STATEMENT EXECUTE FUNCTION writ_revocation_kept()`);
+  }
 }
 
 export async function down(knex: Knex): Promise<void> {
+  for (const table of ['token_lineage', 'revocations']) {
+    await knex.raw(`DROP TRIGGER writ_${table}_not_truncated ON ${table}`);
+    await knex.raw(`DROP TRIGGER writ_${table}_kept ON ${table}`);
+  }
+  await knex.raw('DROP FUNCTION writ_revocation_kept()');
   await knex.raw('DROP TRIGGER writ_revocation_forward_only ON revocations');
   await knex.raw('DROP FUNCTION writ_revocation_forward_only()');
   await knex.raw('DROP TRIGGER writ_lineage_revoke_only ON token_lineage');

@@ -95,8 +95,25 @@ describe('Writ serving as a role with the least privileges (writ db grants)', ()
     // The triggers hold for the owner too.
     await expect(owner.knex.raw(`UPDATE token_lineage SET revoked_at = NULL WHERE jti = ?`, [jti])).rejects.toThrow(/already revoked/);
     await expect(owner.knex.raw(`UPDATE token_lineage SET root_sub = 'mallory' WHERE jti = ?`, [jti])).rejects.toThrow(/already revoked/);
+    for (const sql of ['DELETE FROM revocations', 'TRUNCATE revocations', 'DELETE FROM token_lineage', 'TRUNCATE token_lineage CASCADE']) {
+      await expect(owner.knex.raw(sql), sql).rejects.toThrow(/are kept/);
+    }
     const live = await t.exchange('planner-agent', { subject_token: await t.idp.token(t.issuer), subject_token_type: AT, audience: EXECUTOR_AUD });
     const liveJti = JSON.parse(Buffer.from((live.body.access_token as string).split('.')[1]!, 'base64url').toString()).jti as string;
     await expect(owner.knex.raw(`UPDATE token_lineage SET root_sub = 'mallory' WHERE jti = ?`, [liveJti])).rejects.toThrow(/only revoked_at may be set/);
+  });
+
+  it('a rule kill switch racing the revocation of one of its tokens still sets its mark', async () => {
+    const knex = t.writ.db.knex;
+    const res = await t.exchange('planner-agent', { subject_token: await t.idp.token(t.issuer), subject_token_type: AT, audience: EXECUTOR_AUD });
+    const jti = JSON.parse(Buffer.from((res.body.access_token as string).split('.')[1]!, 'base64url').toString()).jti as string;
+    // The revocation holds the row while the kill switch reads the rule's live tokens, then commits.
+    const revocation = await owner.knex.transaction();
+    await revocation.raw('UPDATE token_lineage SET revoked_at = clock_timestamp() WHERE jti = ? AND revoked_at IS NULL', [jti]);
+    const marked = killSwitch(knex, { kind: 'rule', value: 'planner-delegates-to-executor', notBefore: new Date(), revokedBy: 'test' });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    await revocation.commit();
+    await expect(marked).resolves.toMatchObject({ tokens: expect.any(Number) });
+    expect(await owner.knex('revocations').where({ kind: 'rule', value: 'planner-delegates-to-executor' }).first()).toBeDefined();
   });
 });
