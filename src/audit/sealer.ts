@@ -106,7 +106,8 @@ const TWO_31 = 2 ** 31;
  * anchor (the tail was deleted), the chain row at the anchor does not match it, or the head's
  * event is gone, sealing stops and says so. A process started after such a rewrite knows only
  * the checkpoints left in the database: the log stream's copies are the anchor then
- * (`writ audit verify --checkpoints`).
+ * (`writ audit verify --checkpoints`). Nor does a process re-check the rows another instance
+ * sealed above its anchor: each vouches for what it has seen, `audit verify` for the whole.
  *
  * Passes take a transaction-level advisory lock, so several instances may run a sealer.
  */
@@ -273,10 +274,7 @@ export class AuditSealer {
 
       // 2. The anchor, and the head, which must extend the chain through it.
       // (Only a checkpoint this key signed counts: a forged one must not stop the sealer.)
-      const cps = await trx.raw<{ rows: Array<{ id: string | number; seq: string | number; hash: string; count: string | number; signature: string; created_ms: string | number }> }>(
-        'SELECT id, seq, hash, count, signature, extract(epoch FROM created_at) * 1000 AS created_ms FROM audit_checkpoints ORDER BY seq DESC, id DESC LIMIT 50');
-      const valid = cps.rows.find((c) => verifyCheckpoint(this.key, { seq: Number(c.seq), hash: c.hash, count: Number(c.count), signature: c.signature }));
-      const forged = cps.rows.filter((c) => c !== valid && (!valid || Number(c.seq) >= Number(valid.seq)));
+      const { valid, forged } = await newestValidCheckpoint(trx, this.key);
       if (forged.length > 0) {
         this.reportOnce(`badcp:${forged.map((c) => c.id).join(',')}`, () => this.logger.error(
           { checkpoints: forged.map((c) => Number(c.id)) }, 'audit checkpoint with an invalid signature ignored; run `writ audit verify`'));
@@ -387,6 +385,37 @@ interface Seal {
   seq: number;
   prevHash: string;
   hash: string;
+}
+
+interface CheckpointRow {
+  id: string | number;
+  seq: string | number;
+  hash: string;
+  count: string | number;
+  signature: string;
+  created_ms: string | number;
+}
+
+/**
+ * The newest checkpoint whose signature verifies, and the ones above it that do not. Read a
+ * page at a time: the serving role may insert checkpoints, and however many forged ones it puts
+ * on top must not hide the genuine one (up to 1,000 are looked through each pass).
+ */
+async function newestValidCheckpoint(knex: Knex, key: Buffer): Promise<{ valid: CheckpointRow | undefined; forged: CheckpointRow[] }> {
+  const forged: CheckpointRow[] = [];
+  let after: CheckpointRow | undefined;
+  for (let page = 0; page < 20; page += 1) {
+    const { rows } = await knex.raw<{ rows: CheckpointRow[] }>(`
+      SELECT id, seq, hash, count, signature, extract(epoch FROM created_at) * 1000 AS created_ms FROM audit_checkpoints
+      ${after ? 'WHERE (seq, id) < (?, ?)' : ''} ORDER BY seq DESC, id DESC LIMIT 50`, after ? [after.seq, after.id] : []);
+    for (const c of rows) {
+      if (verifyCheckpoint(key, { seq: Number(c.seq), hash: c.hash, count: Number(c.count), signature: c.signature })) return { valid: c, forged };
+      forged.push(c);
+    }
+    if (rows.length < 50) break;
+    after = rows.at(-1);
+  }
+  return { valid: undefined, forged };
 }
 
 /**

@@ -611,6 +611,9 @@ describe.each(backends)('tamper-evident audit log on $backend', ({ embedded }) =
       await rewriteFrom(trx, 2);
       await trx.raw('SET LOCAL session_replication_role = origin');
       await recordAudit(trx, { type: 'key.generated', outcome: 'ok' });
+      // Forged checkpoints piled on top (the serving role may insert them) do not hide the genuine one.
+      const head = (await sealedRows(trx)).at(-1)!.seq;
+      await trx('audit_checkpoints').insert(Array.from({ length: 120 }, (_, i) => ({ seq: head - (i % 2), hash: 'f'.repeat(64), count: head - (i % 2), signature: 'A'.repeat(43) })));
       const restarted = new AuditSealer(trx, { checkpointKey: key, logger: captureLogger(lines), graceMs: 0 });
       return restarted.sealOnce({ forceCheckpoint: true });
     });
