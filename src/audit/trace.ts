@@ -33,11 +33,13 @@ export interface TraceHop {
   request_id: string | null;
   /**
    * The lineage row against its exchange.granted event, the sealed record of the grant: whether
-   * they agree on who obtained the token, for whom, for what and under which rule; `absent` when
-   * the event is not there (archived by retention, or removed). `record_differs` names the
-   * fields that disagree: the row was changed after the grant, and the event is the one to trust.
+   * they agree on who obtained the token, for whom, for what and under which rule; `unsealed`
+   * while the event is not yet chained (for a moment after the grant: until then it proves
+   * nothing); `absent` when it is not there (archived by retention, or removed).
+   * `record_differs` names the fields that disagree: the row was changed after the grant, and
+   * the event is the one to trust.
    */
-  record: 'matches' | 'differs' | 'absent';
+  record: 'matches' | 'differs' | 'unsealed' | 'absent';
   record_differs: string[];
 }
 
@@ -95,6 +97,8 @@ interface GrantedEvent {
   scope: unknown;
   exp: unknown;
   depth: unknown;
+  act: unknown;
+  sealed: boolean;
 }
 
 const HOP_COLUMNS = `l.jti, l.parent_jti, l.client_id, l.actors, l.audience, l.scopes, l.root_issuer, l.root_sub, l.rule_id,
@@ -104,7 +108,8 @@ const GRANTED = `SELECT %s FROM audit_events e WHERE e.jti = t.jti AND e.type = 
 const GRANTED_EVENT = `(${GRANTED.replace('%s', `jsonb_build_object('request_id', e.request_id, 'client_id', e.client_id,
   'parent_jti', e.parent_jti, 'audience', e.audience, 'task_id', e.task_id, 'subject', e.subject,
   'policy_version', e.policy_version, 'rule', e.details->'rule', 'scope', e.details->'scope',
-  'exp', e.details->'exp', 'depth', e.details->'depth')`)}) AS granted`;
+  'exp', e.details->'exp', 'depth', e.details->'depth', 'act', e.details->'act',
+  'sealed', EXISTS (SELECT 1 FROM audit_chain c WHERE c.event_id = e.id))`)}) AS granted`;
 /** Siblings in the order they were issued: iat has one-second resolution, the audit id does not. */
 const ISSUED_ORDER = `t.iat, (${GRANTED.replace('%s', 'e.id')}), t.jti`;
 
@@ -115,6 +120,17 @@ function iso(v: Date | string | null): string | null {
 
 function jsonArray(v: string[] | string): string[] {
   return typeof v === 'string' ? JSON.parse(v) as string[] : v;
+}
+
+/** The acting clients an `act` claim names, oldest first (as a lineage row lists them). */
+function actorsOfAct(act: unknown): string[] {
+  const out: string[] = [];
+  let level = act as { sub?: unknown; client_id?: unknown; act?: unknown } | null | undefined;
+  while (level && typeof level === 'object' && out.length <= MAX_DEPTH) {
+    out.push(String(level.client_id ?? level.sub));
+    level = level.act as typeof level;
+  }
+  return out.reverse();
 }
 
 /** The fields on which a lineage row and its exchange.granted event disagree. */
@@ -131,13 +147,15 @@ function differences(r: LineageRow, e: GrantedEvent): string[] {
     ['scopes', JSON.stringify(e.scope) === JSON.stringify(jsonArray(r.scopes))],
     ['exp', e.exp === epoch(r.exp)],
     ['depth', e.depth === Number(r.depth)],
+    ['actors', JSON.stringify(actorsOfAct(e.act)) === JSON.stringify(jsonArray(r.actors))],
   ];
   return checks.filter(([, same]) => !same).map(([field]) => field);
 }
 
 function hopOf(r: LineageRow): TraceHop {
   const granted = typeof r.granted === 'string' ? JSON.parse(r.granted) as GrantedEvent : r.granted;
-  const differs = granted ? differences(r, granted) : [];
+  // An event not yet chained proves nothing either way (the serving role may insert events).
+  const differs = granted?.sealed ? differences(r, granted) : [];
   return {
     jti: r.jti,
     parent_jti: r.parent_jti,
@@ -155,7 +173,7 @@ function hopOf(r: LineageRow): TraceHop {
     revoked_at: iso(r.revoked_at),
     inactive_reason: r.revoked_at !== null ? 'revoked' : null,
     request_id: granted?.request_id ?? null,
-    record: granted === null ? 'absent' : differs.length > 0 ? 'differs' : 'matches',
+    record: granted === null ? 'absent' : !granted.sealed ? 'unsealed' : differs.length > 0 ? 'differs' : 'matches',
     record_differs: differs,
   };
 }

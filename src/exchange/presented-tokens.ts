@@ -62,7 +62,7 @@ export async function verifySubjectToken(req: ExchangeRequest, ctx: PresentedTok
       selfIssuer: ctx.selfIssuer, keys: ctx.writKeys, now: ctx.now, role: 'subject', inspected, signatures: ctx.signatures,
     });
     const lineage = await ctx.lineage.get(ctx.knex, claims.jti, ctx.now);
-    if (!lineage) throw new ExchangeDenied('token_revoked', 'no lineage for this Writ token', 'subject', { jti: claims.jti, root: `${claims.iss}|${claims.sub}`, taskId: claims.task_id ?? null });
+    if (!lineage) throw new ExchangeDenied('token_revoked', 'no lineage for this Writ token', 'subject', { jti: claims.jti, root: `${claims.sub_id.iss}|${claims.sub_id.sub}`, taskId: claims.task_id ?? null });
     const revoked = ctx.revocations.check({
       jti: claims.jti,
       iat: claims.iat,
