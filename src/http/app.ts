@@ -349,11 +349,13 @@ export function createApp(deps: AppDeps): Koa {
     // A refusal by client authentication: every 401 (an unreadable `Authorization` header
     // included: the remap below runs before this line), and the provider's 400s for a client it
     // found but did not authenticate (two mechanisms at once, say). A request that offered no
-    // credential at all guesses no secret, and a client that waits for the challenge before it
-    // sends its credentials must not spend its address's budget doing so.
+    // credential guesses no secret, so it spends no client's budget; but each is refused and
+    // recorded, so it spends its address's, which bounds what one address can have written.
     const found = namedClient(ctx);
     const uncredentialed = (ctx.state as Record<string, unknown>).writNoCredential === true;
-    if (!uncredentialed && (ctx.status === 401 || (ctx.status >= 400 && ctx.status < 500 && found !== undefined && !clientAuthenticated(ctx)))) {
+    if (uncredentialed && ctx.status === 401) {
+      deps.limiter.spend(addressKey(ctx.ip), perAddress);
+    } else if (ctx.status === 401 || (ctx.status >= 400 && ctx.status < 500 && found !== undefined && !clientAuthenticated(ctx))) {
       const client = claimed ?? found;
       deps.limiter.spend(addressKey(ctx.ip), perAddress);
       if (client) deps.limiter.spend(clientKey(client, ctx.ip), limit);
