@@ -7,7 +7,7 @@ import type { KillSwitchKind } from '../revocation/revoke.ts';
 import { deriveKeys } from '../tokens/kek.ts';
 import { ensureSigningKeys } from '../tokens/signing-keys.ts';
 import { UsageError, type CliContext, cliActor } from './context.ts';
-import { callServer, onDatabaseOrServer, type LocalServer } from './local-server.ts';
+import { callServer, onDatabaseOrServer } from './local-server.ts';
 
 /** `writ admin bootstrap [--client-id ID] [--scope S …]`: the first admin, outside policy versions. */
 export async function adminCommand(ctx: CliContext, argv: string[]): Promise<number> {
@@ -20,7 +20,7 @@ export async function adminCommand(ctx: CliContext, argv: string[]): Promise<num
   if (unknown.length) throw new UsageError(`unknown scope(s): ${unknown.join(', ')}`);
   const by = cliActor();
   try {
-    const { secret, replaced } = await onDatabaseOrServer<{ secret: string; replaced: boolean | undefined }>(ctx,
+    const { secret, replaced } = await onDatabaseOrServer<{ secret: string; replaced: boolean }>(ctx,
       async (knex) => {
         // The secret is hashed under a key derived from WRIT_KEK: only under the database's own.
         await ensureSigningKeys(knex, deriveKeys(ctx.config.kek).keyEncryption);
@@ -29,14 +29,13 @@ export async function adminCommand(ctx: CliContext, argv: string[]): Promise<num
       async (server) => {
         const res = await callServer(server, 'POST', '/admin/v1/local/admin/bootstrap', { client_id: clientId, scopes, by });
         if (res.status !== 200) throw new PolicyApplyError(String(res.body.error_description ?? `HTTP ${res.status}`));
-        return { secret: String(res.body.client_secret), replaced: await replacedPerAudit(server, clientId, by) };
+        return { secret: String(res.body.client_secret), replaced: res.body.replaced === true };
       });
     // Re-running for an existing id rotates its secret: whoever holds the old one is locked out.
     ctx.out(replaced
       ? `admin client ${clientId} (${scopes.join(' ')}) already existed: its secret was replaced (rotated), and the old secret no longer works`
       : `admin client ${clientId} (${scopes.join(' ')})`);
     ctx.out(`client_secret: ${secret}`);
-    if (replaced === undefined) ctx.err(`If admin client ${clientId} existed before, its old secret no longer works.`);
     ctx.err('The secret is shown once and stored only as a keyed hash. Obtain admin tokens with client_credentials at the token endpoint.');
     return 0;
   } catch (err) {
@@ -45,24 +44,6 @@ export async function adminCommand(ctx: CliContext, argv: string[]): Promise<num
       return 1;
     }
     throw err;
-  }
-}
-
-/**
- * Whether the bootstrap a running writ serve just made replaced an existing admin's secret
- * (undefined: could not tell). Its answer does not say; the audit event it wrote in the same
- * transaction does, and is the newest bootstrap of this admin by this CLI user. Never throws: the
- * new secret has to be printed whatever this finds.
- */
-async function replacedPerAudit(server: LocalServer, clientId: string, by: string): Promise<boolean | undefined> {
-  try {
-    const res = await callServer(server, 'GET', `/admin/v1/audit/events?type=admin.action&actor=${encodeURIComponent(by)}&limit=100`);
-    if (res.status !== 200) return undefined;
-    const events = res.body.events as Array<{ details?: { action?: unknown; admin?: unknown; replaced_secret?: unknown } }>;
-    const event = events.find((e) => e.details?.action === 'bootstrap_admin' && e.details.admin === clientId);
-    return event ? event.details?.replaced_secret === true : undefined;
-  } catch {
-    return undefined;
   }
 }
 
@@ -80,9 +61,9 @@ export async function revokeCommand(ctx: CliContext, argv: string[]): Promise<nu
   const notBefore = killSwitchTime(values.before);
   if (!(notBefore instanceof Date)) throw new UsageError(`--before: ${notBefore.error}`);
   const by = cliActor();
-  const { tokens, warnings } = await onDatabaseOrServer(ctx,
+  const { tokens, warnings, markedBefore } = await onDatabaseOrServer(ctx,
     async (knex) => {
-      const { tokens: revoked } = await killSwitch(knex, { kind, value, notBefore, revokedBy: by });
+      const { tokens: revoked, notBefore: effective } = await killSwitch(knex, { kind, value, notBefore, revokedBy: by });
       const document = (await currentVersion(knex))?.document;
       const admins = await loadBootstrapAdmins(knex);
       const known = {
@@ -90,14 +71,18 @@ export async function revokeCommand(ctx: CliContext, argv: string[]): Promise<nu
         rules: (document?.rules ?? []).map((r) => r.id),
         issuers: (document?.issuers ?? []).map((i) => i.issuer),
       };
-      return { tokens: revoked, warnings: killSwitchWarnings(known, kind, value) };
+      return { tokens: revoked, warnings: killSwitchWarnings(known, kind, value), markedBefore: effective.toISOString() };
     },
     async (server) => {
       const res = await callServer(server, 'POST', '/admin/v1/revocations', { kind, value, before: notBefore.toISOString() });
       if (res.status !== 201) throw new UsageError(String(res.body.error_description ?? `HTTP ${res.status}`));
-      return { tokens: Number(res.body.tokens_revoked_by_jti ?? 0), warnings: Array.isArray(res.body.warnings) ? res.body.warnings.map(String) : [] };
+      return {
+        tokens: Number(res.body.tokens_revoked_by_jti ?? 0),
+        warnings: Array.isArray(res.body.warnings) ? res.body.warnings.map(String) : [],
+        markedBefore: String(res.body.not_before ?? notBefore.toISOString()),
+      };
     });
   for (const warning of warnings) ctx.err(`warning: ${warning}`);
-  ctx.out(`revoked every token of ${kind} ${value} issued before ${notBefore.toISOString()}${kind === 'rule' ? ` (${tokens} live token(s) and their descendants)` : ''}`);
+  ctx.out(`revoked every token of ${kind} ${value} issued before ${markedBefore}${kind === 'rule' ? ` (${tokens} live token(s) and their descendants)` : ''}`);
   return 0;
 }

@@ -55,9 +55,9 @@ export function localAdmin(deps: LocalAdminDeps): Middleware {
         return;
       }
       try {
-        const { secret } = await bootstrapAdmin(deps.knex, { clientId: b.client_id, scopes: scopes as AdminScope[], secretKey: deps.secretKey, by: typeof b.by === 'string' ? b.by : 'local-cli' });
+        const { secret, replaced } = await bootstrapAdmin(deps.knex, { clientId: b.client_id, scopes: scopes as AdminScope[], secretKey: deps.secretKey, by: typeof b.by === 'string' ? b.by : 'local-cli' });
         await deps.reloadPolicy();
-        ctx.body = { client_id: b.client_id, client_secret: secret };
+        ctx.body = { client_id: b.client_id, client_secret: secret, replaced };
       } catch (err) {
         if (!(err instanceof PolicyApplyError)) throw err;
         ctx.status = 422;
