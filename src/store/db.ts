@@ -61,18 +61,20 @@ const UNANSWERED_LIMIT_MS = 2500;
  */
 export function knexLogLine(message: unknown, databaseUrl: string): string {
   const text = message instanceof Error ? message.message : String(message);
-  let line = text.split('\n').filter((l) => !/^\s*at\s/.test(l)).map((l) => l.trim()).filter(Boolean).join(' ');
-  // A message may quote a connection string, this one or another, or the password alone.
-  line = line.replace(/(\b[a-z][a-z0-9+.-]*:\/\/[^/\s:@]*:)[^@\s]*@/gi, '$1***@');
+  // V8 writes each stack frame as four spaces and "at " (not any line that starts with "at").
+  let line = text.split('\n').filter((l) => !l.startsWith('    at ')).map((l) => l.trim()).filter(Boolean).join(' ');
   let password = '';
   try {
     password = new URL(databaseUrl).password;
   } catch {
     // Not a URL (a libpq keyword string): nothing to take a password from here.
   }
+  // This password first, as written and decoded, before anything else rewrites the text.
   for (const form of new Set([password, safeDecode(password)])) {
     if (form) line = line.split(form).join('***');
   }
+  // Then any connection string quoted, up to the last "@" before its host: a password may hold a raw "@".
+  line = line.replace(/(\b[a-z][a-z0-9+.-]*:\/\/[^/\s:@]*:)[^\s/]*@(?=[^@\s]*(?:[/\s]|$))/gi, '$1***@');
   return line;
 }
 

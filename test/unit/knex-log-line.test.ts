@@ -16,6 +16,11 @@ describe('knexLogLine', () => {
     expect(line).toBe('could not use postgres://writ:***@db.internal:5432/writ: password *** (***) refused; also postgres://other:***@x/y');
   });
 
+  it('masks a quoted password with a raw "@" in it whole, and keeps a line that merely starts with "at"', () => {
+    expect(knexLogLine('tried postgres://u:p@ss@w0rd@host:5432/db', URL)).toBe('tried postgres://u:***@host:5432/db');
+    expect(knexLogLine('pool is full\n  at least one connection is stuck', URL)).toBe('pool is full at least one connection is stuck');
+  });
+
   it('takes an Error as its message', () => {
     expect(knexLogLine(new Error('Timeout acquiring a connection'), URL)).toBe('Timeout acquiring a connection');
   });
