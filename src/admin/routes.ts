@@ -180,11 +180,13 @@ export function adminRoutes(deps: AdminDeps): Middleware {
     if (body instanceof BodyError) return problem(ctx as Ctx, 400, 'invalid_request', body.message);
     const input = parseFilesBody(body);
     if (typeof input === 'string') return problem(ctx as Ctx, 400, 'invalid_request', input);
-    const { message } = body as { message?: unknown };
+    const { message, allow_empty: allowEmpty } = body as { message?: unknown; allow_empty?: unknown };
+    if (allowEmpty !== undefined && typeof allowEmpty !== 'boolean') return problem(ctx as Ctx, 400, 'invalid_request', 'allow_empty must be a boolean');
     const outcome = await applyPolicyFiles(deps.knex, input.files, {
       env: input.env, selfIssuer: deps.issuer, maxTtl: deps.maxTtl,
       appliedBy: (ctx.state as { admin?: AdminCaller }).admin!.clientId, message: String(message ?? ''), secretKey: deps.secretKey,
       callerScopes: (ctx.state as { admin?: AdminCaller }).admin!.scopes,
+      keepSomeClient: allowEmpty !== true,
     });
     if (!outcome.ok) return problem(ctx as Ctx, 422, 'invalid_policy', 'the policy does not validate', { errors: outcome.errors, warnings: outcome.warnings });
     await deps.reloadPolicy();

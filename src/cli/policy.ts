@@ -1,13 +1,13 @@
 import { writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import type { Knex } from 'knex';
-import { emptinessWarnings, everyClientRemoved, type ApplyOutcome } from '../policy/apply.ts';
+import { emptinessWarnings, type ApplyOutcome } from '../policy/apply.ts';
 import { formatDiff, type PolicyChange } from '../policy/diff.ts';
 import { formatIssue, loadPolicyDir, loadPolicyFiles, readPolicyDir, type LoadOptions, type PolicyFile, type PolicyIssue } from '../policy/load.ts';
 import { checkJwksUris } from '../policy/reachability.ts';
 import { formatReport, scopeCreepReport } from '../policy/report.ts';
 import type { PolicyDocument } from '../policy/model.ts';
-import { currentVersion } from '../policy/store.ts';
+import { currentVersion, everyClientRemoved } from '../policy/store.ts';
 import {
   applyPolicyFilesWithDiff, diffPolicyFiles, exportVersion, listVersions, rollbackTo, RollbackError, type VersionSummary,
 } from '../policy/versions.ts';
@@ -179,7 +179,7 @@ export async function policyApply(ctx: CliContext, dir: string, message: string,
     const response = await fetch(`${server.url}/admin/v1/local/policy/apply`, {
       method: 'POST',
       headers: { authorization: `Bearer ${server.token}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ files, env: referencedEnv(files), message, appliedBy: appliedBy() }),
+      body: JSON.stringify({ files, env: referencedEnv(files), message, appliedBy: appliedBy(), allow_empty: mayEmpty }),
     });
     if (response.status !== 200 && response.status !== 422) {
       ctx.err(`the running writ serve (pid ${server.pid}) refused the apply: HTTP ${response.status}`);
@@ -190,8 +190,8 @@ export async function policyApply(ctx: CliContext, dir: string, message: string,
     const db = await openDatabase({ databaseUrl: ctx.config.databaseUrl, dataDir: ctx.config.dataDir });
     try {
       await migrate(db);
-      // Read apart from the apply's own transaction: a guard against a mistaken directory, not
-      // against a concurrent apply.
+      // Read apart from the apply's own transaction, for a message naming what would go; the
+      // apply checks again under its lock (keepSomeClient).
       if (!mayEmpty) {
         const current = await currentVersion(db.knex);
         if (refuseRemovingEveryClient(ctx, dir, current && { version: current.version, clients: current.document.clients }, preview.document)) return 1;
@@ -204,6 +204,7 @@ export async function policyApply(ctx: CliContext, dir: string, message: string,
         appliedBy: appliedBy(),
         message,
         secretKey: deriveKeys(ctx.config.kek).clientSecret,
+        keepSomeClient: !mayEmpty,
       });
     } finally {
       await db.close();

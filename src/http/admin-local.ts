@@ -72,8 +72,9 @@ export function localAdmin(deps: LocalAdminDeps): Middleware {
       ctx.body = { error: 'invalid_request', error_description: 'expected {files: [{name, text}], env: {}}' };
       return;
     }
-    const { message, appliedBy } = body as { message?: unknown; appliedBy?: unknown };
+    const { message, appliedBy, allow_empty: allowEmpty } = body as { message?: unknown; appliedBy?: unknown; allow_empty?: unknown };
     const outcome = await applyPolicyFilesWithDiff(deps.knex, input.files, {
+      keepSomeClient: allowEmpty !== true,
       env: input.env,
       selfIssuer: deps.selfIssuer,
       maxTtl: deps.maxTtl,

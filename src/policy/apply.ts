@@ -16,6 +16,8 @@ export async function applyPolicyFiles(knex: Knex, files: PolicyFile[], options:
   baseVersion?: number;
   /** The admin scopes the caller holds, which are all it may give admin clients. Unset: any. */
   callerScopes?: ReadonlySet<string>;
+  /** Refuse files that define no client while the current policy has some (applyPolicy). */
+  keepSomeClient?: boolean;
 }): Promise<ApplyOutcome> {
   const loaded = loadPolicyFiles(files, options);
   if (!loaded.ok) return loaded;
@@ -28,6 +30,7 @@ export async function applyPolicyFiles(knex: Knex, files: PolicyFile[], options:
       secretKey: options.secretKey,
       ...(options.baseVersion !== undefined ? { baseVersion: options.baseVersion } : {}),
       ...(options.callerScopes ? { callerScopes: options.callerScopes } : {}),
+      ...(options.keepSomeClient ? { keepSomeClient: true } : {}),
       audit: policyAppliedEvent(options.appliedBy, options.message, { secrets_set: [...loaded.secrets.keys()].sort() }),
     });
     return { ok: true, version: stored.version, digest: stored.digest, warnings: loaded.warnings };
@@ -52,14 +55,4 @@ export function emptinessWarnings(document: PolicyDocument): PolicyIssue[] {
     warnings.push({ severity: 'warning', path: '', code: 'no_rules', message: 'the policy defines no rules: every token exchange will be refused' });
   }
   return warnings;
-}
-
-/**
- * The clients of the current policy that applying `next` would remove when it removes all of
- * them, else none. Their stored secrets are deleted with them and no rollback restores those, so
- * such an apply has to be asked for explicitly.
- */
-export function everyClientRemoved(current: { clients: ReadonlyArray<{ client_id: string }> } | undefined, next: PolicyDocument): string[] {
-  if (!current || next.clients.length > 0) return [];
-  return current.clients.map((c) => c.client_id);
 }

@@ -118,6 +118,12 @@ export async function applyPolicy(knex: Knex, input: {
   baseVersion?: number;
   /** The admin scopes the caller holds: it may give admin clients no others (src/policy/admin-grants.ts). Unset: any. */
   callerScopes?: ReadonlySet<string>;
+  /**
+   * Refuse a document without clients while the current version has some: a whole policy
+   * replaced by an empty one is a wrong directory far more often than a wish (src/policy/apply.ts
+   * everyClientRemoved). Checked here, under the apply lock, against the version it replaces.
+   */
+  keepSomeClient?: boolean;
 }): Promise<StoredVersion> {
   const document = withoutSecrets(input.document);
   return knex.transaction(async (trx) => {
@@ -140,6 +146,10 @@ export async function applyPolicy(knex: Knex, input: {
         const missing = scopes.filter((s) => !input.callerScopes!.has(s));
         if (missing.length > 0) throw new PolicyApplyError(`admin client ${clientId} would get ${missing.join(' ')}, which the caller does not hold`);
       }
+    }
+    const removedAll = everyClientRemoved(previous?.document, document);
+    if (input.keepSomeClient && removedAll.length > 0) {
+      throw new PolicyApplyError(`this policy defines no clients: it would remove all ${removedAll.length} of version ${previous!.version} (${removedAll.join(', ')}) and delete their stored secrets, which a rollback does not restore`);
     }
     const adminsBefore = (previous?.document.clients ?? []).filter((c) => c.kind === 'admin' && c.enabled).length + bootstrapped.size;
     const adminsAfter = document.clients.filter((c) => c.kind === 'admin' && c.enabled).length + bootstrapped.size;
@@ -180,4 +190,14 @@ export async function applyPolicy(knex: Knex, input: {
     await trx.raw('SELECT pg_notify(?, ?)', [POLICY_CHANNEL, String(version)]);
     return fromRow(row as VersionRow);
   });
+}
+
+/**
+ * The clients of the current policy that applying `next` would remove when it removes all of
+ * them, else none. Their stored secrets are deleted with them and no rollback restores those, so
+ * such an apply has to be asked for explicitly.
+ */
+export function everyClientRemoved(current: { clients: ReadonlyArray<{ client_id: string }> } | undefined, next: PolicyDocument): string[] {
+  if (!current || next.clients.length > 0) return [];
+  return current.clients.map((c) => c.client_id);
 }

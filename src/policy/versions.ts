@@ -94,7 +94,7 @@ export type ApplyWithDiffOutcome =
 export async function applyPolicyFilesWithDiff(
   knex: Knex,
   files: PolicyFile[],
-  options: LoadOptions & { appliedBy: string; message: string; secretKey: Buffer },
+  options: LoadOptions & { appliedBy: string; message: string; secretKey: Buffer; keepSomeClient?: boolean },
 ): Promise<ApplyWithDiffOutcome> {
   const loaded = loadPolicyFiles(files, options);
   if (!loaded.ok) return loaded;

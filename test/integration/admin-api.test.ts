@@ -344,7 +344,9 @@ describe('kill switch by upstream issuer', () => {
     const hop1 = await t.exchange('planner-agent', { subject_token: upstream, subject_token_type: AT, audience: EXECUTOR_AUD });
     const hop2 = await t.exchange('executor-agent', { subject_token: hop1.body.access_token as string, subject_token_type: AT, audience: PAYMENTS });
     expect([hop1.status, hop2.status]).toEqual([200, 200]);
-    const token = (await t.post('/token', { grant_type: 'client_credentials', scope: 'writ:revoke' }, basicAuth('ops-admin', adminSecret))).body.access_token as string;
+    const issued = await t.post('/token', { grant_type: 'client_credentials', scope: 'writ:revoke' }, basicAuth('ops-admin', adminSecret));
+    expect(issued.status, JSON.stringify(issued.body)).toBe(200);
+    const token = issued.body.access_token as string;
     const marked = await fetch(`${t.url}/admin/v1/revocations`, {
       method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'issuer', value: IDP }),
     });
@@ -371,6 +373,30 @@ describe('the last admin', () => {
       const without = await applyPolicyFiles(t.writ.db.knex, [{ name: 'example.yaml', text: examplePolicyFor(t.idp) }], opts);
       expect(without.ok).toBe(false);
       expect(JSON.stringify(without)).toContain('last admin');
+    } finally {
+      await t.close();
+    }
+  });
+
+  it('a whole policy without clients is refused while clients exist, unless allow_empty', async () => {
+    const t = await startTestWrit({ name: 'emptypolicy' });
+    try {
+      const secret = (await bootstrapAdmin(t.writ.db.knex, { clientId: 'ops-admin', scopes: ['writ:policy.write'], secretKey: t.writ.derived.clientSecret, by: 'test' })).secret;
+      await t.writ.policy.reload();
+      const issued = await t.post('/token', { grant_type: 'client_credentials', scope: 'writ:policy.write' }, basicAuth('ops-admin', secret));
+      expect(issued.status, JSON.stringify(issued.body)).toBe(200);
+      const put = (body: Record<string, unknown>) => fetch(`${t.url}/admin/v1/policy`, {
+        method: 'PUT', headers: { authorization: `Bearer ${issued.body.access_token as string}`, 'content-type': 'application/json' }, body: JSON.stringify(body),
+      }).then(async (r) => ({ status: r.status, body: await r.json() as Record<string, unknown> }));
+      const files = [{ name: 'a.yaml', text: '# nothing here\n' }];
+      const refused = await put({ files });
+      expect(refused.status).toBe(422);
+      expect(JSON.stringify(refused.body)).toContain('defines no clients');
+      const userToken = await t.idp.token(t.issuer);
+      expect((await t.exchange('planner-agent', { subject_token: userToken, subject_token_type: AT, audience: EXECUTOR_AUD })).status).toBe(200);
+      expect((await put({ files, allow_empty: 'yes' })).status).toBe(400);
+      expect((await put({ files, allow_empty: true })).status).toBe(200);
+      expect((await t.exchange('planner-agent', { subject_token: userToken, subject_token_type: AT, audience: EXECUTOR_AUD })).status).toBe(401);
     } finally {
       await t.close();
     }
