@@ -7,6 +7,7 @@ import { recordAudit } from '../audit/event.ts';
 import type { LineageCache } from '../exchange/lineage-store.ts';
 import { applyPolicyFiles } from '../policy/apply.ts';
 import type { CompiledPolicy } from '../policy/compiled.ts';
+import type { PolicyIssue } from '../policy/validate.ts';
 import type { AdminScope, PolicyDocument } from '../policy/model.ts';
 import { currentVersion, PolicyVersionMoved } from '../policy/store.ts';
 import { KILL_SWITCH_KINDS, killSwitch, killSwitchTime, killSwitchWarnings } from '../revocation/kill-switch.ts';
@@ -109,6 +110,12 @@ export function adminRoutes(deps: AdminDeps): Middleware {
     }
   };
 
+  /**
+   * An edit's findings without a file, line or column: those would point into the whole
+   * document Writ wrote from the edit, which the caller never saw. `path` locates each.
+   */
+  const unlocated = (issues: PolicyIssue[]): PolicyIssue[] => issues.map(({ file: _file, line: _line, column: _column, ...rest }) => rest);
+
   const applyDocument = async (ctx: Ctx, document: PolicyDocument, message: string, baseVersion: number): Promise<void> => {
     // Through the same loader as files, so the API gets every check the CLI does.
     const text = stringify(document);
@@ -118,12 +125,12 @@ export function adminRoutes(deps: AdminDeps): Middleware {
       callerScopes: (ctx.state as { admin?: AdminCaller }).admin?.scopes ?? new Set(),
     });
     if (!outcome.ok) {
-      problem(ctx, 422, 'invalid_policy', 'the change does not validate', { errors: outcome.errors, warnings: outcome.warnings });
+      problem(ctx, 422, 'invalid_policy', 'the change does not validate', { errors: unlocated(outcome.errors), warnings: unlocated(outcome.warnings) });
       return;
     }
     await deps.reloadPolicy();
     ctx.status = 200;
-    ctx.body = { version: outcome.version, digest: outcome.digest, warnings: outcome.warnings };
+    ctx.body = { version: outcome.version, digest: outcome.digest, warnings: unlocated(outcome.warnings) };
   };
 
   const currentDocument = async (): Promise<{ version: number; document: PolicyDocument }> => {

@@ -159,6 +159,10 @@ describe('admin API, explain and kill switches', () => {
     const before = t.writ.policy.policy.version;
     const bad = await admin('PUT', '/policy/rules/too-wide', token, { actor: 'planner-agent', subject: { issuer: IDP }, audience: PAYMENTS, scopes: ['payment.*'], ttl: 60 });
     expect(bad.status).toBe(422);
+    // Located by path within the policy, not by a line of a document the caller never saw.
+    const errors = bad.body.errors as Array<Record<string, unknown>>;
+    expect(errors.length).toBeGreaterThan(0);
+    for (const e of errors) expect(Object.keys(e).sort()).toEqual(['code', 'message', 'path', 'severity']);
     expect(t.writ.policy.policy.version).toBe(before);
     const ok = await admin('PUT', '/policy/rules/planner-transfers', token, { actor: 'planner-agent', subject: { issuer: IDP, claims: { groups: 'treasury' } }, audience: PAYMENTS, scopes: ['payment.transfer'], ttl: 60 });
     expect(ok.status, JSON.stringify(ok.body)).toBe(200);
