@@ -54,15 +54,21 @@ export async function killSwitch(knex: Knex, input: { kind: KillSwitchKind; valu
     const notBefore = await setRevokeBefore(trx, input);
     let tokens = 0;
     if (input.kind === 'rule') {
-      const { rows } = await trx.raw<{ rows: Array<{ jti: string; exp: number }> }>(`
-        WITH RECURSIVE granted AS (
-          SELECT jti FROM token_lineage WHERE rule_id = ? AND iat < to_timestamp(?) AND exp > now() AND revoked_at IS NULL
-          UNION
-          SELECT l.jti FROM token_lineage l JOIN granted g ON l.parent_jti = g.jti WHERE l.revoked_at IS NULL
-        )
+      // The rule's live tokens, then their descendants a generation at a time: each statement
+      // sees what committed before it, so a child recorded while this waited on its parent's
+      // row lock is found by the next (as in revokeTokenCascade).
+      const rows: Array<{ jti: string; exp: number }> = [];
+      let frontier = (await trx.raw<{ rows: Array<{ jti: string; exp: number }> }>(`
         UPDATE token_lineage SET revoked_at = clock_timestamp()
-        WHERE jti IN (SELECT jti FROM granted) AND revoked_at IS NULL
-        RETURNING jti, extract(epoch FROM exp)::bigint AS exp`, [input.value, markSeconds(notBefore)]);
+        WHERE rule_id = ? AND iat < to_timestamp(?) AND exp > now() AND revoked_at IS NULL
+        RETURNING jti, extract(epoch FROM exp)::bigint AS exp`, [input.value, markSeconds(notBefore)])).rows;
+      while (frontier.length > 0) {
+        rows.push(...frontier);
+        frontier = (await trx.raw<{ rows: Array<{ jti: string; exp: number }> }>(`
+          UPDATE token_lineage SET revoked_at = clock_timestamp()
+          WHERE parent_jti = ANY(?) AND revoked_at IS NULL
+          RETURNING jti, extract(epoch FROM exp)::bigint AS exp`, [frontier.map((r) => r.jti)])).rows;
+      }
       tokens = rows.length;
       if (rows.length > 0) {
         await trx('revocations').insert(rows.map((r) => ({ kind: 'jti', value: r.jti, expires_at: new Date(r.exp * 1000), revoked_by: input.revokedBy })))

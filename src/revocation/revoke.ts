@@ -89,9 +89,17 @@ export type KillSwitchKind = 'client' | 'subject' | 'issuer' | 'rule';
  */
 export async function setRevokeBefore(trx: Knex.Transaction, input: { kind: KillSwitchKind; value: string; notBefore: Date; revokedBy: string }): Promise<Date> {
   // The database's clock bounds the time, not the caller's: a mark set by a host whose clock
-  // runs ahead would otherwise cover tokens the servers issue after it.
+  // runs ahead would otherwise cover tokens the servers issue after it. Rounded up to the
+  // millisecond, the precision every reader (a JavaScript Date) keeps: truncated, a mark in the
+  // first microseconds of a second would not cover the tokens issued in them before it.
   const [row] = await trx('revocations')
-    .insert({ kind: input.kind, value: input.value, not_before: trx.raw('LEAST(?::timestamptz, clock_timestamp())', [input.notBefore]), revoked_by: input.revokedBy, created_at: trx.raw('clock_timestamp()') })
+    .insert({
+      kind: input.kind,
+      value: input.value,
+      not_before: trx.raw('to_timestamp(ceil(extract(epoch FROM LEAST(?::timestamptz, clock_timestamp())) * 1000) / 1000)', [input.notBefore]),
+      revoked_by: input.revokedBy,
+      created_at: trx.raw('clock_timestamp()'),
+    })
     .onConflict(['kind', 'value'])
     .merge({
       not_before: trx.raw('GREATEST(revocations.not_before, excluded.not_before)'),
