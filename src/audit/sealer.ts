@@ -274,7 +274,13 @@ export class AuditSealer {
 
       // 2. The anchor, and the head, which must extend the chain through it.
       // (Only a checkpoint this key signed counts: a forged one must not stop the sealer.)
-      const { valid, forged } = await newestValidCheckpoint(trx, this.key);
+      const { valid, forged, gaveUp } = await newestValidCheckpoint(trx, this.key);
+      if (gaveUp) {
+        this.reportOnce(`cpflood:${forged[0]?.id}`, () => this.logger.error(
+          { checked: forged.length }, 'audit checkpoints with invalid signatures bury any valid one: sealing stopped; run `writ audit verify`'));
+        await this.measureLag(trx, 0, []);
+        return 0;
+      }
       if (forged.length > 0) {
         this.reportOnce(`badcp:${forged.map((c) => c.id).join(',')}`, () => this.logger.error(
           { checkpoints: forged.map((c) => Number(c.id)) }, 'audit checkpoint with an invalid signature ignored; run `writ audit verify`'));
@@ -398,10 +404,11 @@ interface CheckpointRow {
 
 /**
  * The newest checkpoint whose signature verifies, and the ones above it that do not. Read a
- * page at a time: the serving role may insert checkpoints, and however many forged ones it puts
- * on top must not hide the genuine one (up to 1,000 are looked through each pass).
+ * page at a time: the serving role may insert checkpoints, and forged ones piled on top must
+ * not hide the genuine one. A pass looks through up to 1,000; past that it gives up (and the
+ * sealer stops) rather than seal with no anchor.
  */
-async function newestValidCheckpoint(knex: Knex, key: Buffer): Promise<{ valid: CheckpointRow | undefined; forged: CheckpointRow[] }> {
+async function newestValidCheckpoint(knex: Knex, key: Buffer): Promise<{ valid: CheckpointRow | undefined; forged: CheckpointRow[]; gaveUp: boolean }> {
   const forged: CheckpointRow[] = [];
   let after: CheckpointRow | undefined;
   for (let page = 0; page < 20; page += 1) {
@@ -409,13 +416,13 @@ async function newestValidCheckpoint(knex: Knex, key: Buffer): Promise<{ valid: 
       SELECT id, seq, hash, count, signature, extract(epoch FROM created_at) * 1000 AS created_ms FROM audit_checkpoints
       ${after ? 'WHERE (seq, id) < (?, ?)' : ''} ORDER BY seq DESC, id DESC LIMIT 50`, after ? [after.seq, after.id] : []);
     for (const c of rows) {
-      if (verifyCheckpoint(key, { seq: Number(c.seq), hash: c.hash, count: Number(c.count), signature: c.signature })) return { valid: c, forged };
+      if (verifyCheckpoint(key, { seq: Number(c.seq), hash: c.hash, count: Number(c.count), signature: c.signature })) return { valid: c, forged, gaveUp: false };
       forged.push(c);
     }
-    if (rows.length < 50) break;
+    if (rows.length < 50) return { valid: undefined, forged, gaveUp: false };
     after = rows.at(-1);
   }
-  return { valid: undefined, forged };
+  return { valid: undefined, forged, gaveUp: true };
 }
 
 /**

@@ -529,6 +529,18 @@ describe.each(backends)('tamper-evident audit log on $backend', ({ embedded }) =
     expect(sealedNow).toBe(1);
   });
 
+  it('stops, rather than seal with no anchor, when forged checkpoints bury every valid one', async () => {
+    const lines: string[] = [];
+    const sealedNow = await tampered(knex, async (trx) => {
+      await trx('audit_checkpoints').insert(Array.from({ length: 1001 }, () => ({ seq: 1_000_000, hash: 'f'.repeat(64), count: 1_000_000, signature: 'A'.repeat(43) })));
+      await recordAudit(trx, { type: 'key.generated', outcome: 'ok' });
+      await trx.raw('SET LOCAL session_replication_role = origin');
+      return new AuditSealer(trx, { checkpointKey: key, logger: captureLogger(lines), graceMs: 0 }).sealOnce({ graceMs: 0 });
+    });
+    expect(sealedNow).toBe(0);
+    expect(lines.some((l) => l.includes('bury any valid one'))).toBe(true);
+  });
+
   it('stops sealing when the chain is behind its last checkpoint', async () => {
     const lines: string[] = [];
     const sealedNow = await tampered(knex, async (trx) => {
