@@ -222,6 +222,9 @@ export async function exchange(deps: ExchangeDeps, call: ExchangeCall): Promise<
           requested_scope: request.scope ?? null,
           scope: grant.scopes,
           act: grant.act,
+          // The acting clients, oldest first, as the lineage row lists them (act may also nest
+          // actors an upstream token carried, which are no clients of Writ's).
+          actors: grant.actors,
           exp: grant.exp,
           depth: grant.depth,
           kid: minted.kid,
