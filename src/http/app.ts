@@ -312,6 +312,7 @@ export function createApp(deps: AppDeps): Koa {
   // per address (src/http/rate-limit.ts: ADDRESS_FAILURE_FACTOR); once a bucket is empty further
   // attempts are refused before any secret is checked.
   const addressKey = (ip: string): string => `auth-fail-ip:${ip}`;
+  const uncredentialedKey = (ip: string): string => `auth-none-ip:${ip}`;
   const clientKey = (clientId: string, ip: string): string => `auth-fail-client:${clientId}\n${ip}`;
   const refuseLimited = async (ctx: Koa.Context, key: string, rate: RateDecision, reason: string, claimed: string | undefined): Promise<void> => {
     const state = ctx.state as Record<string, unknown>;
@@ -349,12 +350,20 @@ export function createApp(deps: AppDeps): Koa {
     // A refusal by client authentication: every 401 (an unreadable `Authorization` header
     // included: the remap below runs before this line), and the provider's 400s for a client it
     // found but did not authenticate (two mechanisms at once, say). A request that offered no
-    // credential guesses no secret, so it spends no client's budget; but each is refused and
-    // recorded, so it spends its address's, which bounds what one address can have written.
+    // credential guesses no secret, and a client may wait for the challenge before it sends its
+    // credentials, so it spends neither budget; but each is refused and recorded, so it has a
+    // bucket of its own per address, which bounds how many one address can have written: past
+    // it, the refusal is a 429, counted in aggregate (RefusalTally).
     const found = namedClient(ctx);
     const uncredentialed = (ctx.state as Record<string, unknown>).writNoCredential === true;
     if (uncredentialed && ctx.status === 401) {
-      deps.limiter.spend(addressKey(ctx.ip), perAddress);
+      const key = uncredentialedKey(ctx.ip);
+      const rate = deps.limiter.peek(key, perAddress);
+      if (!rate.ok) {
+        ctx.remove('WWW-Authenticate');
+        return refuseLimited(ctx, key, rate, 'auth_rate_limited', undefined);
+      }
+      deps.limiter.spend(key, perAddress);
     } else if (ctx.status === 401 || (ctx.status >= 400 && ctx.status < 500 && found !== undefined && !clientAuthenticated(ctx))) {
       const client = claimed ?? found;
       deps.limiter.spend(addressKey(ctx.ip), perAddress);
