@@ -179,7 +179,7 @@ export async function policyApply(ctx: CliContext, dir: string, message: string,
     const response = await fetch(`${server.url}/admin/v1/local/policy/apply`, {
       method: 'POST',
       headers: { authorization: `Bearer ${server.token}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ files, env: referencedEnv(files), message, appliedBy: appliedBy(), allow_empty: mayEmpty }),
+      body: JSON.stringify({ files, env: referencedEnv(files), message, appliedBy: appliedBy(), allow_empty: options.allowEmpty === true }),
     });
     if (response.status !== 200 && response.status !== 422) {
       ctx.err(`the running writ serve (pid ${server.pid}) refused the apply: HTTP ${response.status}`);

@@ -176,6 +176,9 @@ export async function rollbackTo(knex: Knex, target: number, options: {
         message: options.message,
         secretKey: options.secretKey,
         ...(options.callerScopes ? { callerScopes: options.callerScopes } : {}),
+        // A rollback to a version without clients would delete every secret, and nothing rolls
+        // that back: such a version is reached by applying it, with --allow-empty, not this way.
+        keepSomeClient: true,
         audit: policyAppliedEvent(options.appliedBy, options.message, { rollback_of: target, secrets_set: [] }),
       });
     } catch (err) {

@@ -399,8 +399,17 @@ describe('the last admin', () => {
       const userToken = await t.idp.token(t.issuer);
       expect((await t.exchange('planner-agent', { subject_token: userToken, subject_token_type: AT, audience: EXECUTOR_AUD })).status).toBe(200);
       expect((await put({ files, allow_empty: 'yes' })).status).toBe(400);
-      expect((await put({ files, allow_empty: true })).status).toBe(200);
+      const emptied = await put({ files, allow_empty: true });
+      expect(emptied.status).toBe(200);
       expect((await t.exchange('planner-agent', { subject_token: userToken, subject_token_type: AT, audience: EXECUTOR_AUD })).status).toBe(401);
+      // With clients again, a rollback to the empty version is refused: no rollback brings secrets back.
+      await t.apply();
+      const back = await fetch(`${t.url}/admin/v1/policy/rollback`, {
+        method: 'POST', headers: { authorization: `Bearer ${issued.body.access_token as string}`, 'content-type': 'application/json' }, body: JSON.stringify({ version: emptied.body.version }),
+      });
+      expect(back.status).toBe(422);
+      expect(JSON.stringify(await back.json())).toContain('defines no clients');
+      expect((await t.exchange('planner-agent', { subject_token: await t.idp.token(t.issuer), subject_token_type: AT, audience: EXECUTOR_AUD })).status).toBe(200);
     } finally {
       await t.close();
     }
