@@ -73,8 +73,10 @@ export function knexLogLine(message: unknown, databaseUrl: string): string {
   for (const form of new Set([password, safeDecode(password)])) {
     if (form) line = line.split(form).join('***');
   }
-  // Then any connection string quoted, up to the last "@" before its host: a password may hold a raw "@".
-  line = line.replace(/(\b[a-z][a-z0-9+.-]*:\/\/[^/\s:@]*:)[^\s/]*@(?=[^@\s]*(?:[/\s]|$))/gi, '$1***@');
+  // Then any connection string quoted, up to the last "@" of it: a password may hold a raw "@"
+  // or "/". (Masking a path's "@" as well errs the safe way; the scheme is bounded, so that a
+  // long run of letters and dots cannot make the match quadratic.)
+  line = line.replace(/(\b[a-z][a-z0-9+.-]{0,31}:\/\/[^/\s:@]*:)\S*@/gi, '$1***@');
   return line;
 }
 

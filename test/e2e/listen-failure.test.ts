@@ -53,7 +53,7 @@ describe('writ serve when an address it listens on is taken', () => {
   });
   afterAll(() => rmSync(dataDir, { recursive: true, force: true }));
 
-  it('PORT: exits 1 (not serving on, with the metrics listener it had bound), naming the address', async () => {
+  it('PORT: exits 1, naming the address and the setting', async () => {
     const taken = await occupy();
     const metricsPort = await freePort();
     try {

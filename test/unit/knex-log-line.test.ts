@@ -18,6 +18,7 @@ describe('knexLogLine', () => {
 
   it('masks a quoted password with a raw "@" in it whole, and keeps a line that merely starts with "at"', () => {
     expect(knexLogLine('tried postgres://u:p@ss@w0rd@host:5432/db', URL)).toBe('tried postgres://u:***@host:5432/db');
+    expect(knexLogLine('tried postgres://u:pa/ss@host/db and more', URL)).toBe('tried postgres://u:***@host/db and more');
     expect(knexLogLine('pool is full\n  at least one connection is stuck', URL)).toBe('pool is full at least one connection is stuck');
   });
 
