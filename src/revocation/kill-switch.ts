@@ -1,8 +1,8 @@
 import type { Knex } from 'knex';
 import { toRow } from '../audit/event.ts';
 import { retryOnConflict } from '../store/retry.ts';
-import { notify, setRevokeBefore, type KillSwitchKind } from './revoke.ts';
-import { markSeconds, type RevocationEntry } from './state.ts';
+import { markJtisRevoked, setRevokeBefore, type KillSwitchKind } from './revoke.ts';
+import { markSeconds } from './state.ts';
 
 export const KILL_SWITCH_KINDS: readonly KillSwitchKind[] = ['client', 'subject', 'issuer', 'rule'];
 
@@ -63,18 +63,14 @@ export async function killSwitch(knex: Knex, input: { kind: KillSwitchKind; valu
         WHERE rule_id = ? AND iat < to_timestamp(?) AND exp > now() AND revoked_at IS NULL
         RETURNING jti, extract(epoch FROM exp)::bigint AS exp`, [input.value, markSeconds(notBefore)])).rows;
       while (frontier.length > 0) {
-        rows.push(...frontier);
+        for (const row of frontier) rows.push(row);
         frontier = (await trx.raw<{ rows: Array<{ jti: string; exp: number }> }>(`
           UPDATE token_lineage SET revoked_at = clock_timestamp()
           WHERE parent_jti = ANY(?) AND revoked_at IS NULL
           RETURNING jti, extract(epoch FROM exp)::bigint AS exp`, [frontier.map((r) => r.jti)])).rows;
       }
       tokens = rows.length;
-      if (rows.length > 0) {
-        await trx('revocations').insert(rows.map((r) => ({ kind: 'jti', value: r.jti, expires_at: new Date(r.exp * 1000), revoked_by: input.revokedBy })))
-          .onConflict(['kind', 'value']).ignore();
-        await notify(trx, rows.map((r): RevocationEntry => ({ kind: 'jti', value: r.jti, notBefore: null, expiresAt: r.exp })));
-      }
+      await markJtisRevoked(trx, rows, input.revokedBy);
     }
     await trx('audit_events').insert(toRow({
       type: 'kill_switch',

@@ -23,6 +23,20 @@ export async function notify(trx: Knex.Transaction, entries: RevocationEntry[]):
   await send();
 }
 
+/**
+ * Marks tokens revoked by jti, as many as there are: one statement takes their columns as four
+ * arrays (a row of parameters each would pass PostgreSQL's 65,535 at 16,384 tokens, and a
+ * kill switch on a busy rule may reach that), and the revoked sets hear of them in chunks.
+ */
+export async function markJtisRevoked(trx: Knex.Transaction, tokens: ReadonlyArray<{ jti: string; exp: number }>, revokedBy: string): Promise<void> {
+  if (tokens.length === 0) return;
+  await trx.raw(`
+    INSERT INTO revocations (kind, value, expires_at, revoked_by)
+    SELECT 'jti', t.value, to_timestamp(t.exp), ? FROM unnest(CAST(? AS text[]), CAST(? AS bigint[])) AS t(value, exp)
+    ON CONFLICT (kind, value) DO NOTHING`, [revokedBy, tokens.map((t) => t.jti), tokens.map((t) => t.exp)]);
+  await notify(trx, tokens.map((t): RevocationEntry => ({ kind: 'jti', value: t.jti, notBefore: null, expiresAt: t.exp })));
+}
+
 export interface TokenRevocationResult {
   /** Every jti revoked by this call: the token and all its descendants not revoked before. */
   revoked: Array<{ jti: string; exp: number }>;
@@ -44,19 +58,13 @@ export async function revokeTokenCascade(knex: Knex, input: { jti: string; revok
         UPDATE token_lineage SET revoked_at = clock_timestamp()
         WHERE revoked_at IS NULL AND ${first ? 'jti = ANY(?)' : 'parent_jti = ANY(?)'}
         RETURNING jti, extract(epoch FROM exp)::bigint AS exp`, [frontier]);
-      revoked.push(...rows.rows);
+      for (const row of rows.rows) revoked.push(row);
       // A token revoked earlier has its own descendants revoked already, but ones minted from
       // it after that revocation cannot exist (they would have been refused), so stop there.
       frontier = rows.rows.map((r) => r.jti);
       first = false;
     }
-    if (revoked.length > 0) {
-      const entries: RevocationEntry[] = revoked.map((r) => ({ kind: 'jti', value: r.jti, notBefore: null, expiresAt: r.exp }));
-      await trx('revocations')
-        .insert(revoked.map((r) => ({ kind: 'jti', value: r.jti, expires_at: new Date(r.exp * 1000), revoked_by: input.revokedBy })))
-        .onConflict(['kind', 'value']).ignore();
-      await notify(trx, entries);
-    }
+    await markJtisRevoked(trx, revoked, input.revokedBy);
     await trx('audit_events').insert(toRow(input.audit(revoked.length)));
     return { revoked };
   }));
@@ -133,14 +141,8 @@ export async function revokeTaskForAgent(knex: Knex, input: { taskId: string; ag
     const marks = roots.map((r) => subjectTaskKey(r.root_issuer, r.root_sub, input.taskId));
     await trx('revocations').insert(marks.map((value) => ({ kind: 'subject_task', value, revoked_by: input.agent })))
       .onConflict(['kind', 'value']).ignore();
-    if (rows.length > 0) {
-      await trx('revocations').insert(rows.map((r) => ({ kind: 'jti', value: r.jti, expires_at: new Date(r.exp * 1000), revoked_by: input.agent })))
-        .onConflict(['kind', 'value']).ignore();
-    }
-    await notify(trx, [
-      ...marks.map((value): RevocationEntry => ({ kind: 'subject_task', value, notBefore: null, expiresAt: null })),
-      ...rows.map((r): RevocationEntry => ({ kind: 'jti', value: r.jti, notBefore: null, expiresAt: r.exp })),
-    ]);
+    await notify(trx, marks.map((value): RevocationEntry => ({ kind: 'subject_task', value, notBefore: null, expiresAt: null })));
+    await markJtisRevoked(trx, rows, input.agent);
     await trx('audit_events').insert(toRow(input.audit(rows.length)));
     return rows.length;
   }));

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migrate, openDatabase, type Database } from '../../src/store/db.ts';
 import { killSwitch } from '../../src/revocation/kill-switch.ts';
+import { markJtisRevoked } from '../../src/revocation/revoke.ts';
 import { runWrit } from '../support/cli.ts';
 import { AT, EXECUTOR_AUD, basicAuth, createTestDatabase, startTestWrit, type TestWrit } from '../support/harness.ts';
 
@@ -115,5 +116,13 @@ describe('Writ serving as a role with the least privileges (writ db grants)', ()
     await revocation.commit();
     await expect(marked).resolves.toMatchObject({ tokens: expect.any(Number) });
     expect(await owner.knex('revocations').where({ kind: 'rule', value: 'planner-delegates-to-executor' }).first()).toBeDefined();
+  });
+
+  it('marks twenty thousand tokens revoked in one call, past the parameters one statement may bind', async () => {
+    const exp = Math.floor(Date.now() / 1000) + 600;
+    const tokens = Array.from({ length: 20_000 }, (_, i) => ({ jti: `bulk-${i}`, exp }));
+    await t.writ.db.knex.transaction((trx) => markJtisRevoked(trx, tokens, 'test'));
+    const [{ count }] = await owner.knex('revocations').where('value', 'like', 'bulk-%').count<Array<{ count: string }>>('* as count');
+    expect(Number(count)).toBe(20_000);
   });
 });
