@@ -278,7 +278,7 @@ export class AuditSealer {
       if (gaveUp) {
         this.reportOnce(`cpflood:${forged[0]?.id}`, () => this.logger.error(
           { checked: forged.length }, 'audit checkpoints with invalid signatures bury any valid one: sealing stopped; run `writ audit verify`'));
-        await this.measureLag(trx, 0, []);
+        await this.measureLag(trx, (await readHead(trx, undefined))?.id ?? 0, []);
         return 0;
       }
       if (forged.length > 0) {

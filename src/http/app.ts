@@ -361,7 +361,7 @@ export function createApp(deps: AppDeps): Koa {
       const rate = deps.limiter.peek(key, perAddress);
       if (!rate.ok) {
         ctx.remove('WWW-Authenticate');
-        return refuseLimited(ctx, key, rate, 'auth_rate_limited', undefined);
+        return refuseLimited(ctx, key, rate, 'auth_rate_limited', found);
       }
       deps.limiter.spend(key, perAddress);
     } else if (ctx.status === 401 || (ctx.status >= 400 && ctx.status < 500 && found !== undefined && !clientAuthenticated(ctx))) {

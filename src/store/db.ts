@@ -73,10 +73,13 @@ export function knexLogLine(message: unknown, databaseUrl: string): string {
   for (const form of new Set([password, safeDecode(password)])) {
     if (form) line = line.split(form).join('***');
   }
-  // Then any connection string quoted, up to the last "@" of it: a password may hold a raw "@"
-  // or "/". (Masking a path's "@" as well errs the safe way; the scheme is bounded, so that a
-  // long run of letters and dots cannot make the match quadratic.)
-  line = line.replace(/(\b[a-z][a-z0-9+.-]{0,31}:\/\/[^/\s:@]*:)\S*@/gi, '$1***@');
+  // Then any connection string quoted, up to its last "@": a password may hold a raw "@" or "/".
+  // Word by word, each looked at once, so no input makes this slower than linear.
+  line = line.replace(/\S+/g, (word) => {
+    const userinfo = /^(.*?\b[a-z][a-z0-9+.-]{0,31}:\/\/[^/\s:@]*:)/i.exec(word);
+    const at = word.lastIndexOf('@');
+    return userinfo && at > userinfo[1]!.length ? `${userinfo[1]}***${word.slice(at)}` : word;
+  });
   return line;
 }
 

@@ -152,12 +152,20 @@ describe('rate limits', () => {
     // refusal is a 429, counted in aggregate.
     const statuses: number[] = [];
     const started = performance.now();
+    let last: Awaited<ReturnType<typeof t.post>> | undefined;
     while (statuses.length < 200 && !statuses.includes(429)) {
       const form: Record<string, string> = statuses.length % 2 === 0 ? { token: 'x' } : { token: 'x', client_id: 'payments-api' };
-      statuses.push((await t.post('/token/introspection', form, undefined, from('203.0.113.14'))).status);
+      last = await t.post('/token/introspection', form, undefined, from('203.0.113.14'));
+      statuses.push(last.status);
+      if (last.status === 401) expect(last.headers.get('www-authenticate')).toMatch(/^Basic realm=/);
     }
     const refilled = Math.ceil(((performance.now() - started) / 1000) * 5);
     const first = statuses.indexOf(429);
+    // The 429 is a rate limit's, not a challenge.
+    expect(last!.headers.get('www-authenticate')).toBeNull();
+    expect(last!.headers.get('retry-after')).toMatch(/^[1-9][0-9]*$/);
+    expect(last!.headers.get('ratelimit-remaining')).toBe('0');
+    expect(last!.body).toMatchObject({ error: 'temporarily_unavailable' });
     expect(first).toBeGreaterThanOrEqual(50);
     expect(first).toBeLessThanOrEqual(50 + refilled);
     expect(statuses.slice(0, first).every((s) => s === 401)).toBe(true);
