@@ -1,7 +1,7 @@
 import type { Knex } from 'knex';
 import { toRow } from '../audit/event.ts';
 import { retryOnConflict } from '../store/retry.ts';
-import { markJtisRevoked, setRevokeBefore, type KillSwitchKind } from './revoke.ts';
+import { markJtisRevoked, revokeDescendants, setRevokeBefore, type KillSwitchKind, type RevokedToken } from './revoke.ts';
 import { markSeconds } from './state.ts';
 
 export const KILL_SWITCH_KINDS: readonly KillSwitchKind[] = ['client', 'subject', 'issuer', 'rule'];
@@ -54,21 +54,13 @@ export async function killSwitch(knex: Knex, input: { kind: KillSwitchKind; valu
     const notBefore = await setRevokeBefore(trx, input);
     let tokens = 0;
     if (input.kind === 'rule') {
-      // The rule's live tokens, then their descendants a generation at a time: each statement
-      // sees what committed before it, so a child recorded while this waited on its parent's
-      // row lock is found by the next (as in revokeTokenCascade).
-      const rows: Array<{ jti: string; exp: number }> = [];
-      let frontier = (await trx.raw<{ rows: Array<{ jti: string; exp: number }> }>(`
+      // The rule's live tokens, then everything derived from them, children committed while
+      // this waited on a parent's row lock included (revokeDescendants).
+      const live = await trx.raw<{ rows: RevokedToken[] }>(`
         UPDATE token_lineage SET revoked_at = clock_timestamp()
         WHERE rule_id = ? AND iat < to_timestamp(?) AND exp > now() AND revoked_at IS NULL
-        RETURNING jti, extract(epoch FROM exp)::bigint AS exp`, [input.value, markSeconds(notBefore)])).rows;
-      while (frontier.length > 0) {
-        for (const row of frontier) rows.push(row);
-        frontier = (await trx.raw<{ rows: Array<{ jti: string; exp: number }> }>(`
-          UPDATE token_lineage SET revoked_at = clock_timestamp()
-          WHERE parent_jti = ANY(?) AND revoked_at IS NULL
-          RETURNING jti, extract(epoch FROM exp)::bigint AS exp`, [frontier.map((r) => r.jti)])).rows;
-      }
+        RETURNING jti, extract(epoch FROM exp)::bigint AS exp`, [input.value, markSeconds(notBefore)]);
+      const rows = await revokeDescendants(trx, live.rows);
       tokens = rows.length;
       await markJtisRevoked(trx, rows, input.revokedBy);
     }

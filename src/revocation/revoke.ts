@@ -24,11 +24,11 @@ export async function notify(trx: Knex.Transaction, entries: RevocationEntry[]):
 }
 
 /**
- * Marks tokens revoked by jti, as many as there are: one statement takes their columns as four
- * arrays (a row of parameters each would pass PostgreSQL's 65,535 at 16,384 tokens, and a
+ * Marks tokens revoked by jti, as many as there are: one statement takes their jtis and exps as
+ * two arrays (a row of parameters each would pass PostgreSQL's 65,535 at 16,384 tokens, and a
  * kill switch on a busy rule may reach that), and the revoked sets hear of them in chunks.
  */
-export async function markJtisRevoked(trx: Knex.Transaction, tokens: ReadonlyArray<{ jti: string; exp: number }>, revokedBy: string): Promise<void> {
+export async function markJtisRevoked(trx: Knex.Transaction, tokens: readonly RevokedToken[], revokedBy: string): Promise<void> {
   if (tokens.length === 0) return;
   await trx.raw(`
     INSERT INTO revocations (kind, value, expires_at, revoked_by)
@@ -37,33 +37,44 @@ export async function markJtisRevoked(trx: Knex.Transaction, tokens: ReadonlyArr
   await notify(trx, tokens.map((t): RevocationEntry => ({ kind: 'jti', value: t.jti, notBefore: null, expiresAt: t.exp })));
 }
 
-export interface TokenRevocationResult {
-  /** Every jti revoked by this call: the token and all its descendants not revoked before. */
-  revoked: Array<{ jti: string; exp: number }>;
+/** A token whose lineage row a revocation just marked. */
+export interface RevokedToken {
+  jti: string;
+  exp: number;
 }
 
 /**
- * Revokes a token and, transitively, every token derived from it. Each UPDATE locks the rows
- * it marks; an exchange deriving from one of them holds `FOR SHARE` on it until it commits,
- * so each later statement (a fresh snapshot under READ COMMITTED) sees any child committed
- * meanwhile. The loop ends when a pass finds no unrevoked child.
+ * Given tokens whose lineage rows were just marked revoked, marks everything derived from them,
+ * a generation at a time, and returns them all. Each UPDATE locks the rows it marks; an exchange
+ * deriving from one of them holds `FOR SHARE` on it until it commits, so each later statement
+ * (a fresh snapshot under READ COMMITTED) sees any child committed meanwhile. A token revoked
+ * earlier is not followed: its descendants were revoked with it, and none can be minted since.
  */
+export async function revokeDescendants(trx: Knex.Transaction, revoked: readonly RevokedToken[]): Promise<RevokedToken[]> {
+  const all = [...revoked];
+  let frontier = revoked;
+  while (frontier.length > 0) {
+    frontier = (await trx.raw<{ rows: RevokedToken[] }>(`
+      UPDATE token_lineage SET revoked_at = clock_timestamp()
+      WHERE parent_jti = ANY(?) AND revoked_at IS NULL
+      RETURNING jti, extract(epoch FROM exp)::bigint AS exp`, [frontier.map((r) => r.jti)])).rows;
+    for (const row of frontier) all.push(row);
+  }
+  return all;
+}
+
+export interface TokenRevocationResult {
+  /** Every jti revoked by this call: the token and all its descendants not revoked before. */
+  revoked: RevokedToken[];
+}
+
+/** Revokes a token and, transitively, every token derived from it (revokeDescendants). */
 export async function revokeTokenCascade(knex: Knex, input: { jti: string; revokedBy: string; audit: (count: number) => AuditEvent }): Promise<TokenRevocationResult> {
   return retryOnConflict(() => knex.transaction(async (trx) => {
-    const revoked: Array<{ jti: string; exp: number }> = [];
-    let frontier: string[] = [input.jti];
-    let first = true;
-    while (frontier.length > 0) {
-      const rows = await trx.raw<{ rows: Array<{ jti: string; exp: number }> }>(`
-        UPDATE token_lineage SET revoked_at = clock_timestamp()
-        WHERE revoked_at IS NULL AND ${first ? 'jti = ANY(?)' : 'parent_jti = ANY(?)'}
-        RETURNING jti, extract(epoch FROM exp)::bigint AS exp`, [frontier]);
-      for (const row of rows.rows) revoked.push(row);
-      // A token revoked earlier has its own descendants revoked already, but ones minted from
-      // it after that revocation cannot exist (they would have been refused), so stop there.
-      frontier = rows.rows.map((r) => r.jti);
-      first = false;
-    }
+    const token = await trx.raw<{ rows: RevokedToken[] }>(`
+      UPDATE token_lineage SET revoked_at = clock_timestamp() WHERE jti = ? AND revoked_at IS NULL
+      RETURNING jti, extract(epoch FROM exp)::bigint AS exp`, [input.jti]);
+    const revoked = await revokeDescendants(trx, token.rows);
     await markJtisRevoked(trx, revoked, input.revokedBy);
     await trx('audit_events').insert(toRow(input.audit(revoked.length)));
     return { revoked };
