@@ -372,8 +372,7 @@ export class AuditSealer {
       await this.measureLag(trx, tip?.id ?? 0, skipped);
       // The head this pass leaves extends the anchor (checked above), so it becomes the anchor.
       reached = tip ?? anchor;
-      if (lastCheckpoint) checkpointNow = lastCheckpoint.seq;
-      if (logged.length > 0) checkpointNow = tip!.seq;
+      checkpointNow = logged.length > 0 ? tip!.seq : lastCheckpoint?.seq ?? 0;
       return seals.length;
     });
     this.sealed += sealedNow;
@@ -409,17 +408,18 @@ interface CheckpointRow {
  * sealer stops) rather than seal with no anchor.
  */
 async function newestValidCheckpoint(knex: Knex, key: Buffer): Promise<{ valid: CheckpointRow | undefined; forged: CheckpointRow[]; gaveUp: boolean }> {
+  const PAGE = 50;
   const forged: CheckpointRow[] = [];
   let after: CheckpointRow | undefined;
   for (let page = 0; page < 20; page += 1) {
     const { rows } = await knex.raw<{ rows: CheckpointRow[] }>(`
       SELECT id, seq, hash, count, signature, extract(epoch FROM created_at) * 1000 AS created_ms FROM audit_checkpoints
-      ${after ? 'WHERE (seq, id) < (?, ?)' : ''} ORDER BY seq DESC, id DESC LIMIT 50`, after ? [after.seq, after.id] : []);
+      ${after ? 'WHERE (seq, id) < (?, ?)' : ''} ORDER BY seq DESC, id DESC LIMIT ${PAGE}`, after ? [after.seq, after.id] : []);
     for (const c of rows) {
       if (verifyCheckpoint(key, { seq: Number(c.seq), hash: c.hash, count: Number(c.count), signature: c.signature })) return { valid: c, forged, gaveUp: false };
       forged.push(c);
     }
-    if (rows.length < 50) return { valid: undefined, forged, gaveUp: false };
+    if (rows.length < PAGE) return { valid: undefined, forged, gaveUp: false };
     after = rows.at(-1);
   }
   return { valid: undefined, forged, gaveUp: true };

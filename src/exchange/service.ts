@@ -14,7 +14,7 @@ import { ExchangeDenied, REASONS, type OAuthErrorCode, type PresentedSubject, ty
 import type { GrantRecord } from './record.ts';
 import type { VerifiedSignatures } from '../tokens/verified-signatures.ts';
 import { parseExchangeRequest } from './request.ts';
-import { TOKEN_TYPE_URN, type ExchangeRequest, type Grant, type Lineage, type VerifiedSubject } from './types.ts';
+import { TOKEN_TYPE_URN, type Decision, type ExchangeRequest, type Grant, type Lineage, type VerifiedSubject } from './types.ts';
 
 export interface ExchangeDeps {
   issuer: string;
@@ -117,6 +117,8 @@ export async function exchange(deps: ExchangeDeps, call: ExchangeCall): Promise<
     }
     return { ok: false, error: REASONS[reason], reason };
   };
+  const denyDecision = (d: Extract<Decision, { ok: false }>): Promise<ExchangeResult> =>
+    deny(d.reason, d.detail, { ...(d.ruleId ? { ruleId: d.ruleId } : {}), steps: d.steps });
 
   try {
     if (call.dpop) throw new ExchangeDenied('dpop_unsupported', 'DPoP-bound tokens are not supported yet');
@@ -158,9 +160,7 @@ export async function exchange(deps: ExchangeDeps, call: ExchangeCall): Promise<
     const decisionStarted = performance.now();
     let decision = decide(policy, input);
     deps.onDecision?.((performance.now() - decisionStarted) / 1000);
-    if (!decision.ok) {
-      return await deny(decision.reason, decision.detail, { ...(decision.ruleId ? { ruleId: decision.ruleId } : {}), steps: decision.steps });
-    }
+    if (!decision.ok) return await denyDecision(decision);
     // A kill switch covers the whole second its time falls in (token times are whole seconds,
     // so a token issued a moment before it cannot be told from one a moment after): a token
     // minted in that second would be inactive as it left. Mint it in the next second instead.
@@ -179,9 +179,7 @@ export async function exchange(deps: ExchangeDeps, call: ExchangeCall): Promise<
         await new Promise((resolve) => setTimeout(resolve, Math.min(next - Date.now(), deadline - performance.now()) + 1));
       }
       decision = decide(policy, { ...input, now: Math.max(decision.grant.iat + 1, Math.floor(Date.now() / 1000)) });
-      if (!decision.ok) {
-        return await deny(decision.reason, decision.detail, { ...(decision.ruleId ? { ruleId: decision.ruleId } : {}), steps: decision.steps });
-      }
+      if (!decision.ok) return await denyDecision(decision);
     }
     const { grant } = decision;
     const minted = await mint(grant, deps.issuer, call.clientId, deps.keys());
