@@ -53,28 +53,18 @@ describe('writ serve when an address it listens on is taken', () => {
   });
   afterAll(() => rmSync(dataDir, { recursive: true, force: true }));
 
-  it('PORT: exits 1, naming the address and the setting', async () => {
+  it.each([
+    { setting: 'PORT', taken: 'api' },
+    { setting: 'WRIT_METRICS_ADDR', taken: 'metrics' },
+  ] as const)('$setting: exits 1, naming the address and the setting', async ({ setting, taken: which }) => {
     const taken = await occupy();
-    const metricsPort = await freePort();
+    const free = await freePort();
+    const [port, metricsPort] = which === 'api' ? [taken.port, free] : [free, taken.port];
     try {
-      const run = await serveUntilExit({ ...env, PORT: String(taken.port), WRIT_ISSUER: `http://localhost:${taken.port}`, WRIT_METRICS_ADDR: `127.0.0.1:${metricsPort}` });
+      const run = await serveUntilExit({ ...env, PORT: String(port), WRIT_ISSUER: `http://localhost:${port}`, WRIT_METRICS_ADDR: `127.0.0.1:${metricsPort}` });
       expect(run.code, run.stderr).toBe(1);
       expect(run.stderr).toContain(`127.0.0.1:${taken.port}`);
-      expect(run.stderr).toContain('PORT');
-      expect(run.stderr).toContain('EADDRINUSE');
-    } finally {
-      taken.server.close();
-    }
-  }, 30_000);
-
-  it('WRIT_METRICS_ADDR: exits 1, naming the address and the setting', async () => {
-    const taken = await occupy();
-    const port = await freePort();
-    try {
-      const run = await serveUntilExit({ ...env, PORT: String(port), WRIT_ISSUER: `http://localhost:${port}`, WRIT_METRICS_ADDR: `127.0.0.1:${taken.port}` });
-      expect(run.code, run.stderr).toBe(1);
-      expect(run.stderr).toContain(`127.0.0.1:${taken.port}`);
-      expect(run.stderr).toContain('WRIT_METRICS_ADDR');
+      expect(run.stderr).toContain(setting);
       expect(run.stderr).toContain('EADDRINUSE');
     } finally {
       taken.server.close();
