@@ -5,8 +5,8 @@ import { parseStrictJson } from './strict-json.ts';
 /**
  * Upstream issuers' verification keys (docs/standards.md O5): fetched only from the configured
  * `jwks_uri`, HTTPS, no redirects, 5 s timeout, 64 KiB cap; an unknown `kid` triggers at most
- * one fetch per 30 s, single-flight; the last good keys are kept through failures for up to an
- * hour. A JWKS that cannot be fetched denies with `jwks_unavailable` (HTTP 503); a `kid` still
+ * one fetch per 30 s (per 5 s while fetching fails), single-flight; the last good keys are kept
+ * through failures for up to an hour. A JWKS that cannot be fetched denies with `jwks_unavailable` (HTTP 503); a `kid` still
  * unknown after a successful fetch denies with `kid_unknown` (400).
  */
 
@@ -299,10 +299,14 @@ export class RemoteJwks implements KeyResolver {
     let entries = await this.currentEntries();
     let selection = select(entries, header);
 
-    // An unknown kid may mean the issuer rotated keys: refetch, at most once per cooldown.
+    // An unknown kid may mean the issuer rotated keys: refetch, at most once per cooldown. After
+    // a failed attempt the kid was answered 503 ("try again"), so the next try comes after the
+    // failure backoff instead: once the issuer answers again, an unknown kid is a 400 within
+    // seconds, not only when the cooldown has run out.
     if (selection.kind === 'miss') {
       const sinceLastAttempt = this.now() - this.lastAttemptAt;
-      if (this.inflight !== undefined || sinceLastAttempt >= this.cooldownMs) {
+      const gap = this.lastAttemptFailed ? this.retryAfterErrorMs : this.cooldownMs;
+      if (this.inflight !== undefined || sinceLastAttempt >= gap) {
         await this.refresh();
         entries = this.entries ?? entries;
         selection = select(entries, header);

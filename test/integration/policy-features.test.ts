@@ -14,11 +14,12 @@ const SHALLOW_TOOL = 'https://shallow-tool.example.com';
 const SECRET = { A_SECRET: 'a-secret-0123456789abcdefghijklmnopqrstu', B_SECRET: 'b-secret-0123456789abcdefghijklmnopqrstu', TOOL_SECRET: 't-secret-0123456789abcdefghijklmnopqrstu' };
 
 /** A chain of three agents, an actor identity, private_key_jwt, RS256, a jwks_uri issuer and tasks. */
-function policy(idp: TestIdp, remoteIssuer: string, agentCKey: JWK): string {
+function policy(idp: TestIdp, remoteIssuer: string, agentCKey: JWK, lateIssuer: string): string {
   return JSON.stringify({
     issuers: [
       { issuer: idp.issuer, jwks: { keys: [idp.publicJwk] }, algorithms: ['ES256'], audience: 'self' },
       { issuer: remoteIssuer, jwks_uri: `${remoteIssuer}/jwks.json`, algorithms: ['ES256'], audience: 'self' },
+      { issuer: lateIssuer, jwks_uri: `${lateIssuer}/jwks.json`, algorithms: ['ES256'], audience: 'self' },
     ],
     clients: [
       { client_id: 'agent-a', kind: 'agent', auth: 'client_secret_basic', secret: '${A_SECRET}', audiences: [A], actor_identities: [{ issuer: idp.issuer, sub: 'bot-7' }] },
@@ -44,6 +45,7 @@ function policy(idp: TestIdp, remoteIssuer: string, agentCKey: JWK): string {
       { id: 'b-to-rsa-shallow', actor: 'agent-b', subject: { issuer: 'self' }, audience: RSA_TOOL, scopes: ['x'], ttl: 60, max_depth: 2 },
       { id: 'a-to-rsa', actor: 'agent-a', subject: { issuer: idp.issuer }, audience: RSA_TOOL, scopes: ['x', 'y'], ttl: 120 },
       { id: 'a-task', actor: 'agent-a', subject: { issuer: remoteIssuer }, audience: TASK_TOOL, scopes: ['x'], ttl: 60, require_task: true },
+      { id: 'a-late', actor: 'agent-a', subject: { issuer: lateIssuer }, audience: SHALLOW_TOOL, scopes: ['x'], ttl: 60 },
     ],
   });
 }
@@ -55,6 +57,8 @@ describe('policy features over HTTP', () => {
   let remoteKey: CryptoKey;
   let remoteJwk: JWK;
   let jwksUp = true;
+  /** An issuer nothing listens for until a test starts it. */
+  let lateIssuer: string;
   let cKey: CryptoKey;
   beforeAll(async () => {
     const remote = await generateKeyPair('ES256');
@@ -69,12 +73,16 @@ describe('policy features over HTTP', () => {
     });
     await new Promise<void>((r) => jwksServer.listen(0, '127.0.0.1', () => r()));
     remoteIssuer = `http://127.0.0.1:${(jwksServer.address() as { port: number }).port}`;
+    const reserved = createServer();
+    await new Promise<void>((r) => reserved.listen(0, '127.0.0.1', () => r()));
+    lateIssuer = `http://127.0.0.1:${(reserved.address() as { port: number }).port}`;
+    await new Promise<void>((r) => reserved.close(() => r()));
     const c = await generateKeyPair('ES256');
     cKey = c.privateKey;
     const cJwk = { ...(await exportJWK(c.publicKey)), kid: 'agent-c-1', alg: 'ES256', use: 'sig' };
     const idp = await TestIdp.create();
     t = await startTestWrit({ name: 'features', idp, applyExample: false });
-    await t.apply([{ name: 'features.yaml', text: policy(idp, remoteIssuer, cJwk) }], SECRET);
+    await t.apply([{ name: 'features.yaml', text: policy(idp, remoteIssuer, cJwk, lateIssuer) }], SECRET);
   });
   afterAll(async () => {
     await t?.close();
@@ -229,6 +237,42 @@ describe('policy features over HTTP', () => {
       expect(decodeJwt(during.body.access_token as string).task_id).toBe('job-9');
     } finally {
       jwksUp = true;
+    }
+  }, 20_000);
+
+  it('an unknown kid is 503 while the issuer is unreachable and 400 once it answers', async () => {
+    const late = await generateKeyPair('ES256');
+    const lateJwk = { ...(await exportJWK(late.publicKey)), kid: 'late-1', alg: 'ES256', use: 'sig' };
+    const lateToken = (kid: string) => {
+      const now = Math.floor(Date.now() / 1000);
+      return new SignJWT({ sub: 'dave' })
+        .setProtectedHeader({ alg: 'ES256', typ: 'at+jwt', kid })
+        .setIssuer(lateIssuer).setAudience(t.issuer).setIssuedAt(now).setExpirationTime(now + 300)
+        .sign(late.privateKey);
+    };
+    const exchange = async (kid: string) => asA({ subject_token: await lateToken(kid), subject_token_type: AT, audience: SHALLOW_TOOL });
+    // Nothing listens at the issuer's jwks_uri: Writ cannot tell an unknown kid from a key it
+    // could not fetch, so it says "try again", never "invalid".
+    const unreachable = await exchange('rotated-2');
+    expect(unreachable.status).toBe(503);
+    expect(unreachable.body.error).toBe('temporarily_unavailable');
+    expect(unreachable.body.access_token).toBeUndefined();
+    expect(unreachable.headers.get('retry-after')).toBe('1');
+    expect((await t.auditRows({ request_id: unreachable.headers.get('x-request-id') })).map((r) => r.reason)).toEqual(['jwks_unavailable']);
+    const server = createServer((req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ keys: [lateJwk] }));
+    });
+    await new Promise<void>((r) => server.listen(Number(new URL(lateIssuer).port), '127.0.0.1', () => r()));
+    try {
+      // Within the failure backoff (5 s) of the issuer answering, the same kid is a 400.
+      const answeredAt = Date.now();
+      await expect.poll(async () => (await exchange('rotated-2')).status, { timeout: 8000, interval: 250 }).toBe(400);
+      expect(Date.now() - answeredAt).toBeLessThan(7000);
+      await expectDenied(t, await exchange('rotated-2'), 'invalid_request', 'kid_unknown');
+      expect((await exchange('late-1')).status).toBe(200);
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
     }
   }, 20_000);
 });

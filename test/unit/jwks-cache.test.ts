@@ -324,6 +324,28 @@ describe('RemoteJwks: unknown kid', () => {
     // Known keys keep working meanwhile.
     await expectVerifies(jwks, es1);
   });
+
+  it('answers an unknown kid 400 again within the failure backoff once the issuer is back', async () => {
+    const jwks = remote();
+    await jwks.getKey({ alg: 'ES256', kid: 'es-1' });
+    upstream.mode = 'status500';
+    clock += 30_000;
+    await expectDenied(jwks, { alg: 'ES256', kid: 'new-key' }, 'jwks_unavailable');
+    expect(upstream.hits).toBe(2);
+    upstream.mode = 'ok';
+    // Within the 5 s backoff no new attempt: still 503, the issuer not asked.
+    clock += 4_000;
+    await expectDenied(jwks, { alg: 'ES256', kid: 'new-key' }, 'jwks_unavailable');
+    expect(upstream.hits).toBe(2);
+    // Past it (long before the 30 s cooldown) one refetch, and the kid is known to be unknown.
+    clock += 1_000;
+    await expectDenied(jwks, { alg: 'ES256', kid: 'new-key' }, 'kid_unknown');
+    expect(upstream.hits).toBe(3);
+    // Healthy again, so the cooldown guards the issuer once more.
+    clock += 5_000;
+    await expectDenied(jwks, { alg: 'ES256', kid: 'other-key' }, 'kid_unknown');
+    expect(upstream.hits).toBe(3);
+  });
 });
 
 describe('RemoteJwks: failures', () => {
