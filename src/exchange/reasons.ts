@@ -10,6 +10,7 @@ export const REASONS = {
   unsupported_token_type: 'invalid_request',
   requested_token_type_unsupported: 'invalid_request',
   dpop_unsupported: 'invalid_request',
+  method_not_allowed: 'invalid_request',
   // client (client_auth_failed and unsupported_grant_type are decided by oidc-provider, before the grant)
   client_auth_failed: 'invalid_client',
   unsupported_grant_type: 'unsupported_grant_type',

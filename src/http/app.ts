@@ -255,6 +255,12 @@ export function createApp(deps: AppDeps): Koa {
       return;
     }
     if (POST_ONLY.has(ctx.path) && ctx.method !== 'POST') {
+      // Recorded like the endpoint's other refusals; nothing was authenticated, so batched.
+      deps.auditQueue.enqueue({
+        type: 'token_endpoint.rejected', outcome: 'rejected', reason: 'method_not_allowed',
+        requestId: (ctx.state as Record<string, unknown>).requestId as string,
+        details: { endpoint: ctx.path, method: ctx.method, source_ip: ctx.ip },
+      });
       ctx.status = 405;
       ctx.set('Allow', 'POST');
       ctx.body = { error: 'invalid_request', error_description: 'use POST' };

@@ -257,11 +257,14 @@ describe('protocol abuse over HTTP', () => {
       await refused(async () => t.post('/token', { ...(await base()), junk: 'x'.repeat(1024 * 1024) }, planner()), 'invalid_request', 'invalid_parameter');
     });
     it('a body declared as 10 MiB, or chunked past the cap, is refused without waiting for it', async () => {
-      const send = (headers: Record<string, string>, write: (req: http.ClientRequest) => void) => new Promise<{ status: number; requestId: string }>((resolve, reject) => {
+      const n = await lineageCount(t);
+      const send = (headers: Record<string, string>, write: (req: http.ClientRequest) => void) => new Promise<{ status: number; requestId: string; body: string }>((resolve, reject) => {
         const u = new URL(t.url);
         const req = http.request({ host: u.hostname, port: u.port, method: 'POST', path: '/token', headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: planner(), ...headers } }, (res) => {
-          res.resume();
-          res.on('end', () => resolve({ status: res.statusCode ?? 0, requestId: String(res.headers['x-request-id']) }));
+          let body = '';
+          res.setEncoding('utf8');
+          res.on('data', (chunk: string) => (body += chunk));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, requestId: String(res.headers['x-request-id']), body }));
         });
         req.on('error', reject);
         write(req);
@@ -276,9 +279,12 @@ describe('protocol abuse over HTTP', () => {
         req.end();
       });
       expect(chunked.status).toBe(400);
-      for (const { requestId } of [declared, chunked]) {
+      for (const { requestId, body } of [declared, chunked]) {
+        expect(JSON.parse(body)).toMatchObject({ error: 'invalid_request' });
+        expect(JSON.parse(body).access_token).toBeUndefined();
         expect((await t.auditRows({ request_id: requestId })).map((r) => r.reason)).toEqual(['invalid_parameter']);
       }
+      expect(await lineageCount(t)).toBe(n);
     });
     it.each(['application/x-www-form-urlencoded; charset=bogus', 'application/x-www-form-urlencoded; charset=utf-16le'])('content-type %j: the charset is ignored, the body read as UTF-8 (never a 5xx)', async (type) => {
       const res = await raw('/token', { method: 'POST', headers: { authorization: planner(), 'content-type': type }, body: new URLSearchParams(await base()).toString() });
@@ -321,13 +327,14 @@ describe('protocol abuse over HTTP', () => {
     for (const path of ENDPOINTS) {
       it.each(['GET', 'PUT', 'DELETE', 'PATCH'])(`%s ${path} → 405, Allow: POST, no token`, async (method) => {
         const query = path === '/token' ? `?${new URLSearchParams({ ...(await base()) })}` : '?token=x&task_id=x';
+        const n = await lineageCount(t);
         const res = await raw(`${path}${query}`, { method, headers: { authorization: planner() } });
-        expect({ status: res.status, error: res.body.error }).toEqual({ status: 405, error: 'invalid_request' });
+        await expectDenied(t, res, 'invalid_request', 'method_not_allowed', 405);
         expect(res.headers.get('allow')).toBe('POST');
-        expect(res.headers.get('cache-control')).toContain('no-store');
-        expect(res.headers.get('pragma')).toBe('no-cache');
-        expect(res.body.access_token).toBeUndefined();
         expect(res.body.active).toBeUndefined();
+        expect(await lineageCount(t)).toBe(n);
+        const [row] = await t.auditRows({ request_id: res.headers.get('x-request-id') });
+        expect(row!.details).toMatchObject({ endpoint: path, method });
       });
     }
   });
