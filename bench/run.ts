@@ -638,16 +638,22 @@ function peak(server: RunResult['server'], scenario: string): number {
 function evaluateTargets(decideResults: DecideCaseResult[]): TargetResult[] {
   const out: TargetResult[] = [];
   const writPeak = peak('writ', 'direct exchange');
-  out.push({ target: `exchanges ≥ ${TARGETS.exchangePeak}/s peak (direct)`, measured: `${writPeak}/s (chained ${peak('writ', 'chained exchange')}/s)`, pass: writPeak >= TARGETS.exchangePeak });
+  out.push({ target: `exchanges ≥ ${TARGETS.exchangePeak}/s peak (direct)`, measured: `${writPeak}/s (a new subject token each time ${peak('writ', 'direct, new tokens')}/s, chained ${peak('writ', 'chained exchange')}/s)`, pass: writPeak >= TARGETS.exchangePeak });
   const floorPeak = peak('floor', 'direct exchange');
   if (floorPeak > 0) {
-    const ratio = writPeak / floorPeak;
+    // Like for like: the floor verifies the subject token's signature on every request, so the
+    // target is judged on Writ's run with a token it has never seen on every request. The pool
+    // of 1,000 tokens it has verified before (an agent presenting one token for tool after tool)
+    // is shown beside it.
+    const freshPeak = peak('writ', 'direct, new tokens');
+    const ratio = (freshPeak > 0 ? freshPeak : writPeak) / floorPeak;
     // The same comparison in server CPU per request, which other load on the box barely moves.
-    const cpuOf = (server: RunResult['server']): number => Math.min(...results.filter((r) => r.server === server && r.scenario === 'direct exchange' && r.mode === 'closed').map((r) => r.server_cpu_ms_per_request));
-    const cpuRatio = cpuOf('floor') / cpuOf('writ');
+    const cpuOf = (server: RunResult['server'], scenario: string): number => Math.min(...results.filter((r) => r.server === server && r.scenario === scenario && r.mode === 'closed').map((r) => r.server_cpu_ms_per_request));
+    const writScenario = freshPeak > 0 ? 'direct, new tokens' : 'direct exchange';
+    const cpuRatio = cpuOf('floor', 'direct exchange') / cpuOf('writ', writScenario);
     out.push({
       target: `Writ ≥ ${TARGETS.floorRatio}× the floor`,
-      measured: `${ratio.toFixed(2)}× (${writPeak} / ${floorPeak}; chained ${(peak('writ', 'chained exchange') / floorPeak).toFixed(2)}×); by server CPU per exchange ${cpuRatio.toFixed(2)}× (${cpuOf('writ')} vs ${cpuOf('floor')} ms)`,
+      measured: `${ratio.toFixed(2)}× (${freshPeak > 0 ? `${freshPeak} with a new subject token each time` : writPeak} / ${floorPeak}; with tokens verified before ${(writPeak / floorPeak).toFixed(2)}×, chained ${(peak('writ', 'chained exchange') / floorPeak).toFixed(2)}×); by server CPU per exchange ${cpuRatio.toFixed(2)}× (${cpuOf('writ', writScenario)} vs ${cpuOf('floor', 'direct exchange')} ms)`,
       pass: ratio >= TARGETS.floorRatio,
     });
   }
