@@ -15,6 +15,8 @@ export interface Config {
   host: string;
   /** 32 bytes: encrypts signing keys at rest and keys the client-secret hashes. */
   kek: Buffer;
+  /** Where `kek` came from: WRIT_KEK, or the data dir's development key (development only). */
+  kekSource?: 'env' | 'data-dir';
   trustProxy: boolean;
   maxTtl: number;
   metricsAddr: { host: string; port: number };
@@ -140,6 +142,7 @@ export function loadConfig(env: Env = process.env): Config {
     port,
     host: env.HOST || '127.0.0.1',
     kek,
+    kekSource: env.WRIT_KEK ? 'env' : 'data-dir',
     trustProxy: bool(env, 'WRIT_TRUST_PROXY'),
     maxTtl: integer(env, 'WRIT_MAX_TTL', 900, 1, MAX_TTL_LIMIT_SECONDS),
     metricsAddr: parseAddr(env.WRIT_METRICS_ADDR || '127.0.0.1:9464'),

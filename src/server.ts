@@ -75,7 +75,9 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
     log: { warn: (message) => logger.warn({ message }, 'database') },
   });
   try {
-    await migrate(db);
+    const schema = await migrate(db);
+    if (schema.applied.length > 0) logger.info({ migrations: schema.applied }, 'database migrated');
+    if (schema.newer.length > 0) logger.warn({ migrations: schema.newer }, 'the database was migrated by a newer Writ: running on it without migrating');
     const derived = deriveKeys(config.kek);
     const keys = new SigningKeyRing(db.knex, derived.keyEncryption, { logger, ...(options.pollMs ? { pollMs: Math.max(options.pollMs, 200) } : {}) });
     await keys.start();

@@ -30,7 +30,8 @@ export async function adminCommand(ctx: CliContext, argv: string[]): Promise<num
         const res = await callServer(server, 'POST', '/admin/v1/local/admin/bootstrap', { client_id: clientId, scopes, by });
         if (res.status !== 200) throw new PolicyApplyError(String(res.body.error_description ?? `HTTP ${res.status}`));
         return { secret: String(res.body.client_secret), replaced: res.body.replaced === true };
-      });
+      },
+      { creates: 'development' });
     // Re-running for an existing id rotates its secret: whoever holds the old one is locked out.
     ctx.out(replaced
       ? `admin client ${clientId} (${scopes.join(' ')}) already existed: its secret was replaced (rotated), and the old secret no longer works`

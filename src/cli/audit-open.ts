@@ -1,7 +1,7 @@
 import { userInfo } from 'node:os';
 import { recordAudit } from '../audit/event.ts';
 import { createLoginToken, DEFAULT_LOGIN_TTL_SECONDS, type LoginToken } from '../audit/view-login.ts';
-import { migrate, openDatabase } from '../store/db.ts';
+import { openCliDatabase } from './cli-database.ts';
 import { UsageError, type CliContext } from './context.ts';
 import { runningServer } from './local-server.ts';
 
@@ -48,9 +48,8 @@ export async function auditOpen(ctx: CliContext, args: string[] = []): Promise<n
     }
     login = { token: body.token, expiresAt: new Date(body.expires_at) };
   } else {
-    const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, poolMax: 2 });
+    const db = await openCliDatabase(ctx, { poolMax: 2 });
     try {
-      await migrate(db);
       login = await createLoginToken(db.knex, { createdBy });
       await recordAudit(db.knex, {
         type: 'admin.action', outcome: 'ok',

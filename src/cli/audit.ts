@@ -4,7 +4,8 @@ import { checkpointsFromNdjson } from '../audit/chain.ts';
 import { AuditQueryError, exportAudit, formatTraceTree, searchAudit, traceToken, type AuditEventView, type AuditSearch } from '../audit/trace.ts';
 import { formatVerifyReport, verifyAuditChain } from '../audit/verify.ts';
 import { retainAudit, RetentionError } from '../audit/retention.ts';
-import { migrate, openDatabase, type Database } from '../store/db.ts';
+import type { Database } from '../store/db.ts';
+import { openCliDatabase } from './cli-database.ts';
 import { deriveKeys } from '../tokens/kek.ts';
 import { assertKeyEncryptionKey } from '../tokens/signing-keys.ts';
 import { auditOpen } from './audit-open.ts';
@@ -23,9 +24,8 @@ async function withDatabase<T>(ctx: CliContext, command: string, run: (db: Datab
     ctx.err('Stop that server and run the command again, or run Writ on PostgreSQL (DATABASE_URL) so both can use it at once.');
     return undefined;
   }
-  const db = await openDatabase({ databaseUrl: ctx.config.databaseUrl, dataDir: ctx.config.dataDir, poolMax: 2, maintenance: options.maintenance ?? false });
+  const db = await openCliDatabase(ctx, { poolMax: 2, maintenance: options.maintenance ?? false });
   try {
-    await migrate(db);
     return await run(db);
   } finally {
     await db.close();

@@ -82,7 +82,7 @@ export async function demo(ctx: CliContext, options: { exit: boolean }): Promise
   const policyDir = overlayPolicy(config.dataDir, state.issuerKey);
   Object.assign(process.env, state.secrets);
   // The walkthrough is the point here; `writ policy diff` shows what a policy changes.
-  const applied = await policyApply(ctx, policyDir, 'writ demo: policy/example.yaml with the demo IdP key', { showDiff: false });
+  const applied = await policyApply(ctx, policyDir, 'writ demo: policy/example.yaml with the demo IdP key', { showDiff: false, database: { creates: 'development', announce: false } });
   if (applied !== 0) return applied;
   // The walkthrough speaks for itself; request logs would drown it unless asked for.
   const serving = await startServing(ctx, { logLevel: process.env.LOG_LEVEL ?? 'warn', metrics: false });

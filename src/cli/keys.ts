@@ -61,7 +61,8 @@ export async function keysCommand(ctx: CliContext, argv: string[]): Promise<numb
         const created = await onDatabaseOrServer(ctx,
           async (knex) => (await rotateKeys(knex, encryptionKey(), { ...(algs.length ? { algs } : {}), activateInSeconds: delay, by }))
             .map(describeNew),
-          async (server) => fromServer(await callServer(server, 'POST', '/admin/v1/keys/rotation', { ...(algs.length ? { algs } : {}), activate_in: delay }), 201).keys as Listed[]);
+          async (server) => fromServer(await callServer(server, 'POST', '/admin/v1/keys/rotation', { ...(algs.length ? { algs } : {}), activate_in: delay }), 201).keys as Listed[],
+          { creates: 'development' });
         for (const k of created) ctx.out(`${k.alg} ${k.kid} is published now and signs from ${k.activates_at}`);
         if (delay === 0) ctx.err('The new keys sign at once: a resource server that cached the JWKS learns them only when it refetches on an unknown kid.');
         return 0;

@@ -2,10 +2,10 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import type { Knex } from 'knex';
-import { migrate, openDatabase } from '../store/db.ts';
 import { CLI_USER_HEADER } from '../admin/auth.ts';
 import type { CliContext } from './context.ts';
 import { cliActor } from './context.ts';
+import { openCliDatabase, type CliDatabaseOptions } from './cli-database.ts';
 
 /**
  * On the embedded database only one process may open the data dir. `writ serve` records
@@ -66,9 +66,9 @@ export function releaseDataDir(dataDir: string): void {
  * Runs `direct` on the database, or — on the embedded database while `writ serve` holds it —
  * sends the request to the server through its local credential.
  */
-export async function onDatabaseOrServer<T>(ctx: CliContext, direct: (knex: Knex) => Promise<T>, viaServer: (server: LocalServer) => Promise<T>): Promise<T> {
+export async function onDatabaseOrServer<T>(ctx: CliContext, direct: (knex: Knex) => Promise<T>, viaServer: (server: LocalServer) => Promise<T>, options: CliDatabaseOptions = {}): Promise<T> {
   const server = heldByServer(ctx);
-  return server ? viaServer(server) : onDatabase(ctx, direct);
+  return server ? viaServer(server) : onDatabase(ctx, direct, options);
 }
 
 /** The `writ serve` holding the embedded database, if any: only it may open the database then. */
@@ -77,10 +77,9 @@ export function heldByServer(ctx: CliContext): LocalServer | undefined {
 }
 
 /** Runs `direct` on the database, migrated first. */
-export async function onDatabase<T>(ctx: CliContext, direct: (knex: Knex) => Promise<T>): Promise<T> {
-  const db = await openDatabase({ databaseUrl: ctx.config.databaseUrl, dataDir: ctx.config.dataDir });
+export async function onDatabase<T>(ctx: CliContext, direct: (knex: Knex) => Promise<T>, options: CliDatabaseOptions = {}): Promise<T> {
+  const db = await openCliDatabase(ctx, options);
   try {
-    await migrate(db);
     return await direct(db.knex);
   } finally {
     await db.close();

@@ -11,7 +11,7 @@ import { currentVersion, everyClientRemoved } from '../policy/store.ts';
 import {
   applyPolicyFilesWithDiff, diffPolicyFiles, exportVersion, listVersions, rollbackTo, RollbackError, type VersionSummary,
 } from '../policy/versions.ts';
-import { migrate, openDatabase } from '../store/db.ts';
+import { openCliDatabase, type CliDatabaseOptions } from './cli-database.ts';
 import { deriveKeys } from '../tokens/kek.ts';
 import { assertKeyEncryptionKey, ensureSigningKeys } from '../tokens/signing-keys.ts';
 import { UsageError, type CliContext, cliActor } from './context.ts';
@@ -146,7 +146,7 @@ function refuseRemovingEveryClient(ctx: CliContext, dir: string, current: { vers
   return true;
 }
 
-export async function policyApply(ctx: CliContext, dir: string, message: string, options: { showDiff?: boolean; allowEmpty?: boolean } = {}): Promise<number> {
+export async function policyApply(ctx: CliContext, dir: string, message: string, options: { showDiff?: boolean; allowEmpty?: boolean; database?: CliDatabaseOptions } = {}): Promise<number> {
   const read = await readPolicyDir(dir);
   if (!read.ok) {
     printIssues(ctx, read.errors);
@@ -187,9 +187,8 @@ export async function policyApply(ctx: CliContext, dir: string, message: string,
     }
     outcome = await response.json() as ApplyResponse;
   } else {
-    const db = await openDatabase({ databaseUrl: ctx.config.databaseUrl, dataDir: ctx.config.dataDir });
+    const db = await openCliDatabase(ctx, options.database ?? { creates: 'development' });
     try {
-      await migrate(db);
       // Read apart from the apply's own transaction, for a message naming what would go; the
       // apply checks again under its lock (keepSomeClient).
       if (!mayEmpty) {

@@ -24,7 +24,7 @@ export async function startServing(ctx: CliContext, options: { applyDir?: string
   }
   if (options.applyDir) {
     // Before the server holds the data dir, so the CLI path can open it directly.
-    const code = await policyApply(ctx, options.applyDir, 'applied at start');
+    const code = await policyApply(ctx, options.applyDir, 'applied at start', { database: { creates: 'always' } });
     if (code !== 0) throw new Error(`policy in ${options.applyDir} could not be applied`);
   }
   const base = createLogger(options.logLevel ?? config.logLevel);
@@ -33,6 +33,11 @@ export async function startServing(ctx: CliContext, options: { applyDir?: string
   const missing = options.checkNodeFlags ? missingServingFlags() : [];
   if (missing.length > 0) {
     logger.warn({ missing }, `node was started without ${missing.join(' ')}: V8 may hold every request for ~100 ms to hand memory back when the load falls; start Writ with \`node ${missing.join(' ')} src/main.ts serve\`, as npm start and the Docker image do`);
+  }
+  // The data dir's development key ties a shared database to that one directory: an instance or
+  // command run from another would find the keys sealed under a key it does not have.
+  if (config.databaseUrl && config.kekSource === 'data-dir' && !options.worker) {
+    logger.warn({ data_dir: config.dataDir }, 'WRIT_KEK is not set: signing keys on this PostgreSQL are sealed with the development key in the data dir; every instance and command on this database needs that same key, so set WRIT_KEK');
   }
   let local: LocalServer | undefined;
   const writ = await createWrit(config, logger, {
@@ -93,8 +98,9 @@ export async function migrateCommand(ctx: CliContext): Promise<number> {
   }
   const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir });
   try {
-    const applied = await migrate(db);
-    ctx.out(applied.length ? `applied ${applied.join(', ')}` : 'database is up to date');
+    const { applied, newer } = await migrate(db);
+    if (newer.length > 0) ctx.out(`the database was migrated by a newer Writ (${newer.join(', ')}); nothing to do`);
+    else ctx.out(applied.length ? `applied ${applied.join(', ')}` : 'database is up to date');
   } finally {
     await db.close();
   }

@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { readdir } from 'node:fs/promises';
 import knexFactory, { type Knex } from 'knex';
 import pg from 'pg';
+import { ConfigError } from '../config.ts';
 import { lockDataDir } from './data-dir-lock.ts';
 import { PostgresNotAnswering, StatementWatchdog } from './statement-watchdog.ts';
 
@@ -36,10 +37,34 @@ class DirectoryMigrations implements Knex.MigrationSource<string> {
   }
 }
 
-export async function migrate(db: Database): Promise<string[]> {
+/** A database whose schema this Writ cannot use: it lacks migrations and has others it does not know. */
+export class SchemaMismatch extends ConfigError {
+  override name = 'SchemaMismatch';
+}
+
+/**
+ * Brings the schema up to this Writ's migrations. A database already migrated by a newer Writ,
+ * with every migration of this one applied, is left as it is and its newer migrations returned
+ * in `newer`: during a rolling upgrade the instances not yet replaced must still start (knex
+ * alone calls that database corrupt). Migrations are therefore written to be additive.
+ */
+export async function migrate(db: Database): Promise<{ applied: string[]; newer: string[] }> {
+  const source = new DirectoryMigrations();
+  const known = new Set(await source.getMigrations());
+  const done = await db.knex.schema.hasTable('knex_migrations')
+    ? (await db.knex<{ name: string }>('knex_migrations').select('name')).map((r) => r.name)
+    : [];
+  const newer = done.filter((name) => !known.has(name));
+  if (newer.length > 0) {
+    const missing = [...known].filter((name) => !done.includes(name));
+    if (missing.length > 0) {
+      throw new SchemaMismatch(`the database was migrated by another version of Writ: it has ${newer.join(', ')}, which this one does not know, and lacks ${missing.join(', ')}`);
+    }
+    return { applied: [], newer };
+  }
   // A migration may rewrite a large table; its statements lift statement_timeout themselves.
-  const [, applied] = await db.unlimited(() => db.knex.migrate.latest({ migrationSource: new DirectoryMigrations() })) as [number, string[]];
-  return applied;
+  const [, applied] = await db.unlimited(() => db.knex.migrate.latest({ migrationSource: source })) as [number, string[]];
+  return { applied, newer: [] };
 }
 
 /** Where knex's own warnings go (it prints to the console otherwise). */

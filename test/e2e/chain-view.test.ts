@@ -8,6 +8,7 @@ import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { recordAudit } from '../../src/audit/event.ts';
 import { createLoginToken } from '../../src/audit/view-login.ts';
 import { auditOpen } from '../../src/cli/audit-open.ts';
+import { migrate, openDatabase } from '../../src/store/db.ts';
 import type { CliContext } from '../../src/cli/context.ts';
 import type { Config } from '../../src/config.ts';
 import { isStorageError } from '../../src/exchange/service.ts';
@@ -413,6 +414,10 @@ describe('chain view (headless Chromium)', () => {
     it('opens the embedded database itself when no server holds it, and says a server is needed', async () => {
       const dataDir = mkdtempSync(path.join(tmpdir(), 'writ-audit-open-'));
       try {
+        // An embedded database that a Writ has set up and stopped serving.
+        const db = await openDatabase({ databaseUrl: undefined, dataDir });
+        await migrate(db);
+        await db.close();
         const { ctx, out, err } = cli({ ...t.config, databaseUrl: undefined, dataDir, issuer: base });
         expect(await auditOpen(ctx)).toBe(0);
         expect(out.join('\n')).toMatch(/\/audit\/view\/login\?token=/);

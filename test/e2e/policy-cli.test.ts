@@ -69,7 +69,8 @@ describe('writ policy diff|apply|history|export|rollback|report through the CLI'
 
   it('diff before anything was applied shows everything added, secrets only as "set"', async () => {
     const run = await writ(['policy', 'diff', v1Dir], env);
-    expect(run.stderr).toBe('');
+    // The first command on the new database migrates it, and says so; nothing else on stderr.
+    expect(run.stderr).toMatch(/^writ: migrated the database: [^\n]+_001_core\.ts[^\n]*\n$/);
     expect(run.code).toBe(0);
     expect(run.stdout).toContain('compared with no policy');
     expect(run.stdout).toContain('+ client planner-agent\n    + kind: agent\n    + auth: client_secret_basic\n');

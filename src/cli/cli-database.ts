@@ -1,0 +1,55 @@
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { ConfigError } from '../config.ts';
+import { migrate, openDatabase, type Database } from '../store/db.ts';
+import type { CliContext } from './context.ts';
+
+export interface CliDatabaseOptions {
+  /**
+   * Whether this command may create a new embedded database: `writ serve` always; the commands
+   * that set one up (a policy apply, the first admin, signing keys) only in development; any
+   * other never, since on a data dir with no database it would act on an empty one and report
+   * success: a kill switch run from the wrong directory, or without DATABASE_URL, would revoke
+   * nothing.
+   */
+  creates?: 'never' | 'development' | 'always';
+  /** Say on stderr when a database is created or migrated (the demo keeps its output its own). */
+  announce?: boolean;
+  poolMax?: number;
+  maintenance?: boolean;
+}
+
+/** Whether `dataDir` holds an embedded database already. */
+function embeddedExists(dataDir: string): boolean {
+  return existsSync(path.join(dataDir, 'pgdata', 'PG_VERSION'));
+}
+
+/**
+ * The database a CLI command works on, migrated, with what happened said on stderr: which
+ * database it is when it is new, and the migrations it applied.
+ */
+export async function openCliDatabase(ctx: CliContext, options: CliDatabaseOptions = {}): Promise<Database> {
+  const { databaseUrl, dataDir, env } = ctx.config;
+  const creates = options.creates ?? 'never';
+  const announce = options.announce ?? true;
+  if (databaseUrl === undefined && !embeddedExists(dataDir)) {
+    if (creates === 'never' || (creates === 'development' && env === 'production')) {
+      throw new ConfigError(`no Writ database: DATABASE_URL is not set, and ${dataDir} holds no embedded database. Set DATABASE_URL, or WRIT_DATA_DIR to the data dir of the Writ you mean${creates === 'development' ? ' (in production only writ serve creates one)' : ''}`);
+    }
+    if (announce) ctx.err(`writ: DATABASE_URL is not set: creating a new embedded database in ${dataDir}`);
+  }
+  const db = await openDatabase({
+    databaseUrl, dataDir,
+    ...(options.poolMax !== undefined ? { poolMax: options.poolMax } : {}),
+    ...(options.maintenance !== undefined ? { maintenance: options.maintenance } : {}),
+  });
+  try {
+    const { applied, newer } = await migrate(db);
+    if (announce && applied.length > 0) ctx.err(`writ: migrated the database: ${applied.join(', ')}`);
+    if (newer.length > 0) ctx.err(`writ: the database was migrated by a newer Writ (${newer.join(', ')}); this one runs on it without migrating`);
+  } catch (err) {
+    await db.close();
+    throw err;
+  }
+  return db;
+}
