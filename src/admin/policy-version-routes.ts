@@ -43,7 +43,8 @@ export function isVersion(v: number): boolean {
 /**
  * `/admin/v1/policy/{validate,diff,export,rollback}`: what `writ policy` does with files and
  * versions, for callers without the database (and for the CLI while `writ serve` holds the
- * embedded one). Validate and diff write nothing; rollback is a new version, audited.
+ * embedded one). Validate and diff write nothing; rollback is a new version, audited (or, to the
+ * policy already in force, nothing: `unchanged`).
  */
 export function registerPolicyVersionRoutes(router: Router, helpers: AdminRouteHelpers, deps: PolicyVersionRouteDeps): void {
   const { knex, requires, audited, problem } = helpers;
@@ -119,6 +120,8 @@ export function registerPolicyVersionRoutes(router: Router, helpers: AdminRouteH
         created_at: iso(result.version.createdAt),
         previous_version: result.previousVersion,
         changes: result.changes,
+        // True when the target's policy is the one in force: no version was created, `version` stays.
+        unchanged: result.unchanged,
       };
     } catch (err) {
       if (!(err instanceof RollbackError)) throw err;

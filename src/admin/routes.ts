@@ -130,7 +130,7 @@ export function adminRoutes(deps: AdminDeps): Middleware {
     }
     await deps.reloadPolicy();
     ctx.status = 200;
-    ctx.body = { version: outcome.version, digest: outcome.digest, warnings: unlocated(outcome.warnings) };
+    ctx.body = { version: outcome.version, digest: outcome.digest, warnings: unlocated(outcome.warnings), unchanged: outcome.unchanged };
   };
 
   const currentDocument = async (): Promise<{ version: number; document: PolicyDocument }> => {
@@ -197,7 +197,7 @@ export function adminRoutes(deps: AdminDeps): Middleware {
     });
     if (!outcome.ok) return problem(ctx as Ctx, 422, 'invalid_policy', 'the policy does not validate', { errors: outcome.errors, warnings: outcome.warnings });
     await deps.reloadPolicy();
-    ctx.body = { version: outcome.version, digest: outcome.digest, warnings: outcome.warnings };
+    ctx.body = { version: outcome.version, digest: outcome.digest, warnings: outcome.warnings, unchanged: outcome.unchanged };
   });
 
   router.put('/policy/:collection/:id', requires('writ:policy.write'), audited, async (ctx) => {

@@ -215,7 +215,9 @@ export async function policyApply(ctx: CliContext, dir: string, message: string,
     return 1;
   }
   if (options.showDiff !== false) ctx.out(outcome.changes ? formatDiff(outcome.changes) : '(the running writ serve applied the policy but did not report what changed)');
-  ctx.out(`applied policy version ${outcome.version} (${outcome.digest.slice(0, 12)})`);
+  ctx.out(outcome.unchanged
+    ? `unchanged: policy version ${outcome.version} (${outcome.digest.slice(0, 12)}) stays in force; no version added`
+    : `applied policy version ${outcome.version} (${outcome.digest.slice(0, 12)})`);
   return 0;
 }
 
@@ -271,13 +273,13 @@ export async function policyHistory(ctx: CliContext, limit: number): Promise<num
 
 export async function policyRollback(ctx: CliContext, target: number, message: string | undefined): Promise<number> {
   const server = heldByServer(ctx);
-  let result: { version: number; digest: string; changes: PolicyChange[] };
+  let result: { version: number; digest: string; changes: PolicyChange[]; unchanged: boolean };
   try {
     if (server) {
       const res = await callServer(server, 'POST', '/admin/v1/policy/rollback', { version: target, ...(message !== undefined && { message }) });
       if (res.status === 404 || res.status === 422) throw new RollbackError(String(res.body.error_description));
       if (res.status !== 200) throw new Error(refusal('rollback', res));
-      result = { version: Number(res.body.version), digest: String(res.body.digest), changes: res.body.changes as PolicyChange[] };
+      result = { version: Number(res.body.version), digest: String(res.body.digest), changes: res.body.changes as PolicyChange[], unchanged: res.body.unchanged === true };
     } else {
       result = await withDatabase(ctx, async (knex) => {
         const r = await rollbackTo(knex, target, {
@@ -286,13 +288,17 @@ export async function policyRollback(ctx: CliContext, target: number, message: s
           secretKey: deriveKeys(ctx.config.kek).clientSecret,
           validate: { selfIssuer: ctx.config.issuer, maxTtl: ctx.config.maxTtl },
         });
-        return { version: r.version.version, digest: r.version.digest, changes: r.changes };
+        return { version: r.version.version, digest: r.version.digest, changes: r.changes, unchanged: r.unchanged };
       });
     }
   } catch (err) {
     if (!(err instanceof RollbackError)) throw err;
     ctx.err(`policy not rolled back: ${err.message}`);
     return 1;
+  }
+  if (result.unchanged) {
+    ctx.out(`unchanged: version ${target}'s policy is the one in force (version ${result.version}); no version added`);
+    return 0;
   }
   ctx.out(formatDiff(result.changes));
   ctx.out(`applied policy version ${result.version} (${result.digest.slice(0, 12)}): version ${target}'s policy; secrets unchanged`);

@@ -4,10 +4,17 @@ import type { PolicyDocument } from './model.ts';
 import { applyPolicy, PolicyApplyError, policyAppliedEvent } from './store.ts';
 
 export type ApplyOutcome =
-  | { ok: true; version: number; digest: string; warnings: PolicyIssue[] }
+  /**
+   * `unchanged`: the files equal the policy in force (same digest, no secret changed), so no
+   * version was created and nothing audited; `version` and `digest` are those that stay in force.
+   */
+  | { ok: true; version: number; digest: string; unchanged: boolean; warnings: PolicyIssue[] }
   | { ok: false; errors: PolicyIssue[]; warnings: PolicyIssue[] };
 
-/** Validates files and sets them as the new policy version; the apply is audited in the same transaction. */
+/**
+ * Validates files and sets them as the new policy version; the apply is audited in the same
+ * transaction. Files equal to the policy in force change nothing (`unchanged`, applyPolicy).
+ */
 export async function applyPolicyFiles(knex: Knex, files: PolicyFile[], options: LoadOptions & {
   appliedBy: string;
   message: string;
@@ -33,7 +40,7 @@ export async function applyPolicyFiles(knex: Knex, files: PolicyFile[], options:
       ...(options.keepSomeClient ? { keepSomeClient: true } : {}),
       audit: policyAppliedEvent(options.appliedBy, options.message, { secrets_set: [...loaded.secrets.keys()].sort() }),
     });
-    return { ok: true, version: stored.version, digest: stored.digest, warnings: loaded.warnings };
+    return { ok: true, version: stored.version, digest: stored.digest, unchanged: stored.unchanged, warnings: loaded.warnings };
   } catch (err) {
     if (err instanceof PolicyApplyError) {
       return { ok: false, errors: [{ severity: 'error', path: '', code: 'apply', message: err.message }], warnings: loaded.warnings };

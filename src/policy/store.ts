@@ -18,6 +18,17 @@ export interface StoredVersion {
   document: PolicyDocument;
 }
 
+/** The result of `applyPolicy`: the version in force after it. */
+export interface AppliedVersion extends StoredVersion {
+  /**
+   * True when the apply changed nothing, so nothing was written: the document equals the current
+   * version's (same digest), every secret given matches the stored one and no stored secret
+   * would be deleted. No version was created, no `policy.applied` event recorded and no reload
+   * signalled; `version` and `digest` are those of the version that stays in force.
+   */
+  unchanged: boolean;
+}
+
 export class PolicyApplyError extends Error {
   override name = 'PolicyApplyError';
 }
@@ -105,6 +116,11 @@ export async function loadCredentials(knex: Knex): Promise<Map<string, string>> 
  * Sets the whole declarative state as a new version, in one transaction: objects absent from
  * the document are gone, secrets given are stored only as keyed hashes, a client whose file
  * omits `secret` keeps its current one, and credentials of removed clients are deleted.
+ *
+ * An apply that would change nothing (see `AppliedVersion.unchanged`) is a no-op: `writ serve
+ * --apply` at every start, or an apply of files already in force, adds no version. A secret
+ * given that differs from the stored one is a change (secrets live outside versions, so the
+ * document's digest alone cannot tell): such an apply makes a new version, as any other.
  */
 export async function applyPolicy(knex: Knex, input: {
   document: PolicyDocument;
@@ -124,7 +140,7 @@ export async function applyPolicy(knex: Knex, input: {
    * everyClientRemoved). Checked here, under the apply lock, against the version it replaces.
    */
   keepSomeClient?: boolean;
-}): Promise<StoredVersion> {
+}): Promise<AppliedVersion> {
   const document = withoutSecrets(input.document);
   return knex.transaction(async (trx) => {
     // One apply at a time, so versions are dense and each is based on the one before.
@@ -139,9 +155,10 @@ export async function applyPolicy(knex: Knex, input: {
     if (input.baseVersion !== undefined && (previous?.version ?? 0) !== input.baseVersion) {
       throw new PolicyVersionMoved(`the policy is at version ${previous?.version ?? 0}, not ${input.baseVersion}`);
     }
+    // Secrets given that differ from the stored ones (or have none stored): each is a change.
+    const changed = new Set([...input.secrets].filter(([id, secret]) => !stored.has(id) || !verifyClientSecret(input.secretKey, id, secret, stored.get(id)!)).map(([id]) => id));
     if (input.callerScopes) {
       // A secret given again unchanged hands the client to nobody new.
-      const changed = new Set([...input.secrets].filter(([id, secret]) => !stored.has(id) || !verifyClientSecret(input.secretKey, id, secret, stored.get(id)!)).map(([id]) => id));
       for (const [clientId, scopes] of adminScopesGranted(previous?.document.clients ?? [], document.clients, changed)) {
         const missing = scopes.filter((s) => !input.callerScopes!.has(s));
         if (missing.length > 0) throw new PolicyApplyError(`admin client ${clientId} would get ${missing.join(' ')}, which the caller does not hold`);
@@ -163,6 +180,13 @@ export async function applyPolicy(knex: Knex, input: {
       }
     }
     const removed = [...stored.keys()].filter((id) => !clientIds.has(id) && !bootstrapped.has(id));
+    const digest = digestOf(document);
+    const secretsChanged = [...changed].some((id) => clientIds.has(id));
+    // The stored digest, or the stored document's digest recomputed (one written by an older
+    // release may have been digested otherwise): either equal means the same document.
+    if (previous && !secretsChanged && removed.length === 0 && (previous.digest === digest || digestOf(previous.document) === digest)) {
+      return { ...fromRow(previous), unchanged: true };
+    }
     if (removed.length > 0) await trx('client_credentials').whereIn('client_id', removed).delete();
     for (const [clientId, secret] of input.secrets) {
       if (!clientIds.has(clientId)) continue;
@@ -177,7 +201,7 @@ export async function applyPolicy(knex: Knex, input: {
       applied_by: input.appliedBy,
       message: input.message,
       document: JSON.stringify(document) as unknown as PolicyDocument,
-      digest: digestOf(document),
+      digest,
     }).returning('*');
     await trx('audit_events').insert(toRow(input.audit(version, (row as VersionRow).digest)));
     // Disabling or removing a client ends what it holds: tokens anywhere in a chain it took part in.
@@ -188,7 +212,7 @@ export async function applyPolicy(knex: Knex, input: {
       await setRevokeBefore(trx, { kind: 'client', value: client.client_id, notBefore: now, revokedBy: input.appliedBy });
     }
     await trx.raw('SELECT pg_notify(?, ?)', [POLICY_CHANNEL, String(version)]);
-    return fromRow(row as VersionRow);
+    return { ...fromRow(row as VersionRow), unchanged: false };
   });
 }
 

@@ -6,7 +6,7 @@ import { loadPolicyFiles, type LoadOptions, type PolicyFile, type PolicyIssue } 
 import type {
   AudiencePolicy, ClientPolicy, IssuerPolicy, PolicyDocument, RootSelector, RulePolicy, SubjectSelector,
 } from './model.ts';
-import { applyPolicy, currentVersion, loadCredentials, PolicyApplyError, policyAppliedEvent, type StoredVersion } from './store.ts';
+import { applyPolicy, currentVersion, loadCredentials, PolicyApplyError, policyAppliedEvent, type AppliedVersion, type StoredVersion } from './store.ts';
 import { validatePolicy, type ValidateOptions } from './validate.ts';
 import { verifyClientSecret } from '../tokens/kek.ts';
 
@@ -125,17 +125,24 @@ export class RollbackError extends Error {
 }
 
 export interface RollbackResult {
+  /** The version in force after the rollback: the new one, or the current one when `unchanged`. */
   version: StoredVersion;
   /** The version that was current before the rollback. */
   previousVersion: number;
   changes: PolicyChange[];
+  /**
+   * The target's document equals the current one (a rollback to the version in force, or to one
+   * with the same digest): no version was created and nothing audited; `version` is the current one.
+   */
+  unchanged: boolean;
 }
 
 /**
  * Sets version `target`'s document as a new version, recorded like an apply (audit event
- * `policy.applied` with `details.rollback_of`). Credentials are untouched: no secret is
- * restored, so a client of the old version that needs a secret and has none stored now makes
- * the rollback fail; credentials of clients the old version lacks are deleted, as an apply does.
+ * `policy.applied` with `details.rollback_of`). A rollback to the document in force changes
+ * nothing and creates no version (`unchanged`), as an apply of it would not. Credentials are
+ * untouched: no secret is restored, so a client of the old version that needs a secret and has
+ * none stored now makes the rollback fail; credentials of clients the old version lacks are deleted, as an apply does.
  * With `validate`, the old document must still pass today's semantic checks (WRIT_ISSUER and
  * WRIT_MAX_TTL may have changed since).
  */
@@ -167,7 +174,7 @@ export async function rollbackTo(knex: Knex, target: number, options: {
         + 'Apply a policy that includes them with a secret instead.',
       );
     }
-    let stored: StoredVersion;
+    let stored: AppliedVersion;
     try {
       stored = await applyPolicy(trx, {
         document: old.document,
@@ -185,7 +192,8 @@ export async function rollbackTo(knex: Knex, target: number, options: {
       if (err instanceof PolicyApplyError) throw new RollbackError(`cannot roll back to version ${target}: ${err.message}`);
       throw err;
     }
-    return { version: stored, previousVersion: current.version, changes: diffPolicies(current.document, old.document) };
+    const { unchanged, ...version } = stored;
+    return { version, previousVersion: current.version, changes: diffPolicies(current.document, old.document), unchanged };
   });
 }
 

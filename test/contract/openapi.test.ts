@@ -940,14 +940,24 @@ describe('openapi.yaml against a running Writ', () => {
     }
     for (const secret of Object.values(SECRETS)) expect(exported.text).not.toContain(secret);
 
-    // A rollback to the version in force: a new, equal version (leaving the rest of this suite's policy as it is).
-    const rolled = expectDocumented('/admin/v1/policy/rollback', 'post', await send('POST', '/admin/v1/policy/rollback', { auth: write, json: { version: current.version, message: 'openapi', applied_by: 'cli:mallory' } }));
-    expect(rolled.body).toMatchObject({ version: current.version + 1, digest: current.digest, previous_version: current.version, changes: [] });
+    // A rollback to the version in force changes nothing: no version, no policy.applied event, and the answer says so.
+    const appliedBefore = (await t.auditRows({ type: 'policy.applied' })).length;
+    const inForce = expectDocumented('/admin/v1/policy/rollback', 'post', await send('POST', '/admin/v1/policy/rollback', { auth: write, json: { version: current.version, message: 'openapi' } }));
+    expect(inForce.body).toMatchObject({ version: current.version, digest: current.digest, previous_version: current.version, changes: [], unchanged: true });
+    expect(await t.auditRows({ type: 'policy.applied' })).toHaveLength(appliedBefore);
+    expect(t.writ.policy.policy.version).toBe(current.version);
+    // To version 1 (the example without this suite's private_key_jwt client), then back to the
+    // version in force: two new versions, leaving the rest of this suite's policy as it is.
+    const rolled = expectDocumented('/admin/v1/policy/rollback', 'post', await send('POST', '/admin/v1/policy/rollback', { auth: write, json: { version: 1, message: 'openapi', applied_by: 'cli:mallory' } }));
+    expect(rolled.body).toMatchObject({ version: current.version + 1, previous_version: current.version, changes: [expect.objectContaining({ kind: 'removed', section: 'client', id: pkjwt.clientId })], unchanged: false });
     const applied = (await t.auditRows({ type: 'policy.applied' })).at(-1)!;
-    expect(applied).toMatchObject({ policy_version: current.version + 1, details: expect.objectContaining({ rollback_of: current.version }) });
+    expect(applied).toMatchObject({ policy_version: current.version + 1, details: expect.objectContaining({ rollback_of: 1 }) });
     expect(t.writ.policy.policy.version).toBe(current.version + 1);
     // Only the CLI's local credential may name who applied it; an admin client is itself.
     expect((await t.writ.db.knex('policy_versions').where({ version: current.version + 1 }).first()).applied_by).toBe(admin.clientId);
+    const restored = expectDocumented('/admin/v1/policy/rollback', 'post', await send('POST', '/admin/v1/policy/rollback', { auth: write, json: { version: current.version, message: 'openapi' } }));
+    expect(restored.body).toMatchObject({ version: current.version + 2, digest: current.digest, previous_version: current.version + 1, unchanged: false });
+    expect(t.writ.policy.policy.version).toBe(current.version + 2);
     expect(expectDocumented('/admin/v1/policy/rollback', 'post', await send('POST', '/admin/v1/policy/rollback', { auth: write, json: { version: 99999 } })).status).toBe(404);
     // Both attempts are recorded, the refused one too.
     expect((await t.auditRows({ type: 'admin.action' })).slice(-2).map((r) => (r.details as Json))).toEqual([

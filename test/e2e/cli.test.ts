@@ -110,13 +110,16 @@ describe('the writ command', () => {
       expect([diff.code, diff.stdout]).toEqual([0, expect.stringContaining('compared with version 1')]);
       const exported = await writ(['policy', 'export'], env);
       expect([exported.code, exported.stdout]).toEqual([0, expect.stringContaining('# Writ policy version 1')]);
+      // Version 1 is in force: a rollback to it, or the same files again, add no version.
       const rolled = await writ(['policy', 'rollback', '1', '-m', 'again'], env);
-      expect([rolled.code, rolled.stdout], rolled.stderr).toEqual([0, expect.stringContaining('applied policy version 2')]);
+      expect([rolled.code, rolled.stdout], rolled.stderr).toEqual([0, expect.stringContaining("unchanged: version 1's policy is the one in force")]);
+      const reapplied = await writ(['policy', 'apply', policyDir, '-m', 'the same again'], env);
+      expect([reapplied.code, reapplied.stdout], reapplied.stderr).toEqual([0, expect.stringContaining('unchanged: policy version 1')]);
       const history = await writ(['policy', 'history'], env);
-      expect(history.stdout.split('\n').filter((l) => /^\d/.test(l)).map((l) => l.split('\t')[0])).toEqual(['2', '1']);
+      expect(history.stdout.split('\n').filter((l) => /^\d/.test(l)).map((l) => l.split('\t')[0])).toEqual(['1']);
       const missing = await writ(['policy', 'rollback', '9'], env);
       expect([missing.code, missing.stderr]).toEqual([1, expect.stringContaining('there is no policy version 9')]);
-      expect((await writ(['policy', 'history'], env)).stdout).toMatch(/^2\t\S+\tcli:cli-e2e\t/m);
+      expect((await writ(['policy', 'history'], env)).stdout).toMatch(/^1\t\S+\tcli:cli-e2e\t/m);
       // Key rotation goes through the server too, and the server publishes the new key at once.
       const listed = await writ(['keys', 'list', '--json'], env);
       expect(listed.code, listed.stderr).toBe(0);
