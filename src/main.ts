@@ -3,6 +3,7 @@ import cluster from 'node:cluster';
 import { parseArgs } from 'node:util';
 import { ConfigError } from './config.ts';
 import { cliContext, UsageError } from './cli/context.ts';
+import { databaseFailure } from './cli/database-error.ts';
 import { demo } from './cli/demo.ts';
 import { adminCommand, revokeCommand } from './cli/admin.ts';
 import { auditCommand } from './cli/audit.ts';
@@ -85,6 +86,10 @@ run(process.argv.slice(2)).then(
     } else if (err instanceof ConfigError) {
       process.stderr.write(`writ: configuration error: ${err.message}\n`);
       process.exitCode = 78;
+    } else if (databaseFailure(err, process.env.DATABASE_URL || undefined)) {
+      const failure = databaseFailure(err, process.env.DATABASE_URL || undefined)!;
+      process.stderr.write(`writ: ${failure.message}\n`);
+      process.exitCode = failure.exitCode;
     } else {
       process.stderr.write(`writ: ${(err as Error).message}\n`);
       process.exitCode = 1;

@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { ConfigError } from '../config.ts';
-import { migrate, openDatabase, type Database } from '../store/db.ts';
+import { migrate, openDatabase, type Database, type DatabaseLog } from '../store/db.ts';
 import type { CliContext } from './context.ts';
 
 export interface CliDatabaseOptions {
@@ -17,6 +17,14 @@ export interface CliDatabaseOptions {
   announce?: boolean;
   poolMax?: number;
   maintenance?: boolean;
+}
+
+/**
+ * knex's warnings, for a command: a connection it could not make is left out, since the command
+ * fails with that very error, said once (src/cli/database-error.ts).
+ */
+export function cliDatabaseLog(ctx: CliContext): DatabaseLog {
+  return { warn: (message) => { if (!message.startsWith('Acquire connection error')) ctx.err(message); } };
 }
 
 /** Whether `dataDir` holds an embedded database already. */
@@ -39,7 +47,7 @@ export async function openCliDatabase(ctx: CliContext, options: CliDatabaseOptio
     if (announce) ctx.err(`writ: DATABASE_URL is not set: creating a new embedded database in ${dataDir}`);
   }
   const db = await openDatabase({
-    databaseUrl, dataDir,
+    databaseUrl, dataDir, log: cliDatabaseLog(ctx),
     ...(options.poolMax !== undefined ? { poolMax: options.poolMax } : {}),
     ...(options.maintenance !== undefined ? { maintenance: options.maintenance } : {}),
   });

@@ -3,6 +3,7 @@ import { createWrit, type Writ } from '../server.ts';
 import { createLogger } from '../log.ts';
 import { migrate, openDatabase } from '../store/db.ts';
 import type { CliContext } from './context.ts';
+import { cliDatabaseLog } from './cli-database.ts';
 import { claimDataDir, releaseDataDir, runningServer, type LocalServer } from './local-server.ts';
 import { policyApply } from './policy.ts';
 import { superviseWorkers, workerIndex } from './workers.ts';
@@ -96,7 +97,7 @@ export async function migrateCommand(ctx: CliContext): Promise<number> {
       return 0;
     }
   }
-  const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir });
+  const db = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, log: cliDatabaseLog(ctx) });
   try {
     const { applied, newer } = await migrate(db);
     if (newer.length > 0) ctx.out(`the database was migrated by a newer Writ (${newer.join(', ')}); nothing to do`);

@@ -1,0 +1,38 @@
+/**
+ * A failure to reach or use the database, as an operator needs it said: which database (never
+ * its password), why, and an exit code a process manager can tell from a crash.
+ */
+
+/** sysexits.h: the service is unavailable (it may come back), or the configuration is wrong. */
+const EX_UNAVAILABLE = 69;
+const EX_CONFIG = 78;
+
+/** Node's codes for a server that could not be reached at all. */
+const UNREACHABLE = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'ETIMEDOUT', 'ECONNRESET', 'EAI_AGAIN']);
+
+/**
+ * PostgreSQL's SQLSTATEs that mean DATABASE_URL names something that is not there or not
+ * allowed: no such database (3D000), a failed or refused login (28000, 28P01).
+ */
+const MISCONFIGURED = new Set(['3D000', '28000', '28P01']);
+
+/** Where DATABASE_URL points, without its credentials. */
+export function databaseLocation(databaseUrl: string): string {
+  try {
+    const url = new URL(databaseUrl);
+    return `${url.host}${url.pathname}`;
+  } catch {
+    return 'DATABASE_URL';
+  }
+}
+
+export function databaseFailure(err: unknown, databaseUrl: string | undefined): { message: string; exitCode: number } | undefined {
+  if (databaseUrl === undefined || typeof err !== 'object' || err === null) return undefined;
+  const code = (err as { code?: unknown }).code;
+  if (typeof code !== 'string') return undefined;
+  const where = `the database at DATABASE_URL (${databaseLocation(databaseUrl)})`;
+  const why = (err as Error).message;
+  if (UNREACHABLE.has(code) || code.startsWith('08')) return { message: `cannot reach ${where}: ${why}`, exitCode: EX_UNAVAILABLE };
+  if (MISCONFIGURED.has(code)) return { message: `cannot use ${where}: ${why}`, exitCode: EX_CONFIG };
+  return undefined;
+}
