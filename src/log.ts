@@ -19,3 +19,22 @@ export function createLogger(level: string, destination?: pino.DestinationStream
     },
   }, destination);
 }
+
+/**
+ * A warning that may repeat many times a second (every pooled connection PostgreSQL refuses
+ * during an outage): logged once per window, the next one carrying how many were left out.
+ */
+export function throttledWarning(logger: Logger, msg: string, windowMs = 5000, now: () => number = Date.now): (message: string) => void {
+  const last = new Map<string, { at: number; suppressed: number }>();
+  return (message) => {
+    const t = now();
+    const seen = last.get(message);
+    if (seen && t - seen.at < windowMs) {
+      seen.suppressed++;
+      return;
+    }
+    if (last.size > 100) last.clear();
+    last.set(message, { at: t, suppressed: 0 });
+    logger.warn({ message, ...(seen?.suppressed ? { repeated: seen.suppressed } : {}) }, msg);
+  };
+}

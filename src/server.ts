@@ -6,6 +6,7 @@ import type Provider from 'oidc-provider';
 import { BatchedAuditWriter } from './audit/batch-writer.ts';
 import { auditCommitter, recordAudit } from './audit/event.ts';
 import type { Config } from './config.ts';
+import { throttledWarning } from './log.ts';
 import { LineageCache } from './exchange/lineage-store.ts';
 import { EXCHANGE_PARAMS, REPEATABLE_PARAMS } from './exchange/request.ts';
 import { GrantBatcher } from './exchange/grant-batcher.ts';
@@ -72,7 +73,7 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
   const db = options.db ?? await openDatabase({
     databaseUrl: config.databaseUrl,
     dataDir: config.dataDir,
-    log: { warn: (message) => logger.warn({ message }, 'database') },
+    log: { warn: throttledWarning(logger, 'database') },
   });
   try {
     const schema = await migrate(db);
