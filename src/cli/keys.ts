@@ -2,8 +2,8 @@ import { parseArgs } from 'node:util';
 import { describeKey, describeNew } from '../admin/key-routes.ts';
 import type { SigningAlg } from '../policy/model.ts';
 import { deriveKeys } from '../tokens/kek.ts';
-import { DEFAULT_PREPUBLISH_SECONDS, KeyOperationError, removeKey, rotateKeys } from '../tokens/key-rotation.ts';
-import { loadKeySchedule, SIGNING_ALGS } from '../tokens/signing-keys.ts';
+import { DEFAULT_PREPUBLISH_SECONDS, KeyOperationError, MAX_PREPUBLISH_SECONDS, removeKey, rotateKeys } from '../tokens/key-rotation.ts';
+import { JWKS_MAX_AGE_SECONDS, loadKeySchedule, SIGNING_ALGS } from '../tokens/signing-keys.ts';
 import { UsageError, type CliContext, cliActor } from './context.ts';
 import { callServer, onDatabaseOrServer, type LocalServer } from './local-server.ts';
 
@@ -13,7 +13,12 @@ const UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 };
 export function parseDelay(value: string): number {
   const match = /^(\d+)([smhd]?)$/.exec(value);
   if (!match) throw new UsageError(`--activate-in takes a delay such as 24h, 30m or 0 (got "${value}")`);
-  return Number(match[1]) * UNITS[match[2] || 's']!;
+  const seconds = Number(match[1]) * UNITS[match[2] || 's']!;
+  // The same bounds rotateKeys enforces, refused here as the usage error they are (exit 2).
+  if ((seconds !== 0 && seconds < JWKS_MAX_AGE_SECONDS) || seconds > MAX_PREPUBLISH_SECONDS) {
+    throw new UsageError(`--activate-in must be 0 (or --now) or from ${JWKS_MAX_AGE_SECONDS / 60}m (the JWKS cache age) to ${MAX_PREPUBLISH_SECONDS / 86400}d (got "${value}")`);
+  }
+  return seconds;
 }
 
 type Listed = Record<string, unknown>;

@@ -55,6 +55,8 @@ describe('writ keys on PostgreSQL (DATABASE_URL)', () => {
       [['keys', 'rotate', '--alg', 'HS256'], '--alg takes'],
       [['keys', 'rotate', '--activate-in', 'tomorrow'], '--activate-in takes'],
       [['keys', 'rotate', '--now', '--activate-in', '1h'], 'exclude each other'],
+      [['keys', 'rotate', '--activate-in', '10s'], '--activate-in must be 0 (or --now) or from 5m'],
+      [['keys', 'rotate', '--activate-in', '91d'], 'to 90d'],
       [['keys', 'spin'], 'unknown keys command'],
     ] as const) {
       const bad = await runWrit([...args], env);
