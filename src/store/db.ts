@@ -63,8 +63,17 @@ export async function migrate(db: Database): Promise<{ applied: string[]; newer:
     return { applied: [], newer };
   }
   // A migration may rewrite a large table; its statements lift statement_timeout themselves.
-  const [, applied] = await db.unlimited(() => db.knex.migrate.latest({ migrationSource: source })) as [number, string[]];
-  return { applied, newer: [] };
+  try {
+    const [, applied] = await db.unlimited(() => db.knex.migrate.latest({ migrationSource: source })) as [number, string[]];
+    return { applied, newer: [] };
+  } catch (err) {
+    // A serving role (writ db grants) may not change the schema: say what to do, not the SQL.
+    if ((err as { code?: unknown }).code === '42501') {
+      const pending = [...known].filter((name) => !done.includes(name));
+      throw new SchemaMismatch(`the database needs migrations this role may not apply (${pending.join(', ')}): run writ migrate as the owner of the tables, then writ db grants`);
+    }
+    throw err;
+  }
 }
 
 /** Where knex's own warnings go (it prints to the console otherwise). */

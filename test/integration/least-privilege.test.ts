@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ADMIN_SCOPES, bootstrapAdmin } from '../../src/admin/bootstrap.ts';
 import { verifyAuditChain } from '../../src/audit/verify.ts';
 import { createLoginToken } from '../../src/audit/view-login.ts';
-import { migrate, openDatabase, type Database } from '../../src/store/db.ts';
+import { migrate, openDatabase, SchemaMismatch, type Database } from '../../src/store/db.ts';
 import { SERVING_GRANTS, SERVING_SEQUENCES } from '../../src/store/grants.ts';
 import { killSwitch } from '../../src/revocation/kill-switch.ts';
 import { markJtisRevoked } from '../../src/revocation/revoke.ts';
@@ -197,6 +197,20 @@ describe('Writ serving as a role with the least privileges (writ db grants)', ()
       'update "knex_migrations_lock" set "is_locked" = $1 where "is_locked" = $2',
       'update "knex_migrations_lock" set "is_locked" = $1',
     ]);
+  });
+
+  it('a migration pending when that role starts: refused with what to do, not the SQL that failed', async () => {
+    const [latest] = await owner.knex('knex_migrations').orderBy('name', 'desc').limit(1).select('name', 'batch', 'migration_time');
+    await owner.knex('knex_migrations').where({ name: latest.name }).del();
+    const db = await openDatabase({ databaseUrl: roleUrl, dataDir });
+    try {
+      const refused = await migrate(db).then(() => undefined, (err: unknown) => err);
+      expect(refused).toBeInstanceOf(SchemaMismatch);
+      expect((refused as Error).message).toBe(`the database needs migrations this role may not apply (${latest.name}): run writ migrate as the owner of the tables, then writ db grants`);
+    } finally {
+      await db.close();
+      await owner.knex('knex_migrations').insert(latest);
+    }
   });
 
   it('cannot delete, truncate or rewrite what the server never deletes or rewrites', async () => {
