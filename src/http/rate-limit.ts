@@ -11,6 +11,8 @@ export interface RateDecision {
   retryAfter: number;
   /** Seconds until the bucket is full again. */
   reset: number;
+  /** Seconds the bucket takes to refill from empty: the window its `limit` is a quota for. */
+  window: number;
 }
 
 interface Bucket {
@@ -59,6 +61,7 @@ export class RateLimiter {
       limit: burst,
       retryAfter: ok ? 0 : Math.ceil((1 - bucket.tokens) / limit.per_second),
       reset: Math.ceil((burst - bucket.tokens) / limit.per_second),
+      window: Math.max(1, Math.ceil(burst / limit.per_second)),
     };
   }
 
@@ -90,11 +93,18 @@ export class RateLimiter {
   }
 }
 
-/** RFC 6585 429 with Retry-After, and the RateLimit header fields clients read. */
+/**
+ * RFC 6585 429 with Retry-After, and the RateLimit header fields clients read: both the
+ * `RateLimit-Limit`/`-Remaining`/`-Reset` trio most clients know and the structured `RateLimit`
+ * and `RateLimit-Policy` fields of the IETF draft that replaces it (draft-ietf-httpapi-ratelimit-
+ * headers: a quota `q` per window `w` seconds; `r` left, reset in `t` seconds).
+ */
 export function setRateLimitHeaders(ctx: ParameterizedContext, d: RateDecision): void {
   ctx.set('RateLimit-Limit', String(d.limit));
   ctx.set('RateLimit-Remaining', String(d.remaining));
   ctx.set('RateLimit-Reset', String(d.reset));
+  ctx.set('RateLimit-Policy', `"writ";q=${d.limit};w=${d.window}`);
+  ctx.set('RateLimit', `"writ";r=${d.remaining};t=${d.reset}`);
   if (!d.ok) ctx.set('Retry-After', String(Math.max(1, d.retryAfter)));
 }
 

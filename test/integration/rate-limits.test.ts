@@ -27,6 +27,9 @@ function expectRateLimited(res: { status: number; headers: Headers; body: Record
   const reset = Number(h['ratelimit-reset']);
   expect(Number(h['retry-after'])).toBeLessThanOrEqual(reset);
   expect(reset).toBeLessThanOrEqual(Math.ceil((2 * limit.burst) / limit.per_second));
+  // The same, as the structured fields of draft-ietf-httpapi-ratelimit-headers.
+  expect(res.headers.get('ratelimit')).toBe(`"writ";r=0;t=${reset}`);
+  expect(res.headers.get('ratelimit-policy')).toBe(`"writ";q=${limit.burst};w=${Math.max(1, Math.ceil(limit.burst / limit.per_second))}`);
 }
 
 /** Limits set in policy, counted per instance: 429 with Retry-After and RateLimit headers. */
