@@ -18,6 +18,8 @@ const USAGE = `usage: writ <command>
   migrate                    apply database migrations
   db grants [--role R] [--apply]
                              the least privileges of the role Writ serves as (PostgreSQL)
+  db issuer [--set URL]      the issuer the database serves (every instance's WRIT_ISSUER);
+                             --set moves it to another, as the owner of the tables
   policy validate DIR        check policy files without applying them
   policy apply DIR [-m MSG]  set DIR's policy as a new version
   policy diff|export|history|rollback|report   see writ policy help

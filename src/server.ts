@@ -29,6 +29,7 @@ import { Metrics, serveMetrics } from './metrics.ts';
 import { PolicyState } from './policy/state.ts';
 import { RevocationState } from './revocation/state.ts';
 import { migrate, openDatabase, type Database } from './store/db.ts';
+import { checkIssuer } from './store/issuer-binding.ts';
 import { deriveKeys, type DerivedKeys } from './tokens/kek.ts';
 import { UpstreamKeys, writKeyResolver } from './tokens/key-resolver.ts';
 import { SIGNING_ALGS, SigningKeyRing } from './tokens/signing-keys.ts';
@@ -79,6 +80,8 @@ export async function createWrit(config: Config, logger: Logger, options: WritOp
     const schema = await migrate(db);
     if (schema.applied.length > 0) logger.info({ migrations: schema.applied }, 'database migrated');
     if (schema.newer.length > 0) logger.warn({ migrations: schema.newer }, 'the database was migrated by a newer Writ: running on it without migrating');
+    // Instances on one database serve one issuer: the first stores it, another one is refused.
+    if ((await checkIssuer(db.knex, config.issuer)).stored) logger.info({ issuer: config.issuer }, 'the database now serves this issuer');
     const derived = deriveKeys(config.kek);
     const keys = new SigningKeyRing(db.knex, derived.keyEncryption, { logger, ...(options.pollMs ? { pollMs: Math.max(options.pollMs, 200) } : {}) });
     await keys.start();

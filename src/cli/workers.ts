@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import { createLogger } from '../log.ts';
 import { serveMetrics } from '../metrics.ts';
 import { migrate, openDatabase } from '../store/db.ts';
+import { checkIssuer } from '../store/issuer-binding.ts';
 import { deriveKeys } from '../tokens/kek.ts';
 import { ensureSigningKeys } from '../tokens/signing-keys.ts';
 import type { CliContext } from './context.ts';
@@ -38,6 +39,8 @@ async function prepareDatabase(ctx: CliContext): Promise<void> {
   const db = await openDatabase({ databaseUrl: ctx.config.databaseUrl, dataDir: ctx.config.dataDir });
   try {
     await migrate(db);
+    // Refused here, once, rather than by every worker in turn (src/store/issuer-binding.ts).
+    await checkIssuer(db.knex, ctx.config.issuer);
     await ensureSigningKeys(db.knex, deriveKeys(ctx.config.kek).keyEncryption);
   } finally {
     await db.close();

@@ -11,8 +11,9 @@
  *
  * Schema changes, retention and the writes only a command makes stay with the owner: `writ
  * migrate`, `writ audit retain` (it drops partitions and writes retention markers) and `writ
- * admin bootstrap` (bootstrap_admins: an admin client is not the serving role's to make) run as
- * the owner on PostgreSQL. The other commands (policy apply and rollback, keys rotate and
+ * admin bootstrap` (bootstrap_admins: an admin client is not the serving role's to make) and `writ
+ * db issuer --set` (a deliberate move of the database to another issuer) run as the owner on
+ * PostgreSQL. The other commands (policy apply and rollback, keys rotate and
  * remove, revoke, audit open) make the same row operations as the server, so the serving role
  * may run them too.
  */
@@ -67,6 +68,9 @@ export const SERVING_GRANTS: Readonly<Record<string, TableGrant>> = {
   audit_view_logins: { rows: ['SELECT', 'INSERT', 'DELETE'], updates: ['used_at'] },
   // oidc-provider's records: stored, replaced, consumed, destroyed (an admin token revoked).
   oidc_payloads: { rows: ['SELECT', 'INSERT', 'UPDATE', 'DELETE'] },
+  // The issuer the database serves: read at start, and stored by the first instance to start
+  // (INSERT … ON CONFLICT DO NOTHING); changed only by `writ db issuer --set`, as the owner.
+  served_issuer: { rows: ['SELECT', 'INSERT'] },
   // Starting, Writ checks for pending migrations: knex reads the list and takes and releases its
   // lock (UPDATE knex_migrations_lock SET is_locked), in one transaction, even with none pending.
   knex_migrations: { rows: ['SELECT'] },

@@ -46,6 +46,8 @@ describe('writ serve when an address it listens on is taken', () => {
       DATABASE_URL: await createTestDatabase('listen_failure'),
       WRIT_KEK: randomBytes(32).toString('base64'),
       WRIT_DATA_DIR: dataDir,
+      // One issuer for both runs on this database, whatever port each listens on.
+      WRIT_ISSUER: 'http://localhost:4000',
       LOG_LEVEL: 'warn',
     };
     // Migrated up front, so that the time to exit is the start alone.
@@ -61,7 +63,7 @@ describe('writ serve when an address it listens on is taken', () => {
     const free = await freePort();
     const [port, metricsPort] = which === 'api' ? [taken.port, free] : [free, taken.port];
     try {
-      const run = await serveUntilExit({ ...env, PORT: String(port), WRIT_ISSUER: `http://localhost:${port}`, WRIT_METRICS_ADDR: `127.0.0.1:${metricsPort}` });
+      const run = await serveUntilExit({ ...env, PORT: String(port), WRIT_METRICS_ADDR: `127.0.0.1:${metricsPort}` });
       expect(run.code, run.stderr).toBe(1);
       expect(run.stderr).toContain(`127.0.0.1:${taken.port}`);
       expect(run.stderr).toContain(setting);

@@ -149,10 +149,10 @@ describe('introspection (RFC 7662) and revocation (RFC 7009)', () => {
 describe('revocation across instances and restarts', () => {
   it('a second instance sees a revocation within 1 s, and it survives a restart', async () => {
     const a = await startTestWrit({ name: 'multi' });
-    const b = await startTestWrit({ name: 'multi-b', databaseUrl: a.databaseUrl!, idp: a.idp, applyExample: false });
+    // Instances on one database share its issuer (b listens on a port of its own).
+    const b = await startTestWrit({ name: 'multi-b', databaseUrl: a.databaseUrl!, idp: a.idp, applyExample: false, issuer: a.issuer });
     try {
       const user = await a.idp.token(a.issuer);
-      // Instance b has its own issuer (its own port); tokens are minted by a and checked by a's issuer.
       const hop1 = await a.exchange('planner-agent', { subject_token: user, subject_token_type: AT, audience: EXECUTOR_AUD });
       expect(hop1.status).toBe(200);
       const token = hop1.body.access_token as string;

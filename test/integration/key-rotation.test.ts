@@ -153,7 +153,7 @@ describe('rotation across instances on one PostgreSQL database', () => {
   let b: TestWrit;
   beforeAll(async () => {
     a = await startTestWrit({ name: 'key-instances' });
-    b = await startTestWrit({ name: 'key-instances-b', databaseUrl: a.databaseUrl!, idp: a.idp, applyExample: false });
+    b = await startTestWrit({ name: 'key-instances-b', databaseUrl: a.databaseUrl!, idp: a.idp, applyExample: false, issuer: a.issuer });
     await b.writ.policy.reload();
   });
   afterAll(async () => {

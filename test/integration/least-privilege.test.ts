@@ -184,6 +184,17 @@ describe('Writ serving as a role with the least privileges (writ db grants)', ()
     }
   });
 
+  it('stored the issuer it serves as that role, and cannot change it: writ db issuer --set is the owner\'s', async () => {
+    const env = { DATABASE_URL: roleUrl, WRIT_DATA_DIR: dataDir };
+    expect((await runWrit(['db', 'issuer'], env)).stdout).toBe(`${t.issuer}\n`);
+    const refused = await runWrit(['db', 'issuer', '--set', 'https://sts.example.com'], env);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain('permission denied');
+    expect(refused.stderr).toContain('as the owner of Writ\'s tables');
+    await expect(t.writ.db.knex.raw('DELETE FROM served_issuer')).rejects.toThrow(/permission denied/);
+    expect((await owner.knex('served_issuer').select('issuer')).map((r: { issuer: string }) => r.issuer)).toEqual([t.issuer]);
+  });
+
   it('checks migrations at start as that role: reads the list, takes and frees knex\'s lock, writes nothing else', async () => {
     const db = await openDatabase({ databaseUrl: roleUrl, dataDir });
     const statements: string[] = [];

@@ -124,9 +124,14 @@ export async function startTestWrit(options: {
   idp?: TestIdp;
   applyExample?: boolean;
   port?: number;
+  /**
+   * WRIT_ISSUER (default: http://localhost at its port). Instances sharing a database need the
+   * same one: give a second instance the first's.
+   */
+  issuer?: string;
 }): Promise<TestWrit> {
   const port = options.port ?? await freePort();
-  const issuer = `http://localhost:${port}`;
+  const issuer = options.issuer ?? `http://localhost:${port}`;
   const databaseUrl = options.embedded ? undefined : options.databaseUrl ?? await createTestDatabase(options.name);
   const dataDir = options.dataDir ?? path.join('/tmp', `writ-test-${inject('runId')}-${options.name}-${randomBytes(3).toString('hex')}`);
   const config = loadConfig({
