@@ -255,12 +255,23 @@ export function createApp(deps: AppDeps): Koa {
       return;
     }
     if (POST_ONLY.has(ctx.path) && ctx.method !== 'POST') {
-      // Recorded like the endpoint's other refusals; nothing was authenticated, so batched.
-      deps.auditQueue.enqueue({
-        type: 'token_endpoint.rejected', outcome: 'rejected', reason: 'method_not_allowed',
-        requestId: (ctx.state as Record<string, unknown>).requestId as string,
-        details: { endpoint: ctx.path, method: ctx.method, source_ip: ctx.ip },
-      });
+      // Recorded like the endpoint's other refusals of requests with no credential: one event
+      // each (batched, nothing was authenticated) within the address's budget for them, and past
+      // it counted in aggregate, so a flood of GETs cannot write a row per request.
+      const requestId = (ctx.state as Record<string, unknown>).requestId as string;
+      // A bucket of its own: a scanner's GETs must not use up the budget of the credential-less
+      // POSTs of clients behind the same address (a NAT), which wait for the challenge first.
+      const key = methodKey(ctx.ip);
+      const perAddress = addressFailureLimit(deps.authFailureLimit());
+      if (deps.limiter.peek(key, perAddress).ok) {
+        deps.limiter.spend(key, perAddress);
+        deps.auditQueue.enqueue({
+          type: 'token_endpoint.rejected', outcome: 'rejected', reason: 'method_not_allowed', requestId,
+          details: { endpoint: ctx.path, method: ctx.method, source_ip: ctx.ip },
+        });
+      } else {
+        tally.add('method_not_allowed', null, ctx.ip, ctx.path, requestId);
+      }
       ctx.status = 405;
       ctx.set('Allow', 'POST');
       ctx.body = { error: 'invalid_request', error_description: 'use POST' };
@@ -319,6 +330,7 @@ export function createApp(deps: AppDeps): Koa {
   // attempts are refused before any secret is checked.
   const addressKey = (ip: string): string => `auth-fail-ip:${ip}`;
   const uncredentialedKey = (ip: string): string => `auth-none-ip:${ip}`;
+  const methodKey = (ip: string): string => `method-ip:${ip}`;
   const clientKey = (clientId: string, ip: string): string => `auth-fail-client:${clientId}\n${ip}`;
   const refuseLimited = async (ctx: Koa.Context, key: string, rate: RateDecision, reason: string, claimed: string | undefined): Promise<void> => {
     const state = ctx.state as Record<string, unknown>;

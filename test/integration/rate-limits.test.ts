@@ -219,6 +219,31 @@ describe('rate limits', () => {
     expect({ status: own.status, body: own.body }).toEqual({ status: 200, body: { active: false } });
   });
 
+  it('a flood of GETs at the client endpoints: every one answered 405 and counted, past its budget in aggregate, and no other budget spent', async () => {
+    const max = Number((await t.writ.db.knex('audit_events').max<Array<{ max: number | null }>>('id as max'))[0]?.max ?? 0);
+    const N = 120;
+    const statuses: number[] = [];
+    for (let i = 0; i < N; i++) {
+      statuses.push((await fetch(`${t.url}${i % 2 ? '/token' : '/token/introspection'}`, { headers: from('203.0.113.40') })).status);
+    }
+    expect(statuses.every((status) => status === 405)).toBe(true);
+    const recorded = async (): Promise<Array<{ details: { more_refused?: number } }>> => {
+      await t.writ.auditQueue.flush();
+      return t.writ.db.knex('audit_events').where('id', '>', max).andWhere({ reason: 'method_not_allowed' }).select('details');
+    };
+    // A row per request within the address's budget (50 at once), then a first-of-window row and
+    // the window's count: every request is accounted for, in far fewer rows.
+    const counted = async (): Promise<number> => (await recorded()).reduce((n, row) => n + (row.details.more_refused ?? 1), 0);
+    await expect.poll(counted, { timeout: 10_000, interval: 500 }).toBe(N);
+    expect((await recorded()).length).toBeLessThan(N - 40);
+    // The GETs spent a budget of their own: a credential-less POST from the address still gets
+    // its challenge, and a client there still gets in.
+    const bare = await t.post('/token/introspection', { token: 'x' }, undefined, from('203.0.113.40'));
+    expect(bare.status).toBe(401);
+    const own = await t.post('/token/introspection', { token: 'x' }, basicAuth('payments-api'), from('203.0.113.40'));
+    expect({ status: own.status, body: own.body }).toEqual({ status: 200, body: { active: false } });
+  }, 20_000);
+
   it('a client the provider names but does not authenticate spends the failure budget too', async () => {
     // Two mechanisms at once (an attestation header beside a client_id): the provider's 400.
     const claims = Buffer.from(JSON.stringify({ sub: 'executor-agent' })).toString('base64url');
