@@ -2,6 +2,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { ConfigError } from '../config.ts';
 import { migrate, openDatabase, type Database, type DatabaseLog } from '../store/db.ts';
+import { checkIssuer } from '../store/issuer-binding.ts';
 import type { CliContext } from './context.ts';
 
 export interface CliDatabaseOptions {
@@ -15,6 +16,12 @@ export interface CliDatabaseOptions {
   creates?: 'never' | 'development' | 'always';
   /** Say on stderr when a database is created or migrated (the demo keeps its output its own). */
   announce?: boolean;
+  /**
+   * The issuer this command serves as (`writ serve --apply`): checked against the database's,
+   * or stored, before the command changes anything, since an instance refused for another
+   * issuer must not have applied its policy to the database first (src/store/issuer-binding.ts).
+   */
+  issuer?: string;
   poolMax?: number;
   maintenance?: boolean;
 }
@@ -55,6 +62,7 @@ export async function openCliDatabase(ctx: CliContext, options: CliDatabaseOptio
     const { applied, newer } = await migrate(db);
     if (announce && applied.length > 0) ctx.err(`writ: migrated the database: ${applied.join(', ')}`);
     if (newer.length > 0) ctx.err(`writ: the database was migrated by a newer Writ (${newer.join(', ')}); this one runs on it without migrating`);
+    if (options.issuer !== undefined) await checkIssuer(db.knex, options.issuer);
   } catch (err) {
     await db.close();
     throw err;

@@ -25,7 +25,7 @@ export async function startServing(ctx: CliContext, options: { applyDir?: string
   }
   if (options.applyDir) {
     // Before the server holds the data dir, so the CLI path can open it directly.
-    const code = await policyApply(ctx, options.applyDir, 'applied at start', { database: { creates: 'always' } });
+    const code = await policyApply(ctx, options.applyDir, 'applied at start', { database: { creates: 'always', issuer: config.issuer } });
     if (code !== 0) throw new Error(`policy in ${options.applyDir} could not be applied`);
   }
   const base = createLogger(options.logLevel ?? config.logLevel);

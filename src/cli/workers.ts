@@ -51,7 +51,7 @@ export async function superviseWorkers(ctx: CliContext, options: { applyDir?: st
   const { config } = ctx;
   const logger: Logger = createLogger(config.logLevel).child({ role: 'primary' });
   if (options.applyDir) {
-    const code = await policyApply(ctx, options.applyDir, 'applied at start', { database: { creates: 'always' } });
+    const code = await policyApply(ctx, options.applyDir, 'applied at start', { database: { creates: 'always', issuer: config.issuer } });
     if (code !== 0) throw new Error(`policy in ${options.applyDir} could not be applied`);
   }
   await prepareDatabase(ctx);

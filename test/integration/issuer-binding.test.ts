@@ -87,6 +87,19 @@ describe.each([
     expect(workers.stderr).toContain(`configuration error: WRIT_ISSUER is ${ISSUER_B}, but this database serves the issuer ${ISSUER_A}`);
   });
 
+  it('writ serve --apply with another issuer is refused before it applies anything', async () => {
+    const t = await target('apply');
+    await (await start(t, ISSUER_A)).close();
+    const versions = (): Promise<number> => inspect(t, async (db) => Number((await db.knex('policy_versions').count<Array<{ count: string }>>('* as count'))[0]!.count));
+    const before = await versions();
+    const secrets = { PLANNER_SECRET: 'p'.repeat(40), EXECUTOR_SECRET: 'e'.repeat(40), PAYMENTS_API_SECRET: 's'.repeat(40) };
+    const run = await runWrit(['serve', '--apply', 'policy/'], { ...env(t), ...secrets, WRIT_ISSUER: ISSUER_B, PORT: '0', WRIT_METRICS_ADDR: '127.0.0.1:0', LOG_LEVEL: 'warn' }, 30_000);
+    expect(run.code, run.stdout + run.stderr).toBe(78);
+    expect(run.stderr).toContain(`WRIT_ISSUER is ${ISSUER_B}, but this database serves the issuer ${ISSUER_A}`);
+    expect(run.stdout + run.stderr).not.toContain('applied policy version');
+    expect(await versions()).toBe(before);
+  });
+
   it('of two first starts at once with different issuers, exactly one wins', async () => {
     const t = await target('race');
     // Migrated first: only the issuer is left to race for, not knex's migration lock.
