@@ -7,8 +7,11 @@
 const EX_UNAVAILABLE = 69;
 const EX_CONFIG = 78;
 
-/** Node's codes for a server that could not be reached at all. */
-const UNREACHABLE = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'ETIMEDOUT', 'ECONNRESET', 'EAI_AGAIN']);
+/**
+ * A server that could not be reached at all (Node's codes), or that answered it cannot take a
+ * session now: starting up or shutting down (57P01–57P03), or out of connections (53300).
+ */
+const UNREACHABLE = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'ETIMEDOUT', 'ECONNRESET', 'EAI_AGAIN', '57P01', '57P02', '57P03', '53300']);
 
 /**
  * PostgreSQL's SQLSTATEs that mean DATABASE_URL names something that is not there or not
@@ -20,7 +23,10 @@ const MISCONFIGURED = new Set(['3D000', '28000', '28P01']);
 export function databaseLocation(databaseUrl: string): string {
   try {
     const url = new URL(databaseUrl);
-    return `${url.host}${url.pathname}`;
+    // A password with a raw '/' is misread as the end of the host: its tail then sits in the
+    // path, before an '@'. Say nothing of such a URL rather than part of its password.
+    if (url.pathname.includes('@') || url.pathname.includes('%40')) return 'DATABASE_URL';
+    return `${url.hostname}${url.port ? `:${url.port}` : ''}${url.pathname}`;
   } catch {
     return 'DATABASE_URL';
   }

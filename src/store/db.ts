@@ -70,7 +70,7 @@ export async function migrate(db: Database): Promise<{ applied: string[]; newer:
     // A serving role (writ db grants) may not change the schema: say what to do, not the SQL.
     if ((err as { code?: unknown }).code === '42501') {
       const pending = [...known].filter((name) => !done.includes(name));
-      throw new SchemaMismatch(`the database needs migrations this role may not apply (${pending.join(', ')}): run writ migrate as the owner of the tables, then writ db grants`);
+      throw new SchemaMismatch(`the database needs migrations this role may not apply (${pending.join(', ')}): run writ migrate as the owner of the tables, then writ db grants (PostgreSQL said: ${(err as Error).message})`);
     }
     throw err;
   }
