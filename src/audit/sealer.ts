@@ -318,7 +318,11 @@ export class AuditSealer {
       }
 
       // 3. Events above the head, in id order, in a snapshot taken after step 1.
-      const candidates = await readCandidates(trx, head?.id ?? 0, this.batchSize, { watermark, youngFromMs: t1 - graceMs });
+      // With no grace (at shutdown, in tests) an event of this very clock tick is sealable too:
+      // PGlite's clock ticks in whole milliseconds, so an event recorded within the millisecond
+      // of this pass would read as no older than now and be left for the next.
+      const youngFromMs = graceMs > 0 ? t1 - graceMs : t1 + 1;
+      const candidates = await readCandidates(trx, head?.id ?? 0, this.batchSize, { watermark, youngFromMs });
       const shared = sharedIds(candidates);
       let tip: Head | undefined = head;
       const seals: Seal[] = [];
@@ -327,7 +331,7 @@ export class AuditSealer {
         const id = Number(row.id);
         const occurredMs = Number(row.occurred_ms);
         if (id >= watermark) break;
-        if (occurredMs >= t1 - graceMs) break;
+        if (occurredMs >= youngFromMs) break;
         if (shared.has(id)) {
           skipped.push(id);
           this.anomalies += 1;
