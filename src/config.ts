@@ -66,7 +66,8 @@ export function decodeKek(raw: string): Buffer {
   return key;
 }
 
-function parseIssuer(raw: string, production: boolean): string {
+/** WRIT_ISSUER's rules: an http(s) URL, the root of its host, https outside localhost; no trailing slash. */
+export function parseIssuer(raw: string, production: boolean): string {
   let url: URL;
   try {
     url = new URL(raw);

@@ -1,5 +1,5 @@
 import { parseArgs } from 'node:util';
-import { ConfigError, loadConfig } from '../config.ts';
+import { ConfigError, parseIssuer } from '../config.ts';
 import { openDatabase } from '../store/db.ts';
 import { grantStatements, isRoleName } from '../store/grants.ts';
 import { changeIssuer, storedIssuer } from '../store/issuer-binding.ts';
@@ -46,8 +46,7 @@ export async function dbCommand(ctx: CliContext, argv: string[]): Promise<number
 /** `--set`'s URL, held to WRIT_ISSUER's rules (https outside localhost, no path) and normalized the same way. */
 function issuerArgument(raw: string, env: 'development' | 'production'): string {
   try {
-    // A key of zeros keeps loadConfig from making a development key in a data dir.
-    return loadConfig({ WRIT_ENV: env, WRIT_ISSUER: raw, WRIT_KEK: Buffer.alloc(32).toString('base64') }).issuer;
+    return parseIssuer(raw, env === 'production');
   } catch (err) {
     if (err instanceof ConfigError) throw new UsageError(`--set: ${err.message.replace(/^WRIT_ISSUER/, 'the issuer')}`);
     throw err;

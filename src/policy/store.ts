@@ -182,9 +182,7 @@ export async function applyPolicy(knex: Knex, input: {
     const removed = [...stored.keys()].filter((id) => !clientIds.has(id) && !bootstrapped.has(id));
     const digest = digestOf(document);
     const secretsChanged = [...changed].some((id) => clientIds.has(id));
-    // The stored digest, or the stored document's digest recomputed (one written by an older
-    // release may have been digested otherwise): either equal means the same document.
-    if (previous && !secretsChanged && removed.length === 0 && (previous.digest === digest || digestOf(previous.document) === digest)) {
+    if (previous && !secretsChanged && removed.length === 0 && previous.digest === digest) {
       return { ...fromRow(previous), unchanged: true };
     }
     if (removed.length > 0) await trx('client_credentials').whereIn('client_id', removed).delete();

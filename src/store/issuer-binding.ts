@@ -28,7 +28,7 @@ export async function storedIssuer(knex: Knex): Promise<string | undefined> {
  * that row (the read is a statement of its own, so it sees the row a concurrent insert
  * committed while this one waited on it). Needs INSERT and SELECT only.
  */
-export async function bindIssuer(knex: Knex, issuer: string): Promise<{ issuer: string; stored: boolean }> {
+async function bindIssuer(knex: Knex, issuer: string): Promise<{ issuer: string; stored: boolean }> {
   return knex.transaction(async (trx) => {
     const inserted = await trx.raw<{ rows: unknown[] }>(`INSERT INTO ${TABLE} (issuer) VALUES (?) ON CONFLICT DO NOTHING RETURNING issuer`, [issuer]);
     const current = await storedIssuer(trx);
