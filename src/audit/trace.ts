@@ -1,7 +1,7 @@
 import type { Knex } from 'knex';
 import { OCCURRED_AT_SQL } from './chain.ts';
 import type { AuditTextColumns } from './event.ts';
-import { markSeconds, revocationOf, subjectTaskKey } from '../revocation/state.ts';
+import { markSeconds, revocationOf, rootKey, subjectTaskKey } from '../revocation/state.ts';
 
 /** One issued token, as its lineage row records it. */
 export interface TraceHop {
@@ -136,7 +136,7 @@ function differences(r: LineageRow, e: GrantedEvent): string[] {
     ['parent_jti', e.parent_jti === r.parent_jti],
     ['audience', e.audience === r.audience],
     ['task_id', e.task_id === r.task_id],
-    ['subject', e.subject === `${r.root_issuer}|${r.root_sub}`],
+    ['subject', e.subject === rootKey(r.root_issuer, r.root_sub)],
     ['policy_version', Number(e.policy_version) === Number(r.policy_version)],
     ['rule_id', e.rule === r.rule_id],
     ['scopes', JSON.stringify(e.scope) === JSON.stringify(jsonArray(r.scopes))],
@@ -189,7 +189,7 @@ async function applyMarks(knex: Knex, rows: readonly LineageRow[], hops: readonl
   const candidates = new Set<string>();
   for (const r of rows) {
     for (const actor of jsonArray(r.actors)) candidates.add(actor);
-    candidates.add(`${r.root_issuer}|${r.root_sub}`).add(r.root_issuer).add(r.rule_id);
+    candidates.add(rootKey(r.root_issuer, r.root_sub)).add(r.root_issuer).add(r.rule_id);
     if (r.task_id !== null) candidates.add(r.task_id).add(subjectTaskKey(r.root_issuer, r.root_sub, r.task_id));
   }
   const found = await knex<MarkRow>('revocations').select('kind', 'value', 'not_before')

@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
 import type { CompiledPolicy } from '../policy/compiled.ts';
-import type { RevocationState } from '../revocation/state.ts';
+import { rootKey, type RevocationState } from '../revocation/state.ts';
 import type { KeyResolver } from '../tokens/key-resolver.ts';
 import { inspectCompactJws, type InspectedJws } from '../tokens/jws-structure.ts';
 import { verifyUpstreamToken, verifyWritToken } from '../tokens/verify-jwt.ts';
@@ -62,7 +62,7 @@ export async function verifySubjectToken(req: ExchangeRequest, ctx: PresentedTok
       selfIssuer: ctx.selfIssuer, keys: ctx.writKeys, now: ctx.now, role: 'subject', inspected, signatures: ctx.signatures,
     });
     const lineage = await ctx.lineage.get(ctx.knex, claims.jti, ctx.now);
-    if (!lineage) throw new ExchangeDenied('token_revoked', 'no lineage for this Writ token', 'subject', { jti: claims.jti, root: `${claims.sub_id.iss}|${claims.sub_id.sub}`, taskId: claims.task_id ?? null });
+    if (!lineage) throw new ExchangeDenied('token_revoked', 'no lineage for this Writ token', 'subject', { jti: claims.jti, root: rootKey(claims.sub_id.iss, claims.sub_id.sub), taskId: claims.task_id ?? null });
     const revoked = ctx.revocations.check({
       jti: claims.jti,
       iat: claims.iat,
@@ -74,7 +74,7 @@ export async function verifySubjectToken(req: ExchangeRequest, ctx: PresentedTok
     });
     if (revoked) {
       throw new ExchangeDenied(revoked === 'task_revoked' ? 'task_revoked' : 'parent_revoked', 'the subject token, an ancestor or its task is revoked', 'subject',
-        { jti: claims.jti, root: `${lineage.root.issuer}|${lineage.root.sub}`, taskId: claims.task_id ?? null });
+        { jti: claims.jti, root: rootKey(lineage.root.issuer, lineage.root.sub), taskId: claims.task_id ?? null });
     }
     return {
       kind: 'writ',
@@ -110,7 +110,7 @@ export async function verifySubjectToken(req: ExchangeRequest, ctx: PresentedTok
     rootIssuer: verified.issuer,
     rootSubject: verified.sub,
   });
-  if (revoked) throw new ExchangeDenied('token_revoked', 'the subject or its issuer is under a kill switch', 'subject', { root: `${verified.issuer}|${verified.sub}` });
+  if (revoked) throw new ExchangeDenied('token_revoked', 'the subject or its issuer is under a kill switch', 'subject', { root: rootKey(verified.issuer, verified.sub) });
   return {
     kind: 'upstream',
     issuer: verified.issuer,

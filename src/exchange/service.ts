@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import type { AuditEvent } from '../audit/event.ts';
 import type { RateDecision } from '../http/rate-limit.ts';
 import type { CompiledPolicy } from '../policy/compiled.ts';
-import type { RevocationState } from '../revocation/state.ts';
+import { rootKey, type RevocationState } from '../revocation/state.ts';
 import type { KeyResolver } from '../tokens/key-resolver.ts';
 import type { SigningKeys } from '../tokens/signing-keys.ts';
 import { decide } from './decide.ts';
@@ -69,7 +69,7 @@ class StorageUnavailable extends Error {
 
 function rootOf(subject: VerifiedSubject | undefined): string | null {
   if (!subject) return null;
-  return subject.kind === 'writ' ? `${subject.lineage.root.issuer}|${subject.lineage.root.sub}` : `${subject.issuer}|${subject.sub}`;
+  return subject.kind === 'writ' ? rootKey(subject.lineage.root.issuer, subject.lineage.root.sub) : rootKey(subject.issuer, subject.sub);
 }
 
 /** Why the token a grant would mint is already inactive by a revocation this instance knows, if it is. */
@@ -204,7 +204,7 @@ export async function exchange(deps: ExchangeDeps, call: ExchangeCall): Promise<
       clientId: call.clientId,
       parentJti: grant.parentJti,
       taskId: grant.taskId,
-      subject: `${grant.root.issuer}|${grant.root.sub}`,
+      subject: rootKey(grant.root.issuer, grant.root.sub),
       audience: grant.audience,
       policyVersion: grant.policyVersion,
     };

@@ -7,7 +7,7 @@ import { oauthError, unavailable } from '../oauth/errors.ts';
 import type { CompiledPolicy } from '../policy/compiled.ts';
 import type { ClientPolicy } from '../policy/model.ts';
 import type { Metrics } from '../metrics.ts';
-import type { RevocationState } from '../revocation/state.ts';
+import { rootKey, type RevocationState } from '../revocation/state.ts';
 import { introspect, type IntrospectionDeps } from './introspection.ts';
 import { setRateLimitHeaders, type RateDecision, type RateLimiter } from './rate-limit.ts';
 import { revokeTaskById, revokeToken, type RevocationDeps } from './revocation.ts';
@@ -112,7 +112,7 @@ export function introspectionHandler(deps: IntrospectionDeps & { policy: () => C
       clientId: caller.client_id,
       jti: claims?.jti ?? null,
       audience: claims?.aud ?? null,
-      ...(claims ? { subject: `${claims.sub_id.iss}|${claims.sub_id.sub}`, taskId: claims.task_id ?? null } : {}),
+      ...(claims ? { subject: rootKey(claims.sub_id.iss, claims.sub_id.sub), taskId: claims.task_id ?? null } : {}),
       details: why ? { inactive: why } : {},
     });
     ctx.body = body;

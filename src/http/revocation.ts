@@ -1,6 +1,7 @@
 import type { Knex } from 'knex';
 import type { ClientPolicy } from '../policy/model.ts';
 import { revokeTask, revokeTaskForAgent, revokeTokenCascade } from '../revocation/revoke.ts';
+import { rootKey } from '../revocation/state.ts';
 import type { KeyResolver } from '../tokens/key-resolver.ts';
 import { verifyWritToken } from '../tokens/verify-jwt.ts';
 import { clientsInAct } from '../exchange/presented-tokens.ts';
@@ -50,7 +51,7 @@ export async function revokeToken(deps: RevocationDeps, caller: ClientPolicy, to
       clientId: caller.client_id,
       jti: claims.jti,
       taskId: claims.task_id ?? null,
-      subject: `${claims.sub_id.iss}|${claims.sub_id.sub}`,
+      subject: rootKey(claims.sub_id.iss, claims.sub_id.sub),
       audience: claims.aud,
       details: { revoked: count, derived: Math.max(0, count - 1) },
     }),

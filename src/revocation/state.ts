@@ -6,9 +6,16 @@ export const REVOCATION_CHANNEL = 'writ_revocation';
 
 export type RevocationKind = 'jti' | 'task' | 'subject_task' | 'client' | 'subject' | 'issuer' | 'rule';
 
+/**
+ * A root subject as a kill switch's value and an audit event's `subject` name it: `issuer|sub`.
+ */
+export function rootKey(rootIssuer: string, rootSubject: string): string {
+  return `${rootIssuer}|${rootSubject}`;
+}
+
 /** The key of a task ended for one root subject. */
 export function subjectTaskKey(rootIssuer: string, rootSubject: string, taskId: string): string {
-  return `${rootIssuer}|${rootSubject}|${taskId}`;
+  return `${rootKey(rootIssuer, rootSubject)}|${taskId}`;
 }
 
 export interface RevocationEntry {
@@ -59,7 +66,7 @@ export function revocationOf(set: RevokedSet, t: RevocationSubject): 'token_revo
     return nb !== undefined && t.iat < nb;
   };
   if (t.clients.some((c) => covered('client', c))) return 'token_revoked';
-  if (covered('subject', `${t.rootIssuer}|${t.rootSubject}`)) return 'token_revoked';
+  if (covered('subject', rootKey(t.rootIssuer, t.rootSubject))) return 'token_revoked';
   if (covered('issuer', t.rootIssuer)) return 'token_revoked';
   if (t.ruleId !== undefined && covered('rule', t.ruleId)) return 'token_revoked';
   return null;
