@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { readdirSync, rmSync } from 'node:fs';
 import pg from 'pg';
 import type { TestProject } from 'vitest/node';
 
@@ -12,7 +13,10 @@ declare module 'vitest' {
 
 const ADMIN_URL = process.env.WRIT_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 
-/** Each run gets its own prefix; every database a test creates under it is dropped at the end. */
+/**
+ * Each run gets its own prefix; every database a test creates under it is dropped at the end,
+ * and every data dir the harness made for it (`/tmp/writ-test-<runId>-…`) removed.
+ */
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
   const runId = `writ_test_${Date.now().toString(36)}_${randomBytes(3).toString('hex')}`;
   project.provide('adminDatabaseUrl', ADMIN_URL);
@@ -29,6 +33,9 @@ export default async function setup(project: TestProject): Promise<() => Promise
       }
     } finally {
       await client.end();
+    }
+    for (const name of readdirSync('/tmp')) {
+      if (name.startsWith(`writ-test-${runId}-`)) rmSync(`/tmp/${name}`, { recursive: true, force: true });
     }
   };
 }

@@ -1,10 +1,10 @@
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { basicAuth, createTestDatabase, freePort } from '../support/harness.ts';
 import { MAIN, ROOT, runWrit, type CliRun } from '../support/cli.ts';
+import { tempDirs } from '../support/temp-dirs.ts';
 
 const KEK = Buffer.alloc(32, 5).toString('base64');
 const SCOPES = 'writ:policy.read writ:policy.write writ:audit.read writ:revoke writ:keys';
@@ -14,15 +14,7 @@ const secretOf = (run: CliRun): string => /^client_secret: (\S+)$/m.exec(run.std
 
 /** Re-running `writ admin bootstrap` for an existing id replaces its secret: the output has to say so. */
 describe('writ admin bootstrap for an admin client that already exists', () => {
-  const dirs: string[] = [];
-  const tempDir = (): string => {
-    const d = mkdtempSync(path.join(tmpdir(), 'writ-bootstrap-'));
-    dirs.push(d);
-    return d;
-  };
-  afterAll(() => {
-    for (const d of dirs) rmSync(d, { recursive: true, force: true });
-  });
+  const tempDir = tempDirs('writ-bootstrap-');
 
   it('on PostgreSQL: the first run creates, the second says the secret was rotated', async () => {
     const env = { DATABASE_URL: await createTestDatabase('bootstrap_again'), WRIT_DATA_DIR: tempDir(), WRIT_KEK: KEK };

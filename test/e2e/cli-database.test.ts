@@ -1,10 +1,10 @@
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import knexFactory, { type Knex } from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase } from '../support/harness.ts';
 import { runWrit } from '../support/cli.ts';
+import { tempDirs } from '../support/temp-dirs.ts';
 
 /**
  * Which database a CLI command acts on. A command run without DATABASE_URL, or from another
@@ -13,16 +13,8 @@ import { runWrit } from '../support/cli.ts';
  * newer Writ has migrated, during a rolling upgrade.
  */
 describe('the database a CLI command acts on', () => {
-  const dirs: string[] = [];
-  const dataDir = (): string => {
-    const dir = mkdtempSync(path.join(tmpdir(), 'writ-clidb-'));
-    dirs.push(dir);
-    return dir;
-  };
+  const dataDir = tempDirs('writ-clidb-');
   const KEK = Buffer.alloc(32, 7).toString('base64');
-  afterAll(() => {
-    for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
-  });
 
   describe('no DATABASE_URL and no embedded database in the data dir', () => {
     it.each([

@@ -1,29 +1,22 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync, readFileSync, cpSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync, readFileSync, cpSync } from 'node:fs';
 import path from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { SECRETS, freePort } from '../support/harness.ts';
 import { MAIN, ROOT, runWrit } from '../support/cli.ts';
+import { tempDirs } from '../support/temp-dirs.ts';
 
 
 const writ = runWrit;
 
 describe('the writ command', () => {
-  const dirs: string[] = [];
-  const tempDir = (): string => {
-    const d = mkdtempSync(path.join(tmpdir(), 'writ-cli-'));
-    dirs.push(d);
-    return d;
-  };
-  afterAll(() => {
-    for (const d of dirs) rmSync(d, { recursive: true, force: true });
-  });
+  const tempDir = tempDirs('writ-cli-');
 
   it('demo: starts on the embedded database with the example policy and walks the chain', async () => {
     const port = await freePort();
-    const run = await writ(['demo', '--exit'], { WRIT_DATA_DIR: tempDir(), PORT: String(port), WRIT_ISSUER: `http://localhost:${port}` });
+    const dataDir = tempDir();
+    const run = await writ(['demo', '--exit'], { WRIT_DATA_DIR: dataDir, PORT: String(port), WRIT_ISSUER: `http://localhost:${port}` });
     expect(run.stderr).toBe('');
     expect(run.code).toBe(0);
     // Started here without Writ's node flags: advice on them is for `writ serve`, not the walk-through.
@@ -34,7 +27,7 @@ describe('the writ command', () => {
     expect(run.stdout).toContain('400 invalid_scope');
     expect(run.stdout).toContain('introspects the executor\'s again → {"active":false}');
     // Secrets the demo generated never reach its output.
-    const state = JSON.parse(readFileSync(path.join(dirs.at(-1)!, 'demo-state.json'), 'utf8')) as { secrets: Record<string, string> };
+    const state = JSON.parse(readFileSync(path.join(dataDir, 'demo-state.json'), 'utf8')) as { secrets: Record<string, string> };
     for (const secret of Object.values(state.secrets)) expect(run.stdout + run.stderr).not.toContain(secret);
   }, 90_000);
 

@@ -1,11 +1,11 @@
 import { spawn } from 'node:child_process';
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { SECRETS, createTestDatabase, freePort } from '../support/harness.ts';
 import { MAIN, ROOT, runWrit } from '../support/cli.ts';
+import { tempDirs } from '../support/temp-dirs.ts';
 
 const KEK = Buffer.alloc(32, 7).toString('base64');
 const EXAMPLE_CLIENTS = ['planner-agent', 'executor-agent', 'payments-api'];
@@ -15,15 +15,7 @@ const EXAMPLE_CLIENTS = ['planner-agent', 'executor-agent', 'payments-api'];
  * applying it removed every client and deleted their stored secrets without a word.
  */
 describe('a policy directory that defines no clients', () => {
-  const dirs: string[] = [];
-  const tempDir = (): string => {
-    const d = mkdtempSync(path.join(tmpdir(), 'writ-policy-empty-'));
-    dirs.push(d);
-    return d;
-  };
-  afterAll(() => {
-    for (const d of dirs) rmSync(d, { recursive: true, force: true });
-  });
+  const tempDir = tempDirs('writ-policy-empty-');
   const fullDir = (): string => {
     const d = tempDir();
     cpSync(path.join(ROOT, 'policy/example.yaml'), path.join(d, 'example.yaml'));

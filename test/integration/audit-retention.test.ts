@@ -1,9 +1,8 @@
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import type { Knex } from 'knex';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { eventHash } from '../../src/audit/chain.ts';
 import { AuditSealer } from '../../src/audit/sealer.ts';
 import { RetentionError, retainAudit } from '../../src/audit/retention.ts';
@@ -13,6 +12,7 @@ import { migrate, openDatabase, type Database } from '../../src/store/db.ts';
 import { deriveKeys, seal } from '../../src/tokens/kek.ts';
 import { runWrit } from '../support/cli.ts';
 import { createTestDatabase } from '../support/harness.ts';
+import { tempDirs } from '../support/temp-dirs.ts';
 
 const KEK = Buffer.alloc(32, 3);
 const KEY = deriveKeys(KEK).auditCheckpoint;
@@ -48,15 +48,7 @@ describe.each([
   ['PostgreSQL', false],
   ['PGlite', true],
 ] as const)('audit retention on %s', (_name, embedded) => {
-  const dirs: string[] = [];
-  const dir = (): string => {
-    const d = mkdtempSync(path.join(tmpdir(), 'writ-retention-'));
-    dirs.push(d);
-    return d;
-  };
-  afterAll(() => {
-    for (const d of dirs) rmSync(d, { recursive: true, force: true });
-  });
+  const dir = tempDirs('writ-retention-');
 
   async function setup(): Promise<{ db: Database; databaseUrl: string | undefined; dataDir: string; sealer: AuditSealer }> {
     const databaseUrl = embedded ? undefined : await createTestDatabase('retention');

@@ -1,21 +1,13 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { DataDirLocked } from '../../src/store/data-dir-lock.ts';
 import { openDatabase } from '../../src/store/db.ts';
+import { tempDirs } from '../support/temp-dirs.ts';
 
 describe('embedded database: one process at a time', () => {
-  const dirs: string[] = [];
-  const fresh = (): string => {
-    const dir = mkdtempSync(path.join(tmpdir(), 'writ-lock-'));
-    dirs.push(dir);
-    return dir;
-  };
-  afterAll(() => {
-    for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
-  });
+  const fresh = tempDirs('writ-lock-');
 
   it('refuses a second open of the same data directory while the first holds it, and allows it after close', async () => {
     const dir = fresh();

@@ -1,8 +1,7 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig, type Config } from '../../src/config.ts';
 import { createLogger } from '../../src/log.ts';
 import { createWrit, type Writ } from '../../src/server.ts';
@@ -10,6 +9,7 @@ import { migrate, openDatabase, type Database } from '../../src/store/db.ts';
 import { checkIssuer, IssuerMismatch, storedIssuer } from '../../src/store/issuer-binding.ts';
 import { runWrit } from '../support/cli.ts';
 import { createTestDatabase } from '../support/harness.ts';
+import { tempDirs } from '../support/temp-dirs.ts';
 
 const KEK = Buffer.alloc(32, 11).toString('base64');
 const ISSUER_A = 'http://localhost:4101';
@@ -21,10 +21,7 @@ interface Target {
   dataDir: string;
 }
 
-const dirs: string[] = [];
-afterAll(() => {
-  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
-});
+const tempDir = tempDirs('writ-issuer-');
 
 const silent = createLogger('silent');
 
@@ -33,8 +30,7 @@ describe.each([
   { kind: 'PGlite', embedded: true },
 ])('the issuer a database serves ($kind)', ({ embedded }) => {
   const target = async (name: string): Promise<Target> => {
-    const dataDir = mkdtempSync(path.join(tmpdir(), `writ-issuer-${name}-`));
-    dirs.push(dataDir);
+    const dataDir = tempDir();
     return { databaseUrl: embedded ? undefined : await createTestDatabase(`issuer_${name}`), dataDir };
   };
   const env = (t: Target): Record<string, string> => ({

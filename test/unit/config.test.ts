@@ -1,11 +1,11 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig } from '../../src/config.ts';
+import { tempDirs } from '../support/temp-dirs.ts';
 
-const dataDir = () => mkdtempSync(path.join(tmpdir(), 'writ-config-'));
+const dataDir = tempDirs('writ-config-');
 const kek = randomBytes(32);
 
 describe('configuration (docs/DESIGN.md §3)', () => {
